@@ -1,0 +1,313 @@
+"""``search(...)``: the one entry point that the CLI, tests and scripts share.
+
+A search goes through two phases. *Planning* resolves names and checks every combination
+(condition vs model, verifier needs, options, budgets, output folder) without loading
+anything. *Running* builds the plugins, runs the strategy through the engine and writes the
+run directory.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from noisesearch.config import RunConfig, check_output_writable
+from noisesearch.engine import Budget, Engine, EngineResult, Scorer, Usage
+from noisesearch.errors import ConfigError, IncompatibleError
+from noisesearch.plugins import Registries, build_registries
+from noisesearch.registry import Entry
+from noisesearch.types import Candidate, Condition
+
+if TYPE_CHECKING:
+    from noisesearch.engine import Listener
+
+DEFAULT_OUTPUT_ROOT = Path("noisesearch-runs")
+NO_EVALUATOR = "none"
+
+
+@dataclass
+class Plan:
+    """A checked configuration: every name resolved, nothing loaded yet."""
+
+    config: RunConfig
+    condition: Condition
+    model: Entry
+    verifiers: list[Entry]
+    evaluator: Entry | None
+    strategy: Entry
+    steps: int
+    budget: Budget
+    output: Path | None
+
+
+@dataclass
+class SearchResult:
+    """What a search found, and what it cost."""
+
+    config: RunConfig
+    condition: Condition
+    best: Candidate
+    baseline: Candidate
+    top: list[Candidate]
+    usage: Usage
+    seconds: float
+    run_dir: Path | None
+    nfe_per_candidate: int
+    verdicts: dict[str, Any] = field(default_factory=dict)
+    history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "condition": self.condition.to_json(),
+            "objective": self.config.verifiers[0] if self.config.verifiers else None,
+            "baseline": self.baseline.to_json(),
+            "best": self.best.to_json(),
+            "verdicts": self.verdicts,
+            "usage": self.usage.to_json(),
+            "nfe_per_candidate": self.nfe_per_candidate,
+            "seconds": round(self.seconds, 4),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+
+
+def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
+    """Resolve and check a configuration before anything is loaded or computed."""
+    config.validate()
+    registries = registries or build_registries()
+    model = registries.models.get(config.model)
+    condition = _condition(config, model)
+    verifier_names = config.verifiers or list(getattr(model.factory, "default_verifiers", ()))
+    if not verifier_names:
+        raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
+    verifiers = [registries.verifiers.get(name) for name in verifier_names]
+    evaluator_name = config.evaluator or getattr(model.factory, "default_evaluator", None)
+    evaluator = None
+    if evaluator_name and evaluator_name != NO_EVALUATOR:
+        evaluator = registries.verifiers.get(evaluator_name)
+    for entry in [*verifiers, *([evaluator] if evaluator else [])]:
+        _check_verifier_fits(entry, condition, model)
+    strategy = registries.strategies.get(config.strategy)
+    model.check_options(_with_device(model, config.model_options, config.device))
+    for entry in verifiers:
+        entry.check_options(config.verifier_options.get(entry.name, {}))
+    strategy.check_options(config.strategy_options)
+    unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
+    if unknown:
+        raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
+    steps = config.steps or getattr(model.factory, "default_steps", 20)
+    budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
+    output = Path(config.output) if config.output else None
+    check_output_writable(output or DEFAULT_OUTPUT_ROOT)
+    config.verifiers = verifier_names
+    config.evaluator = evaluator.name if evaluator else NO_EVALUATOR
+    config.label = condition.label
+    config.steps = steps
+    return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output)
+
+
+def _condition(config: RunConfig, model: Entry) -> Condition:
+    conditioning = getattr(model.factory, "conditioning", "none")
+    if conditioning == "label":
+        if config.prompt is not None:
+            raise IncompatibleError(
+                f"model {model.name!r} is class-conditional: give it --label, not --prompt"
+            )
+        num_classes = getattr(model.factory, "num_classes", None)
+        label = config.label
+        if label is None:
+            if num_classes is None:
+                raise ConfigError("label", f"model {model.name!r} needs a class label")
+            label = random.Random(config.seed).randrange(num_classes)
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise ConfigError("label", f"must be in 0..{num_classes - 1} for {model.name!r}, got {label}")
+        return Condition(label=label)
+    if conditioning == "prompt":
+        if config.label is not None:
+            raise IncompatibleError(
+                f"model {model.name!r} is text-conditioned: give it --prompt, not --label"
+            )
+        if config.prompt is None:
+            raise ConfigError("prompt", f"model {model.name!r} needs a prompt")
+        return Condition(prompt=config.prompt, negative_prompt=config.negative_prompt)
+    if config.prompt is not None or config.label is not None:
+        raise IncompatibleError(f"model {model.name!r} is unconditional: it takes no prompt or label")
+    return Condition()
+
+
+def _check_verifier_fits(entry: Entry, condition: Condition, model: Entry) -> None:
+    needs = getattr(entry.factory, "requires", frozenset())
+    for need in ("prompt", "label"):
+        if need in needs and getattr(condition, need) is None:
+            has = "class-conditional" if condition.label is not None else (
+                "text-conditioned" if condition.prompt is not None else "unconditional"
+            )
+            raise IncompatibleError(
+                f"verifier {entry.name!r} needs a {need}, but this run of the {has} model "
+                f"{model.name!r} has none; choose a verifier that needs no {need} "
+                f"(see `noisesearch verifiers`)"
+            )
+
+
+def _with_device(entry: Entry, options: dict[str, Any], device: str | None) -> dict[str, Any]:
+    if device is not None and entry.accepts("device") and "device" not in options:
+        return {**options, "device": device}
+    return dict(options)
+
+
+def condition_slug(condition: Condition) -> str:
+    """A safe, short folder-name fragment for a condition."""
+    if condition.label is not None:
+        return f"label{condition.label}"
+    if condition.prompt:
+        slug = re.sub(r"[^a-z0-9]+", "-", condition.prompt.lower()).strip("-")
+        return slug[:40].rstrip("-") or "prompt"
+    return "unconditional"
+
+
+def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchResult:
+    """Build the plugins of a checked plan, search, and write the run directory."""
+    from noisesearch import results
+
+    config = plan.config
+    started = time.perf_counter()
+    model = plan.model.create(**_with_device(plan.model, config.model_options, config.device))
+    verifiers = {
+        entry.name: entry.create(
+            **_with_device(entry, config.verifier_options.get(entry.name, {}), config.device)
+        )
+        for entry in plan.verifiers
+    }
+    evaluator = None
+    if plan.evaluator is not None:
+        options = config.verifier_options.get(plan.evaluator.name, {})
+        evaluator = (
+            plan.evaluator.name,
+            verifiers.get(plan.evaluator.name)
+            or plan.evaluator.create(**_with_device(plan.evaluator, options, config.device)),
+        )
+    strategy = plan.strategy.create(**config.strategy_options)
+    run_dir = None
+    listeners: list[Listener] = []
+    if write:
+        root = plan.output or results.default_run_dir(
+            DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
+        )
+        run_dir = root
+        run_dir.mkdir(parents=True, exist_ok=True)
+        listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
+    if progress:
+        from noisesearch.progress import ProgressBar
+
+        listeners.append(ProgressBar(plan.budget.nfe, plan.budget.candidates))
+    engine = Engine(
+        model,
+        plan.condition,
+        Scorer(verifiers, evaluator),
+        plan.budget,
+        model.schedule.levels(plan.steps),
+        solver=config.solver,
+        batch_size=config.batch_size or getattr(model, "preferred_batch_size", 16),
+        seed=config.seed,
+        top_k=config.top_k,
+        listeners=listeners,
+    )
+    try:
+        outcome = engine.run(strategy)
+    finally:
+        for listener in listeners:
+            close = getattr(listener, "close", None)
+            if close is not None:
+                close()
+    result = SearchResult(
+        config=config,
+        condition=plan.condition,
+        best=outcome.best,
+        baseline=outcome.baseline or outcome.best,
+        top=outcome.top,
+        usage=outcome.usage,
+        seconds=time.perf_counter() - started,
+        run_dir=run_dir,
+        nfe_per_candidate=engine.nfe_per_candidate,
+        verdicts=_verdicts(evaluator, outcome, plan.condition),
+        history=outcome.history,
+    )
+    if run_dir is not None:
+        _write_run_dir(result, run_dir, engine, plan)
+    return result
+
+
+def _verdicts(
+    evaluator: tuple[str, Any] | None, outcome: EngineResult, condition: Condition
+) -> dict[str, Any]:
+    """The evaluator's predicted class for the baseline and the best, where it can say."""
+    if evaluator is None or not hasattr(evaluator[1], "predict") or condition.label is None:
+        return {}
+    import torch
+
+    pair = [outcome.baseline or outcome.best, outcome.best]
+    predicted = evaluator[1].predict(torch.stack([c.image for c in pair]))
+    return {
+        "evaluator": evaluator[0],
+        "baseline_predicted": int(predicted[0]),
+        "best_predicted": int(predicted[1]),
+        "baseline_agrees": int(predicted[0]) == condition.label,
+        "best_agrees": int(predicted[1]) == condition.label,
+    }
+
+
+def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Plan) -> None:
+    from noisesearch import results
+
+    model = engine.model
+    run_json = {
+        "schema_version": results.SCHEMA_VERSION,
+        "complete": True,
+        "config": result.config.to_json(),
+        "condition": result.condition.to_json(),
+        "device": str(getattr(model, "device", "cpu")),
+        "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+        "levels": engine.levels,
+        "nfe_per_candidate": engine.nfe_per_candidate,
+        "budget": {"candidates": plan.budget.candidates, "nfe": plan.budget.nfe},
+        "usage": result.usage.to_json(),
+        "seconds": round(result.seconds, 4),
+        "best": result.best.to_json(),
+        "baseline": result.baseline.to_json(),
+        "verdicts": result.verdicts,
+        "environment": results.environment(),
+    }
+    results.save_png(result.best.image, run_dir / "best.png")
+    results.save_png(result.baseline.image, run_dir / "baseline.png")
+    results.save_grid(result.top, run_dir / "grid.png")
+    results.save_noise(result.best.noise, run_dir / "best_noise.safetensors", result.best.recipe)
+    results.write_json(run_dir / "run.json", run_json)
+
+
+def search(
+    config: RunConfig | None = None,
+    *,
+    progress: bool = False,
+    write: bool = True,
+    registries: Registries | None = None,
+    **options: Any,
+) -> SearchResult:
+    """Run one search and return its result.
+
+    Pass a :class:`RunConfig` or its fields as keywords, e.g.
+    ``search(model="digits", label=3, candidates=64)``. With ``write=False`` nothing is
+    written to disk. Raises a :class:`~noisesearch.errors.NoiseSearchError` subclass for any
+    bad input, before loading weights.
+    """
+    if config is None:
+        try:
+            config = RunConfig(**options)
+        except TypeError as exc:
+            fields = ", ".join(RunConfig.__dataclass_fields__)
+            raise ConfigError("search()", f"{exc}. Valid fields: {fields}") from None
+    elif options:
+        raise ConfigError("search()", "pass either a RunConfig or keyword fields, not both")
+    return run_plan(plan(config, registries), progress=progress, write=write)

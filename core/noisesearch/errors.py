@@ -1,0 +1,65 @@
+"""Errors a user can act on: each names the thing, the bad value and what would be accepted."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class NoiseSearchError(Exception):
+    """Base class: the CLI prints these as one message and exits with code 2, no traceback."""
+
+
+class ConfigError(NoiseSearchError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class UnknownNameError(NoiseSearchError, KeyError):
+    """A model, verifier or strategy name that no loaded plugin registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.available = sorted(available)
+        close = difflib.get_close_matches(name, self.available, n=3, cutoff=0.5)
+        parts = [f"unknown {kind} {name!r}."]
+        if close:
+            parts.append(f"Did you mean: {', '.join(close)}?")
+        listed = ", ".join(self.available) if self.available else "(none)"
+        parts.append(f"Available {kind}s: {listed}.")
+        parts.append("Run `noisesearch plugins` to see which plugins are loaded.")
+        super().__init__(" ".join(parts))
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class DuplicateNameError(NoiseSearchError):
+    """Two plugins registered the same name for the same kind."""
+
+    def __init__(self, kind: str, name: str, first_plugin: str, second_plugin: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(
+            f"{kind} {name!r} is registered twice: by plugin {first_plugin!r} and by plugin "
+            f"{second_plugin!r}. Uninstall one of them or disable it with NOISESEARCH_LOAD_PLUGINS."
+        )
+
+
+class IncompatibleError(NoiseSearchError):
+    """A combination that cannot work (a prompt verifier on a class-conditional model, ...).
+
+    Raised before any weights are loaded or any compute is spent.
+    """
+
+
+class BudgetExhausted(NoiseSearchError):
+    """A strategy asked for more compute than the budget has left.
+
+    Strategies normally check `SearchContext.remaining_nfe` first; the engine raises this
+    instead of ever exceeding the budget.
+    """

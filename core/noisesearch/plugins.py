@@ -1,0 +1,178 @@
+"""The plugin manager: built-ins from DEFAULT_PLUGINS, third parties from entry points.
+
+Nothing happens at import time: :func:`get_plugin_manager` builds a fresh manager on every
+call, so tests and long-lived processes start clean.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from noisesearch import hookspecs
+from noisesearch.errors import NoiseSearchError
+from noisesearch.hookspecs import PROJECT_NAME
+from noisesearch.registry import Registry
+
+#: Built-in plugins, written exactly like third-party ones; they load even when
+#: ``NOISESEARCH_LOAD_PLUGINS`` disables every external plugin.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "noisesearch_builtin.models.digits",
+    "noisesearch_builtin.verifiers.digits_classifiers",
+    "noisesearch_builtin.search.random_search",
+)
+
+#: Which external plugins load: unset = all installed; empty = none;
+#: a comma-separated list = only those (entry-point or distribution names).
+LOAD_PLUGINS_ENV = "NOISESEARCH_LOAD_PLUGINS"
+
+_REGISTER_HOOKS = {
+    "model": "register_models",
+    "verifier": "register_verifiers",
+    "strategy": "register_search_strategies",
+}
+
+
+class PluginLoadWarning(UserWarning):
+    """A third-party plugin failed to import; the rest keeps working."""
+
+
+class PluginError(NoiseSearchError):
+    """A plugin breaks the hook contract (a misspelt hook, a wrong argument name)."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    hooks: tuple[str, ...]
+    builtin: bool
+    distribution: str | None
+    version: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "hooks": list(self.hooks)}
+        if self.distribution:
+            data["distribution"] = self.distribution
+            data["version"] = self.version
+        if self.builtin:
+            data["builtin"] = True
+        return data
+
+
+def get_plugin_manager(load_entrypoints: bool | Sequence[str] | None = None) -> pluggy.PluginManager:
+    """Build a plugin manager with the built-ins and the selected third-party plugins.
+
+    :param load_entrypoints: ``True`` loads every installed plugin, ``False`` none, a list
+        only those names; ``None`` (the default) reads ``NOISESEARCH_LOAD_PLUGINS``.
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        _register(pm, module, module_name)
+    selection = _selection(load_entrypoints)
+    if selection is not False:
+        _load_entrypoints(pm, selection)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(_describe_validation_error(exc)) from None
+    return pm
+
+
+def _selection(load_entrypoints: bool | Sequence[str] | None) -> bool | set[str]:
+    if load_entrypoints is None:
+        raw = os.environ.get(LOAD_PLUGINS_ENV)
+        if raw is None:
+            return True
+        names = {part.strip() for part in raw.split(",") if part.strip()}
+        return names or False
+    if isinstance(load_entrypoints, bool):
+        return load_entrypoints
+    return set(load_entrypoints)
+
+
+def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str]) -> None:
+    for ep in metadata.entry_points(group=PROJECT_NAME):
+        dist = ep.dist.name if ep.dist is not None else None
+        if selection is not True and ep.name not in selection and dist not in selection:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue  # the same distribution seen twice on sys.path
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not take the CLI down
+            warnings.warn(
+                f"plugin {ep.name!r} (distribution {dist or 'unknown'!r}) failed to load and "
+                f"was skipped: {type(exc).__name__}: {exc}",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
+            continue
+        _register(pm, plugin, ep.name)
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(_describe_validation_error(exc)) from None
+
+
+def _describe_validation_error(exc: pluggy.PluginValidationError) -> str:
+    hooks = ", ".join(name for name in dir(hookspecs) if name.startswith("register_"))
+    return f"plugin {exc.plugin!r} breaks the hook contract: {exc}. Known hooks: {hooks}."
+
+
+@dataclass
+class Registries:
+    """Every registered model, verifier and strategy of one plugin manager."""
+
+    models: Registry
+    verifiers: Registry
+    strategies: Registry
+
+    def of(self, kind: str) -> Registry:
+        return {"model": self.models, "verifier": self.verifiers, "strategy": self.strategies}[
+            kind
+        ]
+
+
+def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
+    """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name."""
+    pm = pm or get_plugin_manager()
+    registries = Registries(Registry("model"), Registry("verifier"), Registry("strategy"))
+    for kind, hook_name in _REGISTER_HOOKS.items():
+        registry = registries.of(kind)
+        caller = getattr(pm.hook, hook_name)
+        # Registration order (built-ins first), calling each plugin with its own `register`
+        # so that a duplicate name can name both plugins.
+        for impl in reversed(caller.get_hookimpls()):
+            function: Callable[..., None] = impl.function
+            function(register=registry.bind(impl.plugin_name))
+    return registries
+
+
+def plugin_infos(pm: pluggy.PluginManager, include_builtin: bool = False) -> list[PluginInfo]:
+    """What ``noisesearch plugins`` prints: each plugin, its hooks and its distribution."""
+    dists = {
+        ep.name: (ep.dist.name, ep.dist.version)
+        for ep in metadata.entry_points(group=PROJECT_NAME)
+        if ep.dist is not None
+    }
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        builtin = name in DEFAULT_PLUGINS
+        if builtin and not include_builtin:
+            continue
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
+        dist, version = (None, None) if builtin else dists.get(name, (None, None))
+        infos.append(PluginInfo(name, hooks, builtin, dist, version))
+    return sorted(infos, key=lambda info: (not info.builtin, info.name))

@@ -1,0 +1,53 @@
+"""A progress bar for long searches (rich), as an engine listener."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from noisesearch.engine import Usage
+from noisesearch.types import Candidate
+
+
+class ProgressBar:
+    """Shows candidates, NFEs spent out of the budget, NFEs per second and the best score."""
+
+    def __init__(self, total_nfe: int | None, total_candidates: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.best: float | None = None
+        self._progress = Progress(
+            TextColumn("[bold]searching"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} NFEs" if total_nfe else "{task.fields[nfe]} NFEs"),
+            TextColumn("{task.fields[candidates]} candidates"),
+            TextColumn("{task.fields[rate]} NFE/s"),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        total = total_nfe if total_nfe else total_candidates
+        self._by_nfe = bool(total_nfe)
+        self._task = self._progress.add_task(
+            "search", total=total, nfe=0, candidates=0, rate="-", best="-"
+        )
+        self._progress.start()
+
+    def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None:
+        for candidate in candidates:
+            if self.best is None or candidate.objective > self.best:
+                self.best = candidate.objective
+        seconds = usage.model_seconds + usage.verifier_seconds
+        fields: dict[str, Any] = {
+            "nfe": usage.nfe,
+            "candidates": usage.candidates,
+            "rate": f"{usage.nfe / seconds:,.0f}" if seconds > 0 else "-",
+            "best": f"{self.best:.4g}" if self.best is not None else "-",
+        }
+        completed = usage.nfe if self._by_nfe else usage.candidates
+        self._progress.update(self._task, completed=completed, **fields)
+
+    def close(self) -> None:
+        self._progress.stop()

@@ -1,0 +1,211 @@
+"""Registries: name -> factory, with the plugin that registered it.
+
+A registry never calls a factory while listing: describing a factory reads its signature and
+docstring only, so ``noisesearch verifiers NAME`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from noisesearch.errors import ConfigError, DuplicateNameError, UnknownNameError
+
+KINDS = ("model", "verifier", "strategy")
+
+_PARAM_DOC = re.compile(r"^\s*:param\s+(\w+):\s*(.*)$")
+
+
+class Register(Protocol):
+    """The callable that the ``register_*`` hooks receive."""
+
+    def __call__(
+        self, name: str, factory: Callable[..., Any], description: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One option of a factory, read from its signature and ``:param:`` docstring lines."""
+
+    name: str
+    default: Any
+    annotation: str
+    help: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+    def to_json(self) -> dict[str, Any]:
+        default = None if self.required else self.default
+        if not isinstance(default, (str, int, float, bool, type(None), list, tuple)):
+            default = repr(default)
+        return {
+            "name": self.name,
+            "default": default,
+            "required": self.required,
+            "type": self.annotation,
+            "help": self.help,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered implementation."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    description: str
+
+    def parameters(self) -> list[Parameter]:
+        return describe_parameters(self.factory)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse options the factory does not take, naming the valid ones."""
+        known = {p.name for p in self.parameters()}
+        if _takes_var_keyword(self.factory):
+            return
+        for key in options:
+            if key not in known:
+                valid = ", ".join(sorted(known)) or "(none)"
+                raise ConfigError(
+                    f"{self.kind} {self.name}: option {key!r}",
+                    f"not an option of this {self.kind}. Valid options: {valid}.",
+                )
+
+    def accepts(self, option: str) -> bool:
+        return _takes_var_keyword(self.factory) or any(
+            p.name == option for p in self.parameters()
+        )
+
+    def create(self, **options: Any) -> Any:
+        """Build the implementation (this is when weights load)."""
+        self.check_options(options)
+        return self.factory(**options)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "description": self.description,
+        }
+
+
+class Registry:
+    """Implementations of one kind, in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        plugin: str,
+        description: str | None = None,
+    ) -> Entry:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{self.kind} name", f"must be a non-empty string, got {name!r}")
+        if not callable(factory):
+            raise TypeError(
+                f"plugin {plugin!r} registered {self.kind} {name!r} with a non-callable "
+                f"factory {factory!r}; register a class or a function"
+            )
+        if name in self._entries:
+            raise DuplicateNameError(self.kind, name, self._entries[name].plugin, plugin)
+        entry = Entry(
+            kind=self.kind,
+            name=name,
+            factory=factory,
+            plugin=plugin,
+            description=description or first_docstring_line(factory),
+        )
+        self._entries[name] = entry
+        return entry
+
+    def bind(self, plugin: str) -> Register:
+        """A ``register`` callable that records ``plugin`` as the owner."""
+
+        def register(
+            name: str, factory: Callable[..., Any], description: str | None = None
+        ) -> None:
+            self.add(name, factory, plugin, description)
+
+        return register
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._entries) from None
+
+    def create(self, name: str, **options: Any) -> Any:
+        return self.get(name).create(**options)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def first_docstring_line(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def describe_parameters(factory: Callable[..., Any]) -> list[Parameter]:
+    """The keyword options of ``factory`` without calling or importing anything new."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    signature = inspect.signature(target)  # annotations stay strings: no evaluation
+    helps = _param_docs(factory)
+    if inspect.isclass(factory):
+        helps = {**_param_docs(factory.__init__), **helps}
+    params = []
+    for p in signature.parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = "" if p.annotation is p.empty else _annotation_text(p.annotation)
+        params.append(Parameter(p.name, p.default, annotation, helps.get(p.name, "")))
+    return params
+
+
+def _annotation_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(
+        annotation, "__name__", repr(annotation)
+    )
+
+
+def _param_docs(obj: object) -> dict[str, str]:
+    helps: dict[str, str] = {}
+    current = None
+    for line in (inspect.getdoc(obj) or "").splitlines():
+        match = _PARAM_DOC.match(line)
+        if match:
+            current = match.group(1)
+            helps[current] = match.group(2).strip()
+        elif current and line.startswith((" ", "\t")) and line.strip():
+            helps[current] += " " + line.strip()
+        else:
+            current = None
+    return helps
+
+
+def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())

@@ -1,0 +1,275 @@
+"""Noise levels, schedules, ODE solvers and the re-noising kernel.
+
+Convention for the whole project: a *noise level* ``sigma`` in [0, 1]; 1 is pure noise, 0 is
+clean data, whatever the model's own timestep units. A schedule says how a level mixes data
+and noise, ``x_sigma = a(sigma) * x0 + b(sigma) * eps``; models translate levels into their own
+timesteps. With a *denoiser* ``D(x, sigma) -> x0_hat`` (Karras et al. 2022; k-diffusion's
+single interface for eps-, v- and x-prediction networks) every solver here works for every
+model, between any two levels, so that searches can stop half-way, re-noise and continue.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+#: ``D(x, sigma) -> x0_hat``: a model's clean prediction at one level for a batch ``x``.
+Denoiser = Callable[["torch.Tensor", float], "torch.Tensor"]
+
+SOLVERS = ("ddim", "heun")
+
+#: Distance in training steps within which a level counts as sitting on a knot of a discrete schedule.
+_KNOT_TOLERANCE = 1e-9
+
+
+class Schedule(ABC):
+    """How a noise level mixes data and noise: ``x = a(sigma) x0 + b(sigma) eps``."""
+
+    @abstractmethod
+    def scales(self, sigma: float) -> tuple[float, float]:
+        """``(a, b)`` at level ``sigma``."""
+
+    @abstractmethod
+    def derivatives(self, sigma: float, toward: float | None = None) -> tuple[float, float]:
+        """``(da/dsigma, db/dsigma)``, used by second-order solvers.
+
+        :param toward: the other end of the step being taken; where ``a`` or ``b`` has a kink at
+            ``sigma`` the one-sided derivative on that side is returned (the side the step
+            integrates over). ``None``: the side above (noisier).
+        """
+
+    @abstractmethod
+    def levels(self, steps: int) -> list[float]:
+        """The default grid of ``steps + 1`` levels from 1 down to 0."""
+
+
+@dataclass(frozen=True)
+class RectifiedFlow(Schedule):
+    """``x = (1 - sigma) x0 + sigma eps`` (Liu et al. 2022; SD3, FLUX).
+
+    :param shift: time shift of the default grid, ``shift*s / (1 + (shift-1)*s)`` as in SD3
+        (Esser et al. 2024); 1 keeps the grid uniform.
+    """
+
+    shift: float = 1.0
+
+    def scales(self, sigma: float) -> tuple[float, float]:
+        return 1.0 - sigma, sigma
+
+    def derivatives(self, sigma: float, toward: float | None = None) -> tuple[float, float]:
+        return -1.0, 1.0
+
+    def levels(self, steps: int) -> list[float]:
+        uniform = [round(1.0 - i / steps, 12) for i in range(steps + 1)]
+        return [self.shift * s / (1.0 + (self.shift - 1.0) * s) for s in uniform]
+
+
+@dataclass(frozen=True)
+class VariancePreserving(Schedule):
+    """DDPM's ``x = sqrt(abar) x0 + sqrt(1 - abar) eps`` from a discrete ``alphas_cumprod``.
+
+    Level ``sigma`` is the continuous timestep ``t = sigma * T`` divided by the number of
+    training steps ``T``: training step ``i`` (0-based, as in diffusers) sits at
+    ``t = i + 1`` and ``t = 0`` is clean (``abar = 1``). Between knots ``log(abar)`` is
+    interpolated linearly. So a model's timestep for level sigma is ``sigma * T - 1``.
+    """
+
+    alphas_cumprod: tuple[float, ...]
+    _log_abar: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = tuple(float(v) for v in self.alphas_cumprod)
+        if not values or any(not 0.0 < v <= 1.0 for v in values):
+            raise ValueError("alphas_cumprod must be non-empty and in (0, 1]")
+        object.__setattr__(self, "alphas_cumprod", values)
+        object.__setattr__(self, "_log_abar", (0.0, *(math.log(v) for v in values)))
+
+    @classmethod
+    def from_betas(cls, betas: Sequence[float]) -> VariancePreserving:
+        abar, product = [], 1.0
+        for beta in betas:
+            product *= 1.0 - float(beta)
+            abar.append(product)
+        return cls(tuple(abar))
+
+    @classmethod
+    def scaled_linear(
+        cls, beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000
+    ) -> VariancePreserving:
+        """Stable Diffusion's schedule (diffusers' ``beta_schedule="scaled_linear"``)."""
+        lo, hi = math.sqrt(beta_start), math.sqrt(beta_end)
+        return cls.from_betas([(lo + (hi - lo) * i / (steps - 1)) ** 2 for i in range(steps)])
+
+    @property
+    def train_steps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def _log_abar_and_slope(self, sigma: float, toward: float | None = None) -> tuple[float, float]:
+        t = min(max(sigma, 0.0), 1.0) * self.train_steps
+        knot = round(t)
+        if abs(t - knot) <= _KNOT_TOLERANCE:
+            # On a knot (up to rounding: level grids are usually made of training steps) the slope
+            # jumps; take the segment on the side of ``toward``, the one a step from here covers.
+            t = float(knot)
+            i = knot - 1 if toward is not None and toward < sigma else knot
+        else:
+            i = int(t)
+        i = min(max(i, 0), self.train_steps - 1)
+        slope = self._log_abar[i + 1] - self._log_abar[i]  # per unit t
+        return self._log_abar[i] + slope * (t - i), slope * self.train_steps
+
+    def scales(self, sigma: float) -> tuple[float, float]:
+        log_abar, _ = self._log_abar_and_slope(sigma)
+        abar = math.exp(log_abar)
+        return math.sqrt(abar), math.sqrt(max(1.0 - abar, 0.0))
+
+    def derivatives(self, sigma: float, toward: float | None = None) -> tuple[float, float]:
+        log_abar, slope = self._log_abar_and_slope(sigma, toward)
+        abar = math.exp(log_abar)
+        a, b = math.sqrt(abar), math.sqrt(max(1.0 - abar, 0.0))
+        if b == 0.0:
+            raise ValueError("the derivative of b is unbounded at the clean end (b = 0)")
+        return 0.5 * slope * a, -0.5 * slope * abar / b
+
+    def levels(self, steps: int) -> list[float]:
+        return [round(1.0 - i / steps, 12) for i in range(steps + 1)]
+
+    def timestep(self, sigma: float) -> float:
+        """The model's (diffusers') timestep for a level: ``sigma * T - 1``."""
+        return sigma * self.train_steps - 1.0
+
+
+@dataclass
+class SolveResult:
+    """The end state of a solve and what was seen on the way."""
+
+    x: torch.Tensor  # state at the last level, shape of the input
+    nfe: int  # denoiser evaluations per sample (one batched call counts once per row)
+    x0: dict[float, torch.Tensor] = field(default_factory=dict)  # captured x0_hat by level
+
+
+def solver_nfe(schedule: Schedule, levels: Sequence[float], solver: str) -> int:
+    """NFEs per sample of ``solve`` over ``levels``: DDIM one per step; Heun two per step,
+    except a step that ends at ``b = 0`` (clean), which is an Euler step, as in k-diffusion."""
+    _check_solver(solver)
+    steps = len(levels) - 1
+    if solver == "ddim":
+        return steps
+    return sum(1 if schedule.scales(end)[1] == 0.0 else 2 for end in levels[1:])
+
+
+def solve(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    levels: Sequence[float],
+    solver: str = "ddim",
+    capture: Sequence[float] = (),
+) -> SolveResult:
+    """Integrate the probability-flow ODE from ``levels[0]`` down to ``levels[-1]``.
+
+    ``ddim``: DDIM with eta = 0 (Song et al. 2021), ``x' = a' x0_hat + b' eps_hat``; for a
+    rectified flow this is exactly the Euler step of FLUX/SD3. ``heun``: Heun's second-order
+    method on ``dx/dsigma = a'(sigma) x0_hat + b'(sigma) eps_hat`` (Karras et al. 2022, Alg. 1),
+    with a first-order last step when it reaches ``b = 0``.
+
+    :param levels: decreasing noise levels; ``x`` is at ``levels[0]``.
+    :param capture: levels at which to keep ``x0_hat``; each is taken at the step start
+        nearest to it (the exact level used is the key in ``SolveResult.x0``).
+    """
+    _check_solver(solver)
+    levels = [float(s) for s in levels]
+    if len(levels) < 2 or any(b >= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"levels must be at least two strictly decreasing values, got {levels}")
+    wanted = {_nearest(levels[:-1], level) for level in capture}
+    captured: dict[float, torch.Tensor] = {}
+    nfe = 0
+    for sigma, sigma_next in zip(levels, levels[1:]):
+        x0 = denoiser(x, sigma)
+        nfe += 1
+        if sigma in wanted:
+            captured[sigma] = x0
+        a, b = schedule.scales(sigma)
+        a_next, b_next = schedule.scales(sigma_next)
+        eps = (x - a * x0) / b
+        if solver == "ddim" or b_next == 0.0:
+            x = a_next * x0 + b_next * eps
+            continue
+        slope = _velocity(schedule, sigma, x0, eps, toward=sigma_next)
+        x_euler = x + (sigma_next - sigma) * slope
+        x0_next = denoiser(x_euler, sigma_next)
+        nfe += 1
+        eps_next = (x_euler - a_next * x0_next) / b_next
+        slope_next = _velocity(schedule, sigma_next, x0_next, eps_next, toward=sigma)
+        x = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+    return SolveResult(x=x, nfe=nfe, x0=captured)
+
+
+def _velocity(
+    schedule: Schedule, sigma: float, x0: torch.Tensor, eps: torch.Tensor, toward: float
+) -> torch.Tensor:
+    da, db = schedule.derivatives(sigma, toward)
+    return da * x0 + db * eps
+
+
+def renoise(
+    x: torch.Tensor,
+    schedule: Schedule,
+    from_level: float,
+    to_level: float,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """The forward kernel from level ``s`` to a noisier ``s'``.
+
+    ``x_{s'} = r x_s + sqrt(b_{s'}^2 - r^2 b_s^2) eps'`` with ``r = a_{s'} / a_s``: the
+    marginal of ``x_{s'}`` given ``x0`` is then ``N(a_{s'} x0, b_{s'}^2 I)``, as if noised
+    directly (Ma et al. 2025, search over paths).
+    """
+    if not to_level > from_level:
+        raise ValueError(f"re-noising goes to a noisier level: {to_level} <= {from_level}")
+    a, b = schedule.scales(from_level)
+    a_to, b_to = schedule.scales(to_level)
+    if a == 0.0:
+        raise ValueError(f"cannot re-noise from level {from_level}: it holds no signal")
+    ratio = a_to / a
+    return ratio * x + math.sqrt(max(b_to**2 - (ratio * b) ** 2, 0.0)) * noise
+
+
+def draw_noise(
+    seeds: Sequence[int],
+    shape: Sequence[int],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise, one sample per seed, shape ``(len(seeds), *shape)``.
+
+    Drawn on the CPU with a seeded ``torch.Generator`` (as diffusers does), so a seed gives
+    the same noise on every device; then moved to ``device`` and cast to ``dtype``.
+    """
+    import torch
+
+    samples = []
+    for seed in seeds:
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        samples.append(torch.randn(tuple(shape), generator=generator, dtype=torch.float32))
+    noise = torch.stack(samples) if samples else torch.empty((0, *shape))
+    return noise.to(device=device, dtype=dtype or torch.float32)
+
+
+def _nearest(levels: Sequence[float], target: float) -> float:
+    ordered = sorted(levels)
+    i = bisect.bisect_left(ordered, target)
+    options = ordered[max(i - 1, 0) : i + 1]
+    return min(options, key=lambda level: abs(level - target))
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

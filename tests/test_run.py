@@ -1,0 +1,169 @@
+"""`noisesearch run` and `noisesearch.search()` on the embedded digits model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import noisesearch
+from noisesearch.api import plan
+from noisesearch.cli import build_app
+from noisesearch.config import RunConfig
+from noisesearch.engine import derive_seed
+from noisesearch.errors import ConfigError, IncompatibleError, UnknownNameError
+from noisesearch.sampling import draw_noise, solve
+
+RUN_FILES = {"run.json", "candidates.jsonl", "best.png", "baseline.png", "grid.png",
+             "best_noise.safetensors"}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def test_default_run_writes_a_run_directory_whose_best_beats_the_first(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("run", "--output", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] is True
+    assert run["config"]["strategy"] == "random" and run["config"]["steps"] == 20
+    assert run["usage"]["candidates"] == 16 and run["usage"]["nfe"] == 16 * 20
+    assert run["best"]["objective"] >= run["baseline"]["objective"]
+    lines = (out / "candidates.jsonl").read_text().splitlines()
+    assert len(lines) == 16
+    objectives = [json.loads(line)["objective"] for line in lines]
+    assert run["best"]["objective"] == max(objectives)
+    assert run["baseline"]["objective"] == objectives[0]
+
+
+def test_the_same_command_twice_gives_identical_scores(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert invoke("run", "-o", str(tmp_path / name), "-q", "--seed", "5").exit_code == 0
+    first, second = ((tmp_path / n / "candidates.jsonl").read_text() for n in ("a", "b"))
+    assert first == second
+
+
+def test_run_prints_first_candidate_against_best(tmp_path: Path) -> None:
+    result = invoke("run", "-o", str(tmp_path / "r"), "--label", "3")
+    assert result.exit_code == 0, result.output
+    assert "first candidate" in result.output and "best of 16" in result.output
+    assert "judge says" in result.output
+
+
+def test_json_summary_is_machine_readable(tmp_path: Path) -> None:
+    result = invoke("run", "-o", str(tmp_path / "r"), "--json", "--candidates", "4")
+    summary = json.loads(result.stdout)
+    assert summary["usage"]["candidates"] == 4
+    assert summary["condition"]["label"] in range(10)
+
+
+def test_api_returns_result_and_writes_nothing_when_asked(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = noisesearch.search(label=7, candidates=8, write=False)
+    assert result.run_dir is None and not list(tmp_path.iterdir())
+    assert result.condition.label == 7
+    assert result.best.objective == max(c.objective for c in result.top)
+    assert result.usage.nfe == 8 * 20
+
+
+def test_label_is_drawn_from_the_seed_when_not_given() -> None:
+    labels = {plan(RunConfig(seed=seed)).condition.label for seed in range(20)}
+    assert len(labels) > 3 and labels <= set(range(10))
+    assert plan(RunConfig(seed=4)).condition == plan(RunConfig(seed=4)).condition
+
+
+def test_nfe_budget_is_never_exceeded() -> None:
+    result = noisesearch.search(label=1, budget_nfe=50, write=False)
+    assert result.usage.nfe == 40 and result.usage.candidates == 2
+
+
+def test_heun_costs_two_nfes_per_step_but_one_for_the_last() -> None:
+    result = noisesearch.search(label=1, candidates=3, steps=10, solver="heun", write=False)
+    assert result.nfe_per_candidate == 19
+    assert result.usage.nfe == 3 * 19
+
+
+def test_only_the_top_k_keep_images() -> None:
+    result = noisesearch.search(label=2, candidates=40, top_k=3, batch_size=8, write=False)
+    assert len(result.top) == 3
+    assert all(c.image is not None and c.image.shape == (3, 8, 8) for c in result.top)
+    assert [c.objective for c in result.top] == sorted((c.objective for c in result.top), reverse=True)
+
+
+def test_a_candidate_regenerates_from_its_recipe() -> None:
+    from noisesearch_builtin.models.digits import DigitsModel
+
+    result = noisesearch.search(label=4, candidates=12, write=False, seed=3)
+    best = result.best
+    assert best.recipe == {"kind": "seed", "seed": derive_seed(3, best.index)}
+    model = DigitsModel()
+    noise = draw_noise([best.recipe["seed"]], model.latent_shape)
+    assert torch.equal(noise[0], best.noise)
+    prepared = model.prepare(result.condition)
+    levels = model.schedule.levels(20)
+    alone = solve(lambda x, s: model.denoise(x, s, prepared), noise, model.schedule, levels)
+    image = model.decode(alone.x)[0]
+    torch.testing.assert_close(image, best.image, atol=1e-5, rtol=0)
+
+
+def test_search_improves_the_independent_judges_agreement() -> None:
+    """Best-of-64 on the searched classifier raises the *other* classifier's agreement."""
+    agreement = {}
+    for candidates in (1, 64):
+        hits = 0
+        for label in range(10):
+            for seed in range(3):
+                r = noisesearch.search(label=label, candidates=candidates, seed=seed, write=False)
+                hits += r.verdicts["best_agrees"]
+        agreement[candidates] = hits / 30
+    assert agreement[64] > agreement[1] + 0.15, agreement
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--verifier", "digits-clasifier"], "Did you mean: digits-classifier"),
+        (["--strategy", "randm"], "Available strategys"),
+        (["--label", "10"], "label: must be in 0..9"),
+        (["--prompt", "a cat"], "class-conditional"),
+        (["--candidates", "0"], "candidates: must be a positive integer"),
+        (["--steps", "-3"], "steps: must be a positive integer"),
+        (["--budget-nfe", "0"], "budget_nfe: must be a positive integer"),
+        (["--solver", "rk4"], "solver: must be one of"),
+        (["--model-opt", "nonsense=1"], "Valid options: device, guidance_scale, weights"),
+        (["--verifier-opt", "digits-classifier.x=1"], "option 'x'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_no_run(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    result = invoke("run", "-o", str(out), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_unwritable_output_folder_is_refused_before_compute(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = invoke("run", "-o", str(blocker / "run"))
+    assert result.exit_code == 2
+    assert "output:" in result.output and "not a folder" in result.output
+
+
+def test_api_raises_typed_errors_before_loading() -> None:
+    with pytest.raises(UnknownNameError):
+        noisesearch.search(model="nope", write=False)
+    with pytest.raises(IncompatibleError):
+        noisesearch.search(prompt="a cat", write=False)
+    with pytest.raises(ConfigError, match="Valid fields"):
+        noisesearch.search(candidate=3, write=False)
