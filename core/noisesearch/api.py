@@ -78,27 +78,29 @@ def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
     """Resolve and check a configuration before anything is loaded or computed."""
     config.validate()
     registries = registries or build_registries()
+    _expand_model_prefix(config)
     model = registries.models.get(config.model)
-    condition = _condition(config, model)
-    verifier_names = config.verifiers or list(getattr(model.factory, "default_verifiers", ()))
+    model.check_options(_with_device(model, config.model_options, config.device))
+    traits = model_traits(model, config.model_options)
+    condition = _condition(config, model, traits)
+    verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
         raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
     verifiers = [registries.verifiers.get(name) for name in verifier_names]
-    evaluator_name = config.evaluator or getattr(model.factory, "default_evaluator", None)
+    evaluator_name = config.evaluator or traits["default_evaluator"]
     evaluator = None
     if evaluator_name and evaluator_name != NO_EVALUATOR:
         evaluator = registries.verifiers.get(evaluator_name)
     for entry in [*verifiers, *([evaluator] if evaluator else [])]:
-        _check_verifier_fits(entry, condition, model)
+        options = config.verifier_options.get(entry.name, {})
+        entry.check_options(options)
+        _check_verifier_fits(entry, options, condition, model)
     strategy = registries.strategies.get(config.strategy)
-    model.check_options(_with_device(model, config.model_options, config.device))
-    for entry in verifiers:
-        entry.check_options(config.verifier_options.get(entry.name, {}))
     strategy.check_options(config.strategy_options)
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
     if unknown:
         raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
-    steps = config.steps or getattr(model.factory, "default_steps", 20)
+    steps = config.steps or traits["default_steps"]
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
     output = Path(config.output) if config.output else None
     check_output_writable(output or DEFAULT_OUTPUT_ROOT)
@@ -109,19 +111,66 @@ def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
     return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output)
 
 
-def _condition(config: RunConfig, model: Entry) -> Condition:
-    conditioning = getattr(model.factory, "conditioning", "none")
+#: Model traits the core reads before loading anything, with their defaults.
+MODEL_TRAITS: dict[str, Any] = {
+    "conditioning": "none",
+    "num_classes": None,
+    "class_names": None,
+    "default_verifiers": (),
+    "default_evaluator": None,
+    "default_steps": 20,
+}
+#: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
+HF_PREFIX = "hf:"
+
+
+def _expand_model_prefix(config: RunConfig) -> None:
+    if config.model.startswith(HF_PREFIX):
+        config.model_options = {**config.model_options, "path": config.model[len(HF_PREFIX):]}
+        config.model = "hf"
+
+
+def model_traits(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
+    """What a model is, without loading it: its class attributes, updated by the factory's
+    ``describe(**options)`` where traits depend on options (a diffusers folder's
+    ``model_index.json`` says whether it takes prompts or labels)."""
+    traits = {name: getattr(entry.factory, name, default) for name, default in MODEL_TRAITS.items()}
+    describe = getattr(entry.factory, "describe", None)
+    if callable(describe):
+        traits.update(describe(**options))
+    return traits
+
+
+def _resolve_label(label: int | str, model: Entry, traits: dict[str, Any]) -> int:
+    names = traits["class_names"]
+    if isinstance(label, str) and not label.strip().isdigit():
+        if not names:
+            raise ConfigError("label", f"model {model.name!r} takes class indices, got {label!r}")
+        lowered = {name.lower(): i for i, name in enumerate(names)}
+        if label.lower() in lowered:
+            return lowered[label.lower()]
+        import difflib
+
+        close = difflib.get_close_matches(label.lower(), list(lowered), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError("label", f"{label!r} is not a class name of {model.name!r}.{hint}")
+    return int(label)
+
+
+def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condition:
+    conditioning = traits["conditioning"]
     if conditioning == "label":
         if config.prompt is not None:
             raise IncompatibleError(
                 f"model {model.name!r} is class-conditional: give it --label, not --prompt"
             )
-        num_classes = getattr(model.factory, "num_classes", None)
-        label = config.label
-        if label is None:
+        num_classes = traits["num_classes"]
+        if config.label is None:
             if num_classes is None:
                 raise ConfigError("label", f"model {model.name!r} needs a class label")
             label = random.Random(config.seed).randrange(num_classes)
+        else:
+            label = _resolve_label(config.label, model, traits)
         if num_classes is not None and not 0 <= label < num_classes:
             raise ConfigError("label", f"must be in 0..{num_classes - 1} for {model.name!r}, got {label}")
         return Condition(label=label)
@@ -138,8 +187,19 @@ def _condition(config: RunConfig, model: Entry) -> Condition:
     return Condition()
 
 
-def _check_verifier_fits(entry: Entry, condition: Condition, model: Entry) -> None:
-    needs = getattr(entry.factory, "requires", frozenset())
+def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[str]:
+    """A verifier's needs without building it: ``requires``, or ``describe(**options)``
+    where they depend on options (an ensemble needs what its members need)."""
+    describe = getattr(entry.factory, "describe", None)
+    if callable(describe):
+        return frozenset(describe(**options).get("requires", ()))
+    return frozenset(getattr(entry.factory, "requires", frozenset()))
+
+
+def _check_verifier_fits(
+    entry: Entry, options: dict[str, Any], condition: Condition, model: Entry
+) -> None:
+    needs = verifier_requirements(entry, options)
     for need in ("prompt", "label"):
         if need in needs and getattr(condition, need) is None:
             has = "class-conditional" if condition.label is not None else (

@@ -117,8 +117,8 @@ def _parse_verifier_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def _run_command(app: typer.Typer) -> None:
     @app.command()
     def run(
-        model: str = typer.Option("digits", help="Model name (see `noisesearch models`)."),
-        label: Optional[int] = typer.Option(None, help="Class label (class-conditional models); default: drawn from --seed."),  # noqa: E501, UP045
+        model: str = typer.Option("digits", help="Model name (see `noisesearch models`), or hf:<id-or-folder> for a diffusers pipeline."),  # noqa: E501
+        label: Optional[str] = typer.Option(None, help="Class label, an index or a class name (class-conditional models); default: drawn from --seed."),  # noqa: E501, UP045
         prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models)."),  # noqa: UP045
         negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt."),  # noqa: UP045
         strategy: str = typer.Option("random", help="Search strategy (see `noisesearch strategies`)."),  # noqa: E501
@@ -146,7 +146,8 @@ def _run_command(app: typer.Typer) -> None:
         with user_errors():
             config = RunConfig(
                 model=model, strategy=strategy, verifiers=verifier or None, evaluator=evaluator,
-                prompt=prompt, negative_prompt=negative_prompt, label=label,
+                prompt=prompt, negative_prompt=negative_prompt,
+                label=int(label) if label is not None and label.strip().isdigit() else label,
                 candidates=candidates, budget_nfe=budget_nfe, steps=steps, solver=solver,
                 seed=seed, batch_size=batch_size, top_k=top_k, device=device, output=output,
                 model_options=_parse_options(model_opt or [], "--model-opt"),

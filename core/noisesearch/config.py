@@ -30,7 +30,7 @@ class RunConfig:
     evaluator: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
-    label: int | None = None
+    label: int | str | None = None  # an index, or a class name for models that have them
     candidates: int | None = None
     budget_nfe: int | None = None
     steps: int | None = None
@@ -56,7 +56,9 @@ class RunConfig:
             raise ConfigError("solver", f"must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.prompt is not None and self.label is not None:
             raise ConfigError("prompt", "give a prompt or a label, not both")
-        if self.label is not None and (not isinstance(self.label, int) or self.label < 0):
+        if self.label is not None and not isinstance(self.label, (int, str)):
+            raise ConfigError("label", f"must be a class index or name, got {self.label!r}")
+        if isinstance(self.label, int) and self.label < 0:
             raise ConfigError("label", f"must be a non-negative integer, got {self.label!r}")
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier")
