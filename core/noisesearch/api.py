@@ -268,7 +268,7 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
         plan.condition,
         Scorer(verifiers, evaluator),
         plan.budget,
-        model.schedule.levels(plan.steps),
+        search_levels(model, plan.steps),
         solver=config.solver,
         batch_size=config.batch_size or getattr(model, "preferred_batch_size", 16),
         seed=config.seed,
@@ -298,6 +298,13 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
     if run_dir is not None:
         _write_run_dir(result, run_dir, engine, plan)
     return result
+
+
+def search_levels(model: Any, steps: int) -> list[float]:
+    """The model's own grid for ``steps`` solver steps (``model.levels(steps)``, e.g. to match
+    a diffusers scheduler's timesteps), else its schedule's default grid."""
+    levels = getattr(model, "levels", None)
+    return list(levels(steps)) if callable(levels) else model.schedule.levels(steps)
 
 
 def _verdicts(

@@ -78,8 +78,14 @@ class Candidate:
 class Model(Protocol):
     """A diffusion or flow model that a search can drive, step by step.
 
-    ``conditioning`` (class attribute): ``"label"``, ``"prompt"`` or ``"none"``.
-    ``num_classes`` (class attribute, label models): valid labels are ``0..num_classes-1``.
+    Traits read before the model is built (class attributes, or returned as a dict by a
+    classmethod ``describe(**options)`` when they depend on options): ``conditioning``
+    (``"label"``, ``"prompt"`` or ``"none"``), ``num_classes`` and ``class_names`` (label
+    models), ``default_verifiers``, ``default_evaluator``, ``default_steps``.
+
+    Optional: ``levels(steps) -> list[float]``, the model's own grid (default:
+    ``schedule.levels(steps)``); ``preferred_batch_size``; ``device`` and ``dtype``
+    (initial noise is drawn on the CPU and moved there).
     """
 
     conditioning: ClassVar[str]
