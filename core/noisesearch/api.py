@@ -9,7 +9,6 @@ run directory.
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from noisesearch.config import RunConfig, check_output_writable
 from noisesearch.engine import Budget, Engine, EngineResult, Scorer, Usage
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.plugins import Registries, build_registries
-from noisesearch.registry import Entry
+from noisesearch.registry import Entry, verifier_requirements
 from noisesearch.types import Candidate, Condition
 
 if TYPE_CHECKING:
@@ -59,6 +58,7 @@ class SearchResult:
     nfe_per_candidate: int
     verdicts: dict[str, Any] = field(default_factory=dict)
     history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+    strategy_report: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -187,15 +187,6 @@ def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condi
     return Condition()
 
 
-def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[str]:
-    """A verifier's needs without building it: ``requires``, or ``describe(**options)``
-    where they depend on options (an ensemble needs what its members need)."""
-    describe = getattr(entry.factory, "describe", None)
-    if callable(describe):
-        return frozenset(describe(**options).get("requires", ()))
-    return frozenset(getattr(entry.factory, "requires", frozenset()))
-
-
 def _check_verifier_fits(
     entry: Entry, options: dict[str, Any], condition: Condition, model: Entry
 ) -> None:
@@ -219,18 +210,25 @@ def _with_device(entry: Entry, options: dict[str, Any], device: str | None) -> d
 
 
 def condition_slug(condition: Condition) -> str:
-    """A safe, short folder-name fragment for a condition."""
+    """A safe, short folder-name fragment for a condition (see :mod:`noisesearch.names`)."""
+    from noisesearch.names import safe_name
+
     if condition.label is not None:
         return f"label{condition.label}"
-    if condition.prompt:
-        slug = re.sub(r"[^a-z0-9]+", "-", condition.prompt.lower()).strip("-")
-        return slug[:40].rstrip("-") or "prompt"
+    if condition.prompt is not None:
+        return safe_name(condition.prompt, max_length=48)
     return "unconditional"
 
 
-def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchResult:
-    """Build the plugins of a checked plan, search, and write the run directory."""
+def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: bool = False) -> SearchResult:
+    """Build the plugins of a checked plan, search, and write the run directory.
+
+    While the search runs, ``run.json`` says it is incomplete and every expensive engine call
+    is journaled; an interrupted run (Ctrl-C, a crash) keeps its folder consistent and
+    ``resume=True`` continues it to the same result as an uninterrupted run.
+    """
     from noisesearch import results
+    from noisesearch.journal import Journal
 
     config = plan.config
     started = time.perf_counter()
@@ -251,6 +249,7 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
         )
     strategy = plan.strategy.create(**config.strategy_options)
     run_dir = None
+    journal = None
     listeners: list[Listener] = []
     if write:
         root = plan.output or results.default_run_dir(
@@ -258,6 +257,8 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
         )
         run_dir = root
         run_dir.mkdir(parents=True, exist_ok=True)
+        journal = Journal(run_dir / JOURNAL_FOLDER, resume=resume)
+        _write_status(run_dir, plan, "running")
         listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
     if progress:
         from noisesearch.progress import ProgressBar
@@ -274,14 +275,22 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
         seed=config.seed,
         top_k=config.top_k,
         listeners=listeners,
+        journal=journal,
     )
     try:
         outcome = engine.run(strategy)
+    except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
+        if run_dir is not None:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            _write_status(run_dir, plan, status, engine.usage, error)
+        raise
     finally:
         for listener in listeners:
             close = getattr(listener, "close", None)
             if close is not None:
                 close()
+    if journal is not None:
+        journal.remove()
     result = SearchResult(
         config=config,
         condition=plan.condition,
@@ -294,10 +303,53 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True) -> SearchRe
         nfe_per_candidate=engine.nfe_per_candidate,
         verdicts=_verdicts(evaluator, outcome, plan.condition),
         history=outcome.history,
+        strategy_report=outcome.report,
     )
     if run_dir is not None:
         _write_run_dir(result, run_dir, engine, plan)
     return result
+
+
+JOURNAL_FOLDER = "journal"
+
+
+def _write_status(
+    run_dir: Path, plan: Plan, status: str, usage: Usage | None = None, error: BaseException | None = None
+) -> None:
+    """``run.json`` of a run that is not (yet) complete: enough to resume it."""
+    from noisesearch import results
+
+    data: dict[str, Any] = {
+        "schema_version": results.SCHEMA_VERSION,
+        "complete": False,
+        "status": status,
+        "config": plan.config.to_json(),
+        "condition": plan.condition.to_json(),
+    }
+    if usage is not None:
+        data["usage"] = usage.to_json()
+    if error is not None and not isinstance(error, KeyboardInterrupt):
+        data["error"] = f"{type(error).__name__}: {error}"
+    results.write_json(run_dir / "run.json", data)
+
+
+def resume_run(run_dir: Path, progress: bool = False, registries: Registries | None = None) -> SearchResult:
+    """Continue an interrupted run in its own folder (``noisesearch run --resume RUN``)."""
+    import json
+
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise ConfigError("resume", f"{run_dir} holds no run.json; is it a run folder?")
+    run = json.loads(path.read_text())
+    if run.get("complete"):
+        raise ConfigError("resume", f"the run in {run_dir} is complete; nothing to resume")
+    if not (run_dir / JOURNAL_FOLDER).is_dir():
+        raise ConfigError("resume", f"the run in {run_dir} has no journal to resume from")
+    fields = set(RunConfig.__dataclass_fields__)
+    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    config.output = str(run_dir)
+    return run_plan(plan(config, registries), progress=progress, resume=True)
 
 
 def search_levels(model: Any, steps: int) -> list[float]:
@@ -337,6 +389,9 @@ def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Pl
         "condition": result.condition.to_json(),
         "device": str(getattr(model, "device", "cpu")),
         "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+        "weights_dtype": str(getattr(model, "weights_dtype", getattr(model, "dtype", ""))).replace(
+            "torch.", ""
+        ),
         "levels": engine.levels,
         "nfe_per_candidate": engine.nfe_per_candidate,
         "budget": {"candidates": plan.budget.candidates, "nfe": plan.budget.nfe},
@@ -345,13 +400,37 @@ def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Pl
         "best": result.best.to_json(),
         "baseline": result.baseline.to_json(),
         "verdicts": result.verdicts,
+        "strategy_report": result.strategy_report,
         "environment": results.environment(),
     }
+    from noisesearch.report import write_report
+
+    writing = time.perf_counter()
     results.save_png(result.best.image, run_dir / "best.png")
     results.save_png(result.baseline.image, run_dir / "baseline.png")
-    results.save_grid(result.top, run_dir / "grid.png")
-    results.save_noise(result.best.noise, run_dir / "best_noise.safetensors", result.best.recipe)
+    evaluator = result.config.evaluator if result.config.evaluator != NO_EVALUATOR else None
+    results.save_grid(result.top, run_dir / "grid.png", evaluator=evaluator)
+    (run_dir / "top").mkdir(exist_ok=True)
+    run_json["top"] = []
+    for rank, candidate in enumerate(result.top, 1):
+        entry = candidate.to_json()
+        if candidate.image is not None:
+            results.save_png(candidate.image, run_dir / "top" / f"{rank:02d}.png")
+            entry["image"] = f"top/{rank:02d}.png"
+        run_json["top"].append(entry)
+    results.save_noise(
+        result.best.noise, result.best.image, run_dir / "best_noise.safetensors", result.best.recipe
+    )
+    usage = result.usage
+    run_json["timings"] = {
+        "model": round(usage.model_seconds, 4),
+        "verifiers": round(usage.verifier_seconds, 4),
+        "other": round(max(result.seconds - usage.model_seconds - usage.verifier_seconds, 0.0), 4),
+        "search_total": round(result.seconds, 4),
+        "writing": round(time.perf_counter() - writing, 4),
+    }
     results.write_json(run_dir / "run.json", run_json)
+    write_report(run_dir)
 
 
 def search(
@@ -378,3 +457,69 @@ def search(
     elif options:
         raise ConfigError("search()", "pass either a RunConfig or keyword fields, not both")
     return run_plan(plan(config, registries), progress=progress, write=write)
+
+
+@dataclass
+class ReplayResult:
+    """A winner regenerated from its recipe, compared with the image the run saved."""
+
+    image: Any  # (3, H, W) in [0, 1]
+    identical: bool
+    max_abs_diff: float
+    score: float
+    recorded_score: float
+
+
+def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayResult:
+    """Regenerate a run's best candidate from its recipe (``noisesearch replay``).
+
+    Bit for bit on the same device, dtype and thread count (see ``noisesearch.recipes``);
+    noises of kinds that cannot be re-derived come from ``best_noise.safetensors``.
+    """
+    import json
+
+    import torch
+
+    from noisesearch import recipes, results
+
+    run_dir = Path(run_dir)
+    run_json_path = run_dir / "run.json"
+    if not run_json_path.is_file():
+        raise ConfigError("run", f"{run_dir} holds no run.json; is it a run folder?")
+    run = json.loads(run_json_path.read_text())
+    fields = set(RunConfig.__dataclass_fields__)
+    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    config.output = str(run_dir)
+    checked = plan(config, registries)
+    saved = results.load_best(run_dir / "best_noise.safetensors")
+    model = checked.model.create(**_with_device(checked.model, config.model_options, config.device))
+    objective = checked.verifiers[0]
+    verifier = objective.create(
+        **_with_device(objective, config.verifier_options.get(objective.name, {}), config.device)
+    )
+    recipe = run["best"]["recipe"]
+    noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
+    prepared = model.prepare(checked.condition)
+    with torch.inference_mode():
+        latent = recipes.replay(
+            recipe,
+            lambda x, sigma: model.denoise(x, sigma, prepared),
+            model.schedule,
+            config.solver,
+            tuple(model.latent_shape),
+            getattr(model, "device", "cpu"),
+            getattr(model, "dtype", None),
+            noise=noise,
+        )
+        image = model.decode(latent[None]).float().clamp(0, 1)
+        score = float(verifier.score(image, checked.condition)[0])
+    image = image[0].cpu()
+    recorded = saved["image"]
+    results.save_png(image, run_dir / "replay.png")
+    return ReplayResult(
+        image=image,
+        identical=bool(torch.equal(image, recorded)),
+        max_abs_diff=float((image - recorded).abs().max()),
+        score=score,
+        recorded_score=float(run["best"]["scores"][objective.name]),
+    )

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -17,17 +17,26 @@ from noisesearch import __version__
 from noisesearch.errors import ConfigError, NoiseSearchError
 from noisesearch.plugins import build_registries, get_plugin_manager, plugin_infos
 
+if TYPE_CHECKING:
+    from noisesearch.api import SearchResult
+    from noisesearch.config import RunConfig
+
 KIND_COMMANDS = {"models": "model", "verifiers": "verifier", "strategies": "strategy"}
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can act on into one line and exit code 2, no traceback."""
+    """Turn the errors a user can act on into one line and exit code 2, no traceback; Ctrl-C
+    into a hint to resume and exit code 130."""
     try:
         yield
     except NoiseSearchError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted. The run folder keeps every candidate scored so far; "
+                   "continue with `noisesearch run --resume RUN_FOLDER`.", err=True)
+        raise typer.Exit(130) from None
 
 
 def _print_json(data: Any) -> None:
@@ -48,7 +57,7 @@ def _plugins_command(app: typer.Typer) -> None:
     ) -> None:
         """List installed plugins and the hooks they implement."""
         with user_errors():
-            infos = plugin_infos(get_plugin_manager(), include_builtin=all_)
+            infos = plugin_infos(_plugin_manager(), include_builtin=all_)
         if as_json:
             _print_json([info.to_json() for info in infos])
             return
@@ -66,7 +75,7 @@ def _kind_command(app: typer.Typer, command: str, kind: str) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         with user_errors():
-            registry = build_registries().of(kind)
+            registry = build_registries(_plugin_manager()).of(kind)
             if name is not None:
                 entry = registry.get(name)
                 detail = {**entry.to_json(), "parameters": [p.to_json() for p in entry.parameters()]}
@@ -114,54 +123,299 @@ def _parse_verifier_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def _cli_layer(**given: Any) -> dict[str, Any]:
+    """The RunConfig fields given on the command line: options left out are ``None`` and
+    must not override a configuration file."""
+    layer = {key: value for key, value in given.items() if value is not None}
+    label = layer.get("label")
+    if isinstance(label, str) and label.strip().isdigit():
+        layer["label"] = int(label)
+    return layer
+
+
 def _run_command(app: typer.Typer) -> None:
     @app.command()
     def run(
-        model: str = typer.Option("digits", help="Model name (see `noisesearch models`), or hf:<id-or-folder> for a diffusers pipeline."),  # noqa: E501
+        model: Optional[str] = typer.Option(None, help="Model name (see `noisesearch models`), or hf:<id-or-folder> for a diffusers pipeline. Default: digits."),  # noqa: E501, UP045
         label: Optional[str] = typer.Option(None, help="Class label, an index or a class name (class-conditional models); default: drawn from --seed."),  # noqa: E501, UP045
         prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models)."),  # noqa: UP045
+        prompts_file: Optional[str] = typer.Option(None, help="Text file, one prompt per line (# comments and blank lines skipped): one search per prompt, each in a sub-folder of the output folder."),  # noqa: E501, UP045
         negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt."),  # noqa: UP045
-        strategy: str = typer.Option("random", help="Search strategy (see `noisesearch strategies`)."),  # noqa: E501
+        strategy: Optional[str] = typer.Option(None, help="Search strategy (see `noisesearch strategies`). Default: random."),  # noqa: E501, UP045
         verifier: Optional[list[str]] = typer.Option(None, help="Verifier; repeat for several (the first one is searched on). Default: the model's."),  # noqa: E501, UP045
         evaluator: Optional[str] = typer.Option(None, help="Independent judge for reports, or 'none'. Default: the model's."),  # noqa: E501, UP045
         candidates: Optional[int] = typer.Option(None, help="Budget in candidates (default 16 when no budget is given)."),  # noqa: E501, UP045
         budget_nfe: Optional[int] = typer.Option(None, help="Budget in denoiser evaluations, summed over candidates."),  # noqa: E501, UP045
         steps: Optional[int] = typer.Option(None, help="Solver steps per candidate (default: the model's)."),  # noqa: E501, UP045
-        solver: str = typer.Option("ddim", help="ODE solver: ddim (Euler) or heun."),
-        seed: int = typer.Option(0, help="Run seed: same seed, same candidates."),
+        solver: Optional[str] = typer.Option(None, help="ODE solver: ddim (Euler) or heun. Default: ddim."),  # noqa: E501, UP045
+        seed: Optional[int] = typer.Option(None, help="Run seed: same seed, same candidates. Default: 0."),  # noqa: E501, UP045
         batch_size: Optional[int] = typer.Option(None, help="Candidates per batch (default: the model's)."),  # noqa: E501, UP045
-        top_k: int = typer.Option(8, help="Best candidates kept with their images."),
+        top_k: Optional[int] = typer.Option(None, help="Best candidates kept with their images. Default: 8."),  # noqa: E501, UP045
         device: Optional[str] = typer.Option(None, help="torch device, e.g. cpu or cuda."),  # noqa: UP045
         output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder (default: noisesearch-runs/<time>-<model>-<condition>)."),  # noqa: E501, UP045
         model_opt: Optional[list[str]] = typer.Option(None, help="Model option KEY=VALUE."),  # noqa: UP045
         verifier_opt: Optional[list[str]] = typer.Option(None, help="Verifier option VERIFIER.KEY=VALUE."),  # noqa: E501, UP045
         strategy_opt: Optional[list[str]] = typer.Option(None, help="Strategy option KEY=VALUE."),  # noqa: UP045
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
-        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        config_file: Optional[str] = typer.Option(None, "--config", "-c", help="Configuration file: TOML with RunConfig fields as keys, or a run's run.json to repeat it. Command-line options override it."),  # noqa: E501, UP045
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="Override one field: KEY=VALUE, dotted for tables (verifier_options.NAME.KEY=VALUE)."),  # noqa: E501, UP045
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run in its folder (other options are taken from its run.json)."),  # noqa: E501, UP045
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+        as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
     ) -> None:
         """Search for better samples: generate candidates, score them, keep the best."""
-        from noisesearch.api import plan, run_plan
-        from noisesearch.config import RunConfig
+        from noisesearch.config import config_from_mapping, load_config_file, merge_config, parse_set
 
+        if resume is not None:
+            _resume(resume, quiet, as_json)
+            return
         with user_errors():
-            config = RunConfig(
+            layers = [load_config_file(config_file)] if config_file else []
+            layers.append(parse_set(set_ or []))
+            layers.append(_cli_layer(
                 model=model, strategy=strategy, verifiers=verifier or None, evaluator=evaluator,
-                prompt=prompt, negative_prompt=negative_prompt,
-                label=int(label) if label is not None and label.strip().isdigit() else label,
+                prompt=prompt, negative_prompt=negative_prompt, label=label,
                 candidates=candidates, budget_nfe=budget_nfe, steps=steps, solver=solver,
                 seed=seed, batch_size=batch_size, top_k=top_k, device=device, output=output,
-                model_options=_parse_options(model_opt or [], "--model-opt"),
-                verifier_options=_parse_verifier_options(verifier_opt or []),
-                strategy_options=_parse_options(strategy_opt or [], "--strategy-opt"),
-            )
-            checked = plan(config)
-            result = run_plan(checked, progress=not quiet and not as_json)
+                model_options=_parse_options(model_opt, "--model-opt") if model_opt else None,
+                verifier_options=_parse_verifier_options(verifier_opt) if verifier_opt else None,
+                strategy_options=(
+                    _parse_options(strategy_opt, "--strategy-opt") if strategy_opt else None
+                ),
+            ))
+            config = config_from_mapping(merge_config(*layers))
+            outcomes = _run_searches(config, prompts_file, progress=not quiet and not as_json)
         if as_json:
-            _print_json(result.summary())
+            summaries = [result.summary() for result in outcomes]
+            _print_json(summaries if prompts_file else summaries[0])
         elif not quiet:
             from noisesearch.summary import print_summary
 
-            print_summary(result)
+            for result in outcomes:
+                print_summary(result)
+
+
+def _resume(run_dir: str, quiet: bool, as_json: bool) -> None:
+    from pathlib import Path
+
+    from noisesearch.api import resume_run
+
+    with user_errors():
+        result = resume_run(Path(run_dir), progress=not quiet and not as_json,
+                            registries=build_registries(_plugin_manager()))
+    if as_json:
+        _print_json(result.summary())
+    elif not quiet:
+        from noisesearch.summary import print_summary
+
+        print_summary(result)
+
+
+def _run_searches(config: RunConfig, prompts_file: str | None, progress: bool) -> list[SearchResult]:
+    """One search, or one per prompt of a prompts file, each in a sub-folder of the output
+    folder; every prompt is planned (checked) before the first one runs."""
+    import copy
+    from pathlib import Path
+
+    from noisesearch.api import DEFAULT_OUTPUT_ROOT, plan, run_plan
+
+    if prompts_file is None:
+        return [run_plan(plan(config, build_registries(_plugin_manager())), progress=progress)]
+    from noisesearch.config import read_prompts
+    from noisesearch.names import safe_name
+    from noisesearch.results import default_run_dir
+
+    if config.prompt is not None:
+        raise ConfigError("--prompts-file", "give --prompt or --prompts-file, not both")
+    prompts = read_prompts(prompts_file)
+    root = Path(config.output) if config.output else default_run_dir(
+        DEFAULT_OUTPUT_ROOT, config.model, "prompts"
+    )
+    plans = []
+    for number, prompt in enumerate(prompts, 1):
+        one = copy.deepcopy(config)
+        one.prompt = prompt
+        one.output = str(root / f"{number:03d}-{safe_name(prompt)}")
+        plans.append(plan(one, build_registries(_plugin_manager())))
+    return [run_plan(checked, progress=progress) for checked in plans]
+
+
+def _show_command(app: typer.Typer) -> None:
+    @app.command()
+    def show(
+        run_dir: str = typer.Argument(..., metavar="RUN", help="A run folder (or its run.json)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Summarise a run folder: what ran, what it cost, the first candidate against the best."""
+        from noisesearch.runs import load_run, run_summary
+
+        with user_errors():
+            record = load_run(run_dir, candidates=False)
+            if not record.complete:
+                record = load_run(run_dir)
+        summary = run_summary(record)
+        run = record.run
+        if as_json:
+            _print_json({**summary, "config": record.config, "usage": run.get("usage"),
+                         "baseline": run.get("baseline"), "best_candidate": run.get("best"),
+                         "verdicts": run.get("verdicts"), "timings": run.get("timings")})
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        from noisesearch.report import describe_condition
+
+        console = Console()
+        usage = run.get("usage") or {}
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold")
+        facts.add_column()
+        status = "complete" if record.complete else "[red]incomplete[/]"
+        budget = run.get("budget") or {}
+        for key, value in (
+            ("run", f"{record.path} ({status})"),
+            ("model", summary["model"]),
+            ("condition", describe_condition(run.get("condition"))),
+            ("strategy", summary["strategy"]),
+            ("searched on", summary["objective"]),
+            ("judge", record.evaluator),
+            ("budget", f"{budget.get('candidates') or '-'} candidates, {budget.get('nfe') or '-'} NFEs"),
+            ("used", f"{summary['candidates']} candidates, {summary['nfe']} NFEs, "
+                     f"{usage.get('verifier_calls', '-')} verifier calls, {run.get('seconds', '-')} s"),
+            ("device", f"{run.get('device', '-')} {run.get('dtype', '')}"),
+        ):
+            if value is not None:
+                facts.add_row(key, _escape(str(value)))
+        console.print(facts)
+        names = [n for n in (record.config.get("verifiers") or []) + [record.evaluator] if n]
+        table = Table()
+        table.add_column("")
+        table.add_column("candidate", justify="right")
+        for name in names:
+            table.add_column(_escape(name), justify="right")
+        verdicts = run.get("verdicts") or {}
+        if verdicts:
+            table.add_column("judge says", justify="right")
+        for title, key in (("first candidate", "baseline"), (f"best of {summary['candidates']}", "best")):
+            candidate = run.get(key)
+            if not candidate:
+                continue
+            scores = candidate.get("scores") or {}
+            cells = [title, str(candidate.get("index"))]
+            cells += [f"{scores[n]:.4f}" if n in scores else "-" for n in names]
+            if verdicts:
+                mark = "[green]right[/]" if verdicts.get(f"{key}_agrees") else "[red]wrong[/]"
+                cells.append(f"{verdicts.get(f'{key}_predicted')} ({mark})")
+            table.add_row(*cells)
+        if table.row_count:
+            console.print(table)
+        elif summary["best"] is not None:
+            console.print(f"best objective so far: {summary['best']:.4f}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _report_command(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        run_dir: str = typer.Argument(..., metavar="RUN", help="A run folder (or its run.json)."),
+    ) -> None:
+        """Rebuild a run's report.html and scaling.png from run.json and candidates.jsonl."""
+        from noisesearch.report import write_report
+
+        with user_errors():
+            page = write_report(run_dir)
+        typer.echo(str(page))
+
+
+def _runs_command(app: typer.Typer) -> None:
+    @app.command()
+    def runs(
+        folder: str = typer.Argument("noisesearch-runs", help="Where to look, at any depth."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List the runs under a folder: model, strategy, budget used, best score, complete or not."""
+        from noisesearch.report import describe_condition
+        from noisesearch.runs import list_runs
+
+        with user_errors():
+            found = list_runs(folder)
+        if as_json:
+            _print_json(found)
+            return
+        if not found:
+            typer.echo(f"No runs under {folder}.")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"runs under {_escape(folder)}")
+        for column in ("run", "model", "condition", "strategy", "NFEs", "candidates", "best", "status"):
+            table.add_column(column, justify="right" if column in ("NFEs", "candidates", "best") else "left")
+        for row in found:
+            if "error" in row:
+                table.add_row(_escape(row["run"]), "", "", "", "", "", "", f"[red]{_escape(row['error'])}[/]")
+                continue
+            best = f"{row['best']:.4g}" if isinstance(row["best"], (int, float)) else "-"
+            table.add_row(
+                _escape(row["run"]), _escape(str(row["model"] or "-")),
+                _escape(describe_condition(row["condition"]) if row["condition"] is not None else "-"),
+                _escape(str(row["strategy"] or "-")), str(row["nfe"] if row["nfe"] is not None else "-"),
+                str(row["candidates"] if row["candidates"] is not None else "-"), best,
+                "complete" if row["complete"] else "[yellow]incomplete[/]",
+            )
+        Console(width=max(Console().width, 120)).print(table)
+
+
+def _replay_command(app: typer.Typer) -> None:
+    @app.command()
+    def replay(run_dir: str = typer.Argument(..., help="A run folder written by `noisesearch run`.")) -> None:
+        """Regenerate a run's best candidate from its recipe and check it is the same image."""
+        from pathlib import Path
+
+        from noisesearch.api import replay_run
+
+        with user_errors():
+            outcome = replay_run(Path(run_dir))
+        verdict = "identical (bit for bit)" if outcome.identical else (
+            f"DIFFERENT (max abs difference {outcome.max_abs_diff:.3g})"
+        )
+        typer.echo(f"replayed best of {run_dir}: {verdict}; "
+                   f"score {outcome.score:.6g} (recorded {outcome.recorded_score:.6g})")
+        typer.echo(f"wrote {Path(run_dir) / 'replay.png'}")
+        if not outcome.identical:
+            raise typer.Exit(1)
+
+
+_state: dict[str, Any] = {}
+
+
+def _plugin_manager() -> Any:
+    """The plugin manager of the app being run: built once by :func:`build_app`, so that a
+    broken plugin warns once per command, not once per lookup."""
+    if "manager" not in _state:
+        _state["manager"] = get_plugin_manager()
+    return _state["manager"]
+
+
+def _show_plugin_warnings_briefly() -> None:
+    """Print a plugin that failed to load as one ``Warning:`` line, not a source excerpt."""
+    import warnings
+
+    from noisesearch.plugins import PluginLoadWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, PluginLoadWarning):
+            typer.echo(f"Warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def build_app() -> typer.Typer:
@@ -187,8 +441,13 @@ def build_app() -> typer.Typer:
     for command, kind in KIND_COMMANDS.items():
         _kind_command(app, command, kind)
     _run_command(app)
+    _replay_command(app)
+    _show_command(app)
+    _report_command(app)
+    _runs_command(app)
     try:
-        get_plugin_manager().hook.register_commands(app=app)
+        _state["manager"] = get_plugin_manager()
+        _plugin_manager().hook.register_commands(app=app)
     except NoiseSearchError as exc:
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(2)
@@ -196,4 +455,5 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
+    _show_plugin_warnings_briefly()
     build_app()()

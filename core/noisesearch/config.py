@@ -83,3 +83,157 @@ def check_output_writable(path: Path) -> None:
         raise ConfigError("output", f"{existing} exists and is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError("output", f"cannot write in {existing}")
+
+
+# -- configuration files and overrides ---------------------------------------------------------
+
+#: What each RunConfig field accepts in a file or a ``--set``, for messages and checks.
+_FIELD_KINDS: dict[str, str] = {
+    "model": "str", "strategy": "str", "verifiers": "list", "evaluator": "str?",
+    "prompt": "str?", "negative_prompt": "str?", "label": "label", "candidates": "int?",
+    "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
+    "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
+    "verifier_options": "tables", "strategy_options": "table",
+}
+
+
+def _valid_keys() -> str:
+    return ", ".join(RunConfig.__dataclass_fields__)
+
+
+def load_config_file(path: Path | str) -> dict[str, Any]:
+    """The RunConfig fields in a TOML file, or in a JSON file (a ``run.json`` gives its
+    ``"config"``, so that ``--config RUN/run.json`` repeats that run; its ``output`` is
+    dropped so the repeat gets a folder of its own)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("--config", f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and "schema_version" in data and isinstance(data.get("config"), dict):
+            data = {k: v for k, v in data["config"].items() if k != "output"}
+    else:
+        data = _parse_toml(text, path)
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path}: expected a table of RunConfig fields")
+    check_config_mapping(data, where=str(path))
+    return data
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "--config", "TOML files need Python 3.11+ or `pip install tomli`; or use a JSON file"
+            ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path}: invalid TOML: {exc}") from None
+
+
+def check_config_mapping(data: dict[str, Any], where: str = "configuration") -> None:
+    """Refuse unknown keys (naming the valid ones) and values of the wrong kind, so that a
+    typo in a file fails before anything runs instead of being silently ignored."""
+    for key, value in data.items():
+        kind = _FIELD_KINDS.get(key)
+        if kind is None:
+            raise ConfigError(key, f"unknown key in {where}. Valid keys: {_valid_keys()}")
+        if value is None and (kind.endswith("?") or kind in ("list", "label")):
+            continue
+        ok = {
+            "str": isinstance(value, str), "str?": isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "int?": isinstance(value, int) and not isinstance(value, bool),
+            "label": isinstance(value, (int, str)) and not isinstance(value, bool),
+            "list": isinstance(value, list) and all(isinstance(v, str) for v in value),
+            "table": isinstance(value, dict),
+            "tables": isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+        }[kind]
+        if not ok:
+            expected = {
+                "str": "a string", "str?": "a string", "int": "an integer", "int?": "an integer",
+                "label": "a class index or name", "list": "a list of names",
+                "table": "a table of options", "tables": "a table of option tables, one per verifier",
+            }[kind]
+            raise ConfigError(key, f"expected {expected} in {where}, got {value!r}")
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as a nested mapping; dotted keys reach into tables
+    (``verifier_options.digits-classifier.device=cpu``). Values are JSON where they parse
+    (``3``, ``true``, ``["a", "b"]``), else strings; a list field also takes one name."""
+    import json
+
+    data: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        parts = [part.strip() for part in key.split(".")]
+        if not sep or not all(parts):
+            raise ConfigError("--set", f"expected KEY=VALUE or TABLE.KEY=VALUE, got {pair!r}")
+        if parts[0] not in _FIELD_KINDS:
+            raise ConfigError(parts[0], f"unknown key in --set. Valid keys: {_valid_keys()}")
+        kind = _FIELD_KINDS[parts[0]]
+        depth = {"table": 2, "tables": 3}.get(kind, 1)
+        if len(parts) != depth:
+            shape = {1: parts[0], 2: f"{parts[0]}.OPTION", 3: f"{parts[0]}.VERIFIER.OPTION"}[depth]
+            raise ConfigError(parts[0], f"--set expects {shape}=VALUE, got {key!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if kind.startswith("str") and not isinstance(value, str) and value is not None:
+            value = raw  # --set device=0 means the string "0"
+        if kind == "list" and isinstance(value, str):
+            value = [value]
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    check_config_mapping(data, where="--set")
+    return data
+
+
+def merge_config(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; option tables merge key by key (a file's ``[model_options]`` and a
+    ``--model-opt`` both apply)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = merge_config(merged[key], value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def config_from_mapping(data: dict[str, Any]) -> RunConfig:
+    """A RunConfig from checked file, ``--set`` and command-line layers."""
+    check_config_mapping(data)
+    return RunConfig(**data)
+
+
+def read_prompts(path: Path | str) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError("--prompts-file", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--prompts-file", f"{str(path)!r} is not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError("--prompts-file", f"{str(path)!r} holds no prompt (one per line)")
+    return prompts

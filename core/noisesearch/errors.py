@@ -30,7 +30,8 @@ class UnknownNameError(NoiseSearchError, KeyError):
         if close:
             parts.append(f"Did you mean: {', '.join(close)}?")
         listed = ", ".join(self.available) if self.available else "(none)"
-        parts.append(f"Available {kind}s: {listed}.")
+        plural = {"strategy": "strategies"}.get(kind, f"{kind}s")
+        parts.append(f"Available {plural}: {listed}.")
         parts.append("Run `noisesearch plugins` to see which plugins are loaded.")
         super().__init__(" ".join(parts))
 

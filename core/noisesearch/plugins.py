@@ -25,8 +25,20 @@ from noisesearch.registry import Registry
 #: ``NOISESEARCH_LOAD_PLUGINS`` disables every external plugin.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "noisesearch_builtin.models.digits",
+    "noisesearch_builtin.models.diffusers.plugin",
     "noisesearch_builtin.verifiers.digits_classifiers",
+    "noisesearch_builtin.verifiers.clip_score",
+    "noisesearch_builtin.verifiers.clip_zeroshot",
+    "noisesearch_builtin.verifiers.aesthetic",
+    "noisesearch_builtin.verifiers.consistency",
+    "noisesearch_builtin.verifiers.ensemble",
+    "noisesearch_builtin.verifiers.dino",
+    "noisesearch_builtin.verifiers.classifier",
     "noisesearch_builtin.search.random_search",
+    "noisesearch_builtin.search.zero_order",
+    "noisesearch_builtin.search.paths",
+    "noisesearch_builtin.search.smc",
+    "noisesearch_builtin.search.pruning",
 )
 
 #: Which external plugins load: unset = all installed; empty = none;
@@ -83,7 +95,7 @@ def get_plugin_manager(load_entrypoints: bool | Sequence[str] | None = None) -> 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(_describe_validation_error(exc)) from None
+        raise PluginError(_describe_validation_error(exc, pm.get_name(exc.plugin))) from None
     return pm
 
 
@@ -123,12 +135,12 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(_describe_validation_error(exc)) from None
+        raise PluginError(_describe_validation_error(exc, name)) from None
 
 
-def _describe_validation_error(exc: pluggy.PluginValidationError) -> str:
-    hooks = ", ".join(name for name in dir(hookspecs) if name.startswith("register_"))
-    return f"plugin {exc.plugin!r} breaks the hook contract: {exc}. Known hooks: {hooks}."
+def _describe_validation_error(exc: pluggy.PluginValidationError, name: str | None) -> str:
+    hooks = ", ".join(hook for hook in dir(hookspecs) if hook.startswith("register_"))
+    return f"plugin {name or exc.plugin!r} breaks the hook contract: {exc}. Known hooks: {hooks}."
 
 
 @dataclass
@@ -152,9 +164,9 @@ def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
     for kind, hook_name in _REGISTER_HOOKS.items():
         registry = registries.of(kind)
         caller = getattr(pm.hook, hook_name)
-        # Registration order (built-ins first), calling each plugin with its own `register`
-        # so that a duplicate name can name both plugins.
-        for impl in reversed(caller.get_hookimpls()):
+        # Registration order (built-ins first: get_hookimpls() lists them that way), calling
+        # each plugin with its own `register` so that a duplicate name can name both plugins.
+        for impl in caller.get_hookimpls():
             function: Callable[..., None] = impl.function
             function(register=registry.bind(impl.plugin_name))
     return registries

@@ -20,8 +20,11 @@ class ProgressBar:
         self._progress = Progress(
             TextColumn("[bold]searching"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} NFEs" if total_nfe else "{task.fields[nfe]} NFEs"),
-            TextColumn("{task.fields[candidates]} candidates"),
+            TextColumn(f"{{task.fields[nfe]}}/{total_nfe} NFEs" if total_nfe else "{task.fields[nfe]} NFEs"),
+            TextColumn(
+                f"{{task.fields[candidates]}}/{total_candidates} candidates"
+                if total_candidates else "{task.fields[candidates]} candidates"
+            ),
             TextColumn("{task.fields[rate]} NFE/s"),
             TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(),

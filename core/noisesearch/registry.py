@@ -209,3 +209,12 @@ def _param_docs(obj: object) -> dict[str, str]:
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
     target = factory.__init__ if inspect.isclass(factory) else factory
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+
+
+def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[str]:
+    """A verifier's needs without building it: ``requires``, or ``describe(**options)``
+    where they depend on options (an ensemble needs what its members need)."""
+    describe = getattr(entry.factory, "describe", None)
+    if callable(describe):
+        return frozenset(describe(**options).get("requires", ()))
+    return frozenset(getattr(entry.factory, "requires", frozenset()))

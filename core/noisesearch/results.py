@@ -3,15 +3,15 @@
 Layout (``SCHEMA_VERSION`` 1): ``run.json`` (configuration, versions, device, usage,
 timings, result summary), ``candidates.jsonl`` (one line per scored candidate, streamed),
 ``baseline.png`` (the first candidate: what the user gets without search), ``best.png``,
-``best_noise.safetensors`` (the winner's initial noise), ``grid.png`` (the top candidates).
+``best_noise.safetensors`` (the winner's initial noise), ``grid.png`` (the top candidates),
+``top/NN.png`` (each of them), ``scaling.png`` and ``report.html`` (see ``report.py``).
+docs/run-directory.md documents every field.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from noisesearch.engine import Usage
+from noisesearch.files import write_atomic
+from noisesearch.names import safe_token
 from noisesearch.types import Candidate
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ _VERSIONED = ("noisesearch", "torch", "diffusers", "transformers", "open_clip_to
 def default_run_dir(root: Path, model: str, condition_slug: str) -> Path:
     """A fresh folder ``root/<timestamp>-<model>-<condition>``, suffixed if taken."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{model}-{condition_slug}"
+    base = root / f"{stamp}-{safe_token(model)}-{safe_token(condition_slug)}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -41,24 +43,13 @@ def default_run_dir(root: Path, model: str, condition_slug: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 class CandidatesWriter:
-    """Engine listener that appends each scored candidate to ``candidates.jsonl``."""
+    """Engine listener that appends each scored candidate to ``candidates.jsonl``, with
+    ``nfe_spent``: the run's NFEs when it was scored (the x axis of ``scaling.png``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -66,7 +57,7 @@ class CandidatesWriter:
 
     def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None:
         for candidate in candidates:
-            self._handle.write(json.dumps(candidate.to_json()) + "\n")
+            self._handle.write(json.dumps({**candidate.to_json(), "nfe_spent": usage.nfe}) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
@@ -114,32 +105,58 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def save_grid(candidates: Sequence[Candidate], path: Path, columns: int = 4) -> None:
-    """The candidates side by side, best first, each with its rank and objective under it."""
+def save_grid(
+    candidates: Sequence[Candidate], path: Path, columns: int = 4, evaluator: str | None = None
+) -> None:
+    """The candidates side by side, best first, with gaps between them and, under each, its
+    rank and objective (and the evaluator's score, when one is named)."""
     import io
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    tiles = [to_pil(c.image) for c in candidates if c.image is not None]
-    if not tiles:
+    shown = [c for c in candidates if c.image is not None]
+    if not shown:
         return
+    tiles = [to_pil(c.image) for c in shown]
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
     width, height = tiles[0].size
-    caption = 14
+    gap, line = 8, 15
+    caption = line * (2 if evaluator else 1) + 4
     columns = min(columns, len(tiles))
     rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (columns * width, rows * (height + caption)), "white")
+    sheet = Image.new(
+        "RGB", (gap + columns * (width + gap), gap + rows * (height + caption + gap)), "white"
+    )
     draw = ImageDraw.Draw(sheet)
-    for i, (tile, candidate) in enumerate(zip(tiles, candidates)):
-        x, y = (i % columns) * width, (i // columns) * (height + caption)
+    for i, (tile, candidate) in enumerate(zip(tiles, shown)):
+        x = gap + (i % columns) * (width + gap)
+        y = gap + (i // columns) * (height + caption + gap)
         sheet.paste(tile, (x, y))
-        draw.text((x + 2, y + height + 1), f"#{i + 1} {candidate.objective:.3g}", fill="black")
+        draw.text((x, y + height + 2), f"#{i + 1}  {candidate.objective:.4g}", fill="black", font=font)
+        if evaluator and evaluator in candidate.scores:
+            text = f"judge {candidate.scores[evaluator]:.4g}"
+            draw.text((x, y + height + 2 + line), text, fill=(90, 90, 90), font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     write_atomic(path, buffer.getvalue())
 
 
-def save_noise(noise: torch.Tensor, path: Path, recipe: dict[str, Any]) -> None:
+def save_noise(
+    noise: torch.Tensor | None, image: torch.Tensor, path: Path, recipe: dict[str, Any]
+) -> None:
+    """The winner's initial noise and exact image (float, before PNG rounding), for replay."""
     from safetensors.torch import save
 
-    data = save({"noise": noise.contiguous()}, metadata={"recipe": json.dumps(recipe)})
-    write_atomic(path, data)
+    tensors = {"image": image.contiguous()}
+    if noise is not None:
+        tensors["noise"] = noise.contiguous()
+    write_atomic(path, save(tensors, metadata={"recipe": json.dumps(recipe)}))
+
+
+def load_best(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -51,6 +51,7 @@ __all__ = [
     "StrategyRun",
     "VerifierContract",
     "default_condition",
+    "noise_recipe",
     "run_strategy",
 ]
 
@@ -132,6 +133,13 @@ def default_condition(
     return Condition()
 
 
+def noise_recipe(candidate: Candidate) -> dict[str, Any]:
+    """The recipe of a candidate's initial noise (``{"kind": ..., ...}``), wherever the
+    candidate's full recipe keeps it (``recipe["start"]`` when it also lists the ops)."""
+    recipe = candidate.recipe
+    return recipe["start"] if isinstance(recipe.get("start"), dict) else recipe
+
+
 @dataclass
 class StrategyRun:
     """One strategy run through a real :class:`~noisesearch.engine.Engine`."""
@@ -200,15 +208,16 @@ def _class_attribute(owner: type, name: str) -> Any:
 
 
 def _skip(reason: str) -> None:
-    """Skip the current test; pytest's own skip when it runs us, so the report names the test."""
+    """Skip the current test: with pytest's skip where pytest runs it (its report then points
+    here, not into pytest), else with ``unittest.SkipTest``."""
     try:
         import pytest
-    except ImportError:  # another runner: unittest's skip is understood by most
+    except ImportError:
         raise unittest.SkipTest(reason) from None
     pytest.skip(reason)
 
 
-def _documented_options(factory: Callable[..., Any]) -> list[str]:
+def _undocumented_options(factory: Callable[..., Any]) -> list[str]:
     return [p.name for p in describe_parameters(factory) if not p.help]
 
 
@@ -343,7 +352,7 @@ class VerifierContract:
         factory = self.factory()
         if factory is None:
             _skip("no verifier_factory: make_verifier() is overridden")
-        missing = _documented_options(factory)
+        missing = _undocumented_options(factory)
         assert not missing, f"options without a `:param NAME:` docstring line: {missing}"
 
     def test_is_registered_under_its_name(self) -> None:
@@ -372,7 +381,10 @@ class SearchStrategyContract:
     steps: ClassVar[int] = 4
     batch_size: ClassVar[int] = 3  # odd, so that budgets do not divide into batches
     candidate_budget: ClassVar[int] = 7
-    #: Candidates the smallest budget affords; a strategy must still return one.
+    #: The NFE budget, in full samples' worth; not whole, so that it does not divide evenly.
+    nfe_budget: ClassVar[float] = 5.5
+    #: Candidates of the smallest budget; the strategy must still return them. Raise it (and the
+    #: budgets above) for a strategy whose least useful run costs more.
     min_candidates: ClassVar[int] = 1
 
     def factory(self) -> Callable[..., Any] | None:
@@ -422,16 +434,17 @@ class SearchStrategyContract:
         assert run.usage.candidates == len(run.candidates)
 
     def test_stays_within_a_budget_in_nfe(self) -> None:
-        per = self.nfe_per_candidate()
-        budget = Budget(nfe=per * 5 + per // 2)  # not a multiple of a candidate's cost
+        budget = Budget(nfe=int(self.nfe_per_candidate() * self.nfe_budget))
         run = self.run(budget)
         assert run.candidates, "no candidate evaluated"
         assert run.usage.nfe <= budget.nfe, f"spent {run.usage.nfe} NFEs of {budget.nfe}"
 
     def test_stays_within_both_budgets_at_once(self) -> None:
-        per = self.nfe_per_candidate()
-        budget = Budget(candidates=self.candidate_budget, nfe=per * 4)
+        budget = Budget(
+            candidates=self.candidate_budget, nfe=int(self.nfe_per_candidate() * self.nfe_budget)
+        )
         run = self.run(budget)
+        assert run.candidates, "no candidate evaluated"
         assert run.usage.nfe <= budget.nfe and run.usage.candidates <= self.candidate_budget
 
     def test_the_smallest_budget_still_yields_a_candidate(self) -> None:
@@ -448,7 +461,7 @@ class SearchStrategyContract:
     def test_recipes_are_json_with_a_kind(self) -> None:
         run = self.run(Budget(candidates=self.candidate_budget))
         for candidate in run.candidates:
-            assert isinstance(candidate.recipe.get("kind"), str), candidate.recipe
+            assert isinstance(noise_recipe(candidate).get("kind"), str), candidate.recipe
             assert json.loads(json.dumps(candidate.recipe)) == candidate.recipe, candidate.recipe
 
     def test_is_registered_under_its_name(self) -> None:
@@ -463,7 +476,7 @@ class SearchStrategyContract:
         factory = self.factory()
         if factory is None:
             _skip("no strategy_factory: make_strategy() is overridden")
-        missing = _documented_options(factory)
+        missing = _undocumented_options(factory)
         assert not missing, f"options without a `:param NAME:` docstring line: {missing}"
 
 
@@ -611,7 +624,7 @@ class ModelContract:
         factory = self.factory()
         if factory is None:
             _skip("no model_factory: make_model() is overridden")
-        missing = _documented_options(factory)
+        missing = _undocumented_options(factory)
         assert not missing, f"options without a `:param NAME:` docstring line: {missing}"
 
     def test_is_registered_under_its_name(self) -> None:

@@ -1,0 +1,88 @@
+"""The engine's journal: the outputs of every expensive call, in order, so that an
+interrupted run resumes where it stopped and ends exactly as an uninterrupted one.
+
+A search is deterministic given its configuration: the strategy makes the same calls in the
+same order. On resume the engine re-runs the strategy from the start and serves each call
+already journaled from disk (charging its NFEs again, so budgets play out the same) instead of
+computing it. One file per call, ``NNNNNN-<kind>.safetensors``, written atomically; a call
+interrupted half-way simply has no file and is computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from noisesearch.errors import NoiseSearchError
+from noisesearch.files import write_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+_ENTRY = re.compile(r"^(\d{6})-([a-z]+)\.safetensors$")
+
+
+class JournalMismatch(NoiseSearchError):
+    """The resumed run asked for a different call than the journal holds: the configuration,
+    the code or the plugins changed since the run was interrupted."""
+
+
+class Journal:
+    """Reads back the calls of an interrupted run, then records the new ones."""
+
+    def __init__(self, folder: Path, resume: bool = False) -> None:
+        self.folder = folder
+        if not resume and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._entries = self._consecutive_entries() if resume else []
+        self.index = 0
+
+    def _consecutive_entries(self) -> list[tuple[str, Path]]:
+        found = {}
+        for path in self.folder.iterdir():
+            match = _ENTRY.match(path.name)
+            if match:
+                found[int(match.group(1))] = (match.group(2), path)
+        entries = []
+        while len(entries) in found:
+            entries.append(found[len(entries)])
+        return entries
+
+    @property
+    def replaying(self) -> bool:
+        return self.index < len(self._entries)
+
+    @property
+    def replayed(self) -> int:
+        return min(self.index, len(self._entries))
+
+    def read(self, kind: str, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        recorded_kind, path = self._entries[self.index]
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["meta"])
+        if recorded_kind != kind or meta.get("rows") != rows:
+            raise JournalMismatch(
+                f"resuming: call {self.index} is a {kind} of {rows} rows, but the run recorded a "
+                f"{recorded_kind} of {meta.get('rows')} rows; the configuration or the plugins "
+                f"changed since it stopped. Start a new run instead."
+            )
+        self.index += 1
+        return load_file(str(path)), meta
+
+    def write(self, kind: str, rows: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        from safetensors.torch import save
+
+        payload = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+        data = save(payload, metadata={"meta": json.dumps({**meta, "rows": rows})})
+        write_atomic(self.folder / f"{self.index:06d}-{kind}.safetensors", data)
+        self.index += 1
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Recipes: how a candidate was made, so that it can be regenerated exactly.
+
+A recipe is a JSON-able dict: ``{"start": <noise recipe>, "ops": [<op>, ...]}``.
+
+Noise recipes (the initial noise at the first level of the grid):
+- ``{"kind": "seed", "seed": s}``: standard normal noise from a CPU ``torch.Generator``.
+- ``{"kind": "neighbour", "pivot": <noise recipe>, "seed": s, "cosine": c}``: a point on the
+  pivot's same-norm sphere at cosine ``c`` (zero-order search).
+- Other kinds (a plugin's own) cannot be re-derived; replay then uses the saved noise.
+
+Ops, applied in order to the noise:
+- ``{"op": "solve", "levels": [...], "batch": B, "row": i}``: the ODE over those levels,
+  computed as row ``i`` of a batch of ``B`` rows. Results depend (by ~1e-7) on the batch size
+  and on the row (matrix kernels treat remainder rows differently), not on the other rows'
+  content, so replay puts the row back at ``i`` of a zero-padded batch of ``B``: then it is
+  bit for bit the same on the same device, dtype and thread count.
+- ``{"op": "renoise", "from": s, "to": s2, "seed": k}``: the forward kernel to a noisier level
+  with noise from seed ``k``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from noisesearch.sampling import Denoiser, Schedule, draw_noise, renoise, solve
+
+if TYPE_CHECKING:
+    import torch
+
+Recipe = dict[str, Any]
+
+DERIVABLE_KINDS = ("seed", "neighbour")
+
+
+def seed_recipe(seed: int) -> Recipe:
+    return {"kind": "seed", "seed": int(seed)}
+
+
+def neighbour_recipe(pivot: Recipe, seed: int, cosine: float) -> Recipe:
+    return {"kind": "neighbour", "pivot": copy.deepcopy(pivot), "seed": int(seed), "cosine": cosine}
+
+
+def candidate_recipe(start: Recipe) -> Recipe:
+    return {"start": copy.deepcopy(start), "ops": []}
+
+
+def copy_recipe(recipe: Recipe) -> Recipe:
+    """A copy whose op list can grow independently (resampled particles share a past)."""
+    return {"start": recipe["start"], "ops": list(recipe["ops"])}
+
+
+def with_op(recipe: Recipe, op: dict[str, Any]) -> Recipe:
+    """A copy of ``recipe`` with one more op (recipes of resampled particles must not alias)."""
+    return {"start": recipe["start"], "ops": [*recipe["ops"], op]}
+
+
+def is_derivable(noise_recipe: Recipe) -> bool:
+    kind = noise_recipe.get("kind")
+    if kind == "neighbour":
+        return is_derivable(noise_recipe["pivot"])
+    return kind in DERIVABLE_KINDS
+
+
+def same_norm_neighbour(pivot: torch.Tensor, direction: torch.Tensor, cosine: float) -> torch.Tensor:
+    """``y = |n| (c u + sqrt(1 - c^2) w)``: ``u = n/|n|``, ``w`` the unit part of ``direction``
+    orthogonal to ``u``. Computed in float64 so norm and cosine hold to ~1e-12.
+
+    The neighbourhood of zero-order search (Ma et al. 2025, section 3.2; the metric the paper
+    leaves open, as in the first author's code).
+    """
+    import torch
+
+    n = pivot.to(torch.float64).flatten()
+    d = direction.to(torch.float64).flatten()
+    norm = n.norm()
+    u = n / norm
+    w = d - (d @ u) * u
+    w = w / w.norm()
+    y = norm * (cosine * u + math.sqrt(max(1.0 - cosine * cosine, 0.0)) * w)
+    return y.reshape(pivot.shape).to(pivot.dtype)
+
+
+def initial_noise(
+    noise_recipe: Recipe,
+    shape: Sequence[int],
+    device: Any = "cpu",
+    dtype: Any = None,
+) -> torch.Tensor:
+    """The noise ``(*shape)`` a derivable noise recipe describes."""
+    kind = noise_recipe.get("kind")
+    if kind == "seed":
+        return draw_noise([noise_recipe["seed"]], shape, device, dtype)[0]
+    if kind == "neighbour":
+        pivot = initial_noise(noise_recipe["pivot"], shape, device, dtype)
+        direction = draw_noise([noise_recipe["seed"]], shape, device, dtype)[0]
+        return same_norm_neighbour(pivot, direction, noise_recipe["cosine"])
+    raise ValueError(f"noise recipe kind {kind!r} cannot be re-derived; pass the noise itself")
+
+
+def solve_padded(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    levels: Sequence[float],
+    solver: str,
+    batch: int,
+    row: int = 0,
+) -> torch.Tensor:
+    """Solve one row ``x`` (shape ``(*latent)``) as row ``row`` of a zero-padded batch of
+    ``batch`` rows, so that it meets the same kernels as when it was first computed."""
+    import torch
+
+    padded = torch.zeros((batch, *x.shape), dtype=x.dtype, device=x.device)
+    padded[row] = x
+    return solve(denoiser, padded, schedule, levels, solver).x[row]
+
+
+def replay(
+    recipe: Recipe,
+    denoiser: Denoiser,
+    schedule: Schedule,
+    solver: str,
+    shape: Sequence[int],
+    device: Any = "cpu",
+    dtype: Any = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Re-run a candidate recipe; returns its final latent ``(*shape)``.
+
+    ``noise`` replaces the start noise for recipes whose noise kind cannot be re-derived.
+    """
+    start = recipe["start"]
+    if noise is None:
+        x = initial_noise(start, shape, device, dtype)
+    else:
+        x = noise.to(device=device, dtype=dtype or noise.dtype)
+    for op in recipe["ops"]:
+        if op["op"] == "solve":
+            x = solve_padded(denoiser, x, schedule, op["levels"], solver, op["batch"], op.get("row", 0))
+        elif op["op"] == "renoise":
+            eps = draw_noise([op["seed"]], shape, device, dtype)[0]
+            x = renoise(x, schedule, op["from"], op["to"], eps)
+        else:
+            raise ValueError(f"unknown recipe op {op['op']!r}")
+    return x

@@ -1,0 +1,178 @@
+"""Reading run folders back, for ``noisesearch show``, ``runs`` and ``report``.
+
+A run folder may be complete (``run.json`` with ``"complete": true``), still running or
+interrupted (``candidates.jsonl`` only, maybe with a half-written last line), or written by
+another version of noisesearch: readers here accept all of these and refuse only what they
+cannot understand, naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from noisesearch.errors import NoiseSearchError
+from noisesearch.results import SCHEMA_VERSION
+
+RUN_JSON = "run.json"
+CANDIDATES_JSONL = "candidates.jsonl"
+
+
+class RunFolderError(NoiseSearchError):
+    """A folder that is not a run folder, or one this version cannot read."""
+
+
+@dataclass
+class RunRecord:
+    """One run folder as read from disk: ``run`` is ``run.json`` (empty while it is not
+    written yet), ``candidates`` the lines of ``candidates.jsonl`` (if loaded)."""
+
+    path: Path
+    run: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.run.get("complete") is True
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.run.get("config") or {})
+
+    @property
+    def objective(self) -> str | None:
+        verifiers = self.config.get("verifiers") or []
+        return verifiers[0] if verifiers else None
+
+    @property
+    def evaluator(self) -> str | None:
+        name = self.config.get("evaluator")
+        return name if name and name != "none" else None
+
+
+def run_folder(path: Path | str) -> Path:
+    """The folder of a run, given the folder itself or its ``run.json``."""
+    path = Path(path)
+    if path.is_file() and path.name == RUN_JSON:
+        return path.parent
+    if not path.is_dir():
+        raise RunFolderError(f"run folder {str(path)!r} does not exist")
+    if not (path / RUN_JSON).exists() and not (path / CANDIDATES_JSONL).exists():
+        raise RunFolderError(
+            f"{str(path)!r} is not a run folder: it has neither {RUN_JSON} nor {CANDIDATES_JSONL}"
+        )
+    return path
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """``run.json``, checked: a JSON object of a schema version this code can read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise RunFolderError(f"{path}: no valid schema_version (got {version!r})")
+    if version > SCHEMA_VERSION:
+        raise RunFolderError(
+            f"{path}: schema version {version} is newer than this noisesearch reads "
+            f"({SCHEMA_VERSION}); upgrade noisesearch"
+        )
+    return data
+
+
+def read_candidates(path: Path) -> list[dict[str, Any]]:
+    """Every candidate line of ``candidates.jsonl``; a half-written last line (a run that
+    was killed while writing) is dropped, a broken line elsewhere is an error."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{path}:{number}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
+            raise RunFolderError(f"{path}:{number}: expected a candidate object with scores")
+        rows.append(row)
+    return rows
+
+
+def load_run(path: Path | str, candidates: bool = True) -> RunRecord:
+    """Read a run folder (or its ``run.json``); ``candidates=False`` skips the JSONL."""
+    folder = run_folder(path)
+    run_json = folder / RUN_JSON
+    run = read_run_json(run_json) if run_json.exists() else {}
+    rows = read_candidates(folder / CANDIDATES_JSONL) if candidates else []
+    return RunRecord(folder, run, rows)
+
+
+def find_runs(root: Path | str) -> list[Path]:
+    """Run folders at any depth under ``root`` (a prompts file nests them), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunFolderError(f"folder {str(root)!r} does not exist")
+    found = {p.parent for name in (RUN_JSON, CANDIDATES_JSONL) for p in root.rglob(name)}
+    return sorted(found)
+
+
+def run_summary(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
+    """One line of ``noisesearch runs``: what ran and what it found.
+
+    Complete runs are summarised from ``run.json``; others from their candidates so far.
+    """
+    run, config = record.run, record.config
+    usage = run.get("usage") or {}
+    best = (run.get("best") or {}).get("objective")
+    nfe, count = usage.get("nfe"), usage.get("candidates")
+    rows = record.candidates
+    if not record.complete and rows:
+        best = max((row.get("objective") for row in rows if row.get("objective") is not None),
+                   default=None)
+        count = len(rows)
+        nfe = rows[-1].get("nfe_spent", sum(int(row.get("nfe", 0)) for row in rows))
+    budget = run.get("budget") or {}
+    name = str(record.path.relative_to(root)) if root and record.path != root else str(record.path)
+    return {
+        "run": name,
+        "path": str(record.path),
+        "model": config.get("model"),
+        "condition": run.get("condition"),
+        "strategy": config.get("strategy"),
+        "objective": record.objective,
+        "nfe": nfe,
+        "budget_nfe": budget.get("nfe"),
+        "candidates": count,
+        "budget_candidates": budget.get("candidates"),
+        "best": best,
+        "complete": record.complete,
+        "created": (run.get("environment") or {}).get("created"),
+    }
+
+
+def list_runs(root: Path | str) -> list[dict[str, Any]]:
+    """:func:`run_summary` of every run folder under ``root``; an unreadable folder is
+    listed with its error rather than hiding the others."""
+    root = Path(root)
+    summaries = []
+    for folder in find_runs(root):
+        try:
+            record = load_run(folder, candidates=False)
+            if not record.complete:
+                record = load_run(folder)
+            summaries.append(run_summary(record, root))
+        except RunFolderError as exc:
+            summaries.append({"run": str(folder.relative_to(root)), "path": str(folder),
+                              "complete": False, "error": str(exc)})
+    return summaries

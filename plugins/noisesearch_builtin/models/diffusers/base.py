@@ -1,0 +1,492 @@
+"""What every diffusers adapter shares: loading, placement, dtypes, the level grid, decoding, memory.
+
+An adapter turns a diffusers pipeline into a :class:`noisesearch.types.Model`: the pipeline's own
+``from_pretrained`` loads it (so hub ids, the hub cache, ``HF_HUB_OFFLINE`` and local folders
+behave as in diffusers), its own ``encode_prompt`` encodes the condition once per run, and the
+adapter calls the denoising network directly, one batched forward per step with classifier-free
+guidance inside, returning the clean prediction ``x0_hat`` in the core's noise-level convention.
+
+Conventions (see ``docs/models.md``):
+
+- Latents and the solver state are float32 whatever the weights' dtype (``model.dtype`` is the
+  latents' dtype, ``model.weights_dtype`` the networks'): each forward casts its input to the
+  weights' dtype and its output back. In float32 this reproduces the pipeline; in half precision
+  it is a little more accurate than the pipeline, whose state is rounded to half every step.
+- Variance-preserving models: level ``sigma = (t + 1) / T`` for diffusers timestep ``t``
+  (:class:`~noisesearch.sampling.VariancePreserving`). ``levels(steps)`` is the grid that
+  diffusers' ``DDIMScheduler`` builds from the pipeline's scheduler configuration (spacing,
+  ``steps_offset``, ``set_alpha_to_one``), so the core's ``ddim`` solver reproduces the pipeline
+  run with DDIM (eta 0). Flow models: level = the flow scheduler's sigma; see ``flow.py``.
+- Classifier-free guidance: one forward on the doubled batch, ``[uncond] * B + [cond] * B`` as the
+  pipelines order it (DiT: ``[cond] * B + [null] * B``); it is one NFE per candidate per step.
+- The safety checker is never loaded or run: images are decoded straight from the VAE.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from noisesearch.errors import ConfigError, IncompatibleError
+from noisesearch.sampling import VariancePreserving
+from noisesearch_builtin.models.diffusers import index
+
+if TYPE_CHECKING:
+    import torch
+
+    from noisesearch import Condition
+    from noisesearch.sampling import Schedule
+
+#: dtype option spellings.
+DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+#: Candidates per batch on a CPU (or any device whose free memory cannot be read).
+CPU_BATCH_SIZE = 4
+#: Upper bound of the automatic batch size.
+MAX_BATCH_SIZE = 64
+#: Share of the free accelerator memory the automatic batch sizes plan to use.
+MEMORY_FRACTION = 0.7
+#: Activation bytes of one forward per (token x channel x element size), peak over a block; a
+#: deliberately generous bound (attention projections, a 4x MLP, norms, residuals, guidance).
+ACTIVATION_FACTOR = 32
+#: Peak VAE-decoder bytes per (output pixel x first-block channel x element size).
+DECODER_FACTOR = 12
+#: Within this many timesteps of an integer, a level's timestep is taken as that integer.
+_TIMESTEP_SNAP = 1e-6
+
+#: Option docs shared by every adapter; each adapter's class docstring ends with them.
+COMMON_PARAMS = """
+:param path: Hugging Face hub id or local folder of the pipeline (``save_pretrained`` layout);
+    presets default to their hub id.
+:param guidance_scale: classifier-free guidance scale (FLUX.1: the embedded guidance); None: the
+    model's default. Values <= 1 disable guidance: one branch per forward.
+:param height: image height in pixels; None: the pipeline's default resolution.
+:param width: image width in pixels; None: the pipeline's default resolution.
+:param device: torch device, or "auto" (CUDA when available, else CPU).
+:param dtype: weights' dtype: float32, float16 or bfloat16, or "auto" (the family's usual half
+    precision on CUDA, float32 elsewhere). Latents stay float32.
+:param cpu_offload: keep weights on the CPU and move each network to the device while it runs
+    (diffusers' enable_model_cpu_offload; needs accelerate): slower, far less device memory.
+:param variant: weight-file variant to load, e.g. "fp16" (diffusers' ``variant``).
+"""
+
+
+def _param_blocks(doc: str) -> list[tuple[str, str]]:
+    """``(name, text)`` of each ``:param name:`` entry of a docstring, continuation lines included."""
+    blocks: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in doc.splitlines():
+        match = re.match(r"^:param (\w+):", line)
+        if match:
+            current = [line]
+            blocks.append((match.group(1), current))
+        elif current is not None and line.startswith((" ", "\t")) and line.strip():
+            current.append(line)
+        else:
+            current = None
+    return [(name, "\n".join(lines)) for name, lines in blocks]
+
+
+class DiffusersModel:
+    """Base of the diffusers adapters (not registered itself)."""
+
+    __doc__ = (__doc__ or "") + "\n" + COMMON_PARAMS  # the shared options, documented once
+
+    #: ``model_index.json`` ``_class_name`` values this adapter runs; the first is loaded.
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    conditioning: ClassVar[str] = "prompt"
+    num_classes: ClassVar[int | None] = None
+    class_names: ClassVar[tuple[str, ...] | None] = None
+    default_verifiers: ClassVar[tuple[str, ...]] = ()
+    default_evaluator: ClassVar[str | None] = None
+    default_steps: ClassVar[int] = 50
+    default_guidance_scale: ClassVar[float] = 7.5
+    #: Presets: the hub id used when ``path`` is not given.
+    default_path: ClassVar[str | None] = None
+    #: Weights' dtype for ``dtype="auto"`` on CUDA.
+    cuda_dtype: ClassVar[str] = "float16"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Append the parent's ``:param`` lines that a subclass's docstring does not repeat, so
+        presets and families document only what is theirs and ``noisesearch models NAME`` still
+        shows every option."""
+        super().__init_subclass__(**kwargs)
+        own = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+        documented = set(re.findall(r"^:param (\w+):", own, re.MULTILINE))
+        parent = inspect.getdoc(cls.__mro__[1]) or ""
+        options = inspect.signature(cls.__init__).parameters
+        inherited = [b for name, b in _param_blocks(parent) if name in options and name not in documented]
+        if inherited:
+            cls.__doc__ = own.rstrip() + ("\n" if documented else "\n\n") + "\n".join(inherited)
+
+    # -- traits, before loading ------------------------------------------------------------------
+    @classmethod
+    def describe(cls, path: str | None = None, **options: Any) -> dict[str, Any]:
+        """Traits for the core's planning; checks that ``path`` holds a pipeline this adapter runs.
+
+        A preset's own hub id is not read (its traits are known); any other path is, which for a
+        hub id reads ``model_index.json`` through the hub cache.
+        """
+        path = cls._resolve_path(path)
+        if path != cls.default_path:
+            cls.check_pipeline(path)
+        return cls._traits(path)
+
+    @classmethod
+    def _traits(cls, path: str) -> dict[str, Any]:
+        return {
+            "conditioning": cls.conditioning,
+            "num_classes": cls.num_classes,
+            "class_names": cls.class_names,
+            "default_verifiers": cls.default_verifiers,
+            "default_evaluator": cls.default_evaluator,
+            "default_steps": cls.default_steps,
+        }
+
+    @classmethod
+    def check_pipeline(cls, path: str) -> str:
+        """The pipeline class of ``path``; an error if this adapter does not run it."""
+        name = index.pipeline_class_name(path)
+        if name not in cls.pipeline_classes:
+            raise IncompatibleError(
+                f"{path!r} holds a {name}, but this model runs {', '.join(cls.pipeline_classes)}; "
+                f"use --model hf:{path} to pick the adapter from its model_index.json"
+            )
+        return name
+
+    @classmethod
+    def _resolve_path(cls, path: str | None) -> str:
+        path = path or cls.default_path
+        if not path:
+            raise ConfigError("path", "give a hub id or a local pipeline folder (--model hf:<id-or-folder>)")
+        return str(path)
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pipeline(cls, pipeline: Any, **options: Any) -> DiffusersModel:
+        """Wrap a pipeline object already in memory instead of loading one (benchmarks with random
+        weights at real sizes, or a pipeline the caller has modified).
+
+        ``options`` are the model's options except ``path`` and ``variant``; ``dtype="auto"`` keeps
+        the pipeline's dtype, anything else casts it.
+        """
+        model = cls.__new__(cls)
+        model._given_pipeline = pipeline
+        model.__init__(**options)  # type: ignore[misc]
+        return model
+
+    def __init__(
+        self,
+        path: str | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        cpu_offload: bool = False,
+        variant: str | None = None,
+    ) -> None:
+        self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
+        self._setup(height, width)
+
+    def _load(
+        self,
+        path: str | None,
+        guidance_scale: float | None,
+        device: str,
+        dtype: str,
+        cpu_offload: bool,
+        variant: str | None,
+    ) -> None:
+        """Load the pipeline with its own ``from_pretrained`` and place it on the device."""
+        import torch
+
+        self.device = resolve_device(device)
+        self.cpu_offload = bool(cpu_offload)
+        if self.cpu_offload and self.device.type == "cpu":
+            raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device")
+        self.dtype = torch.float32  # latents and solver state
+        self.guidance_scale = float(self.default_guidance_scale if guidance_scale is None else guidance_scale)
+        given = self.__dict__.pop("_given_pipeline", None)
+        if given is not None:  # from_pipeline()
+            self.pipe = given
+            self.path = str(path or getattr(given, "name_or_path", None) or "<in-memory pipeline>")
+            current = self._denoiser().dtype
+            self.weights_dtype = current if dtype in (None, "auto") else resolve_dtype(dtype, self.device, "")
+            if self.weights_dtype != current:
+                self.pipe.to(dtype=self.weights_dtype)
+        else:
+            self.path = self._resolve_path(path)
+            name = self.pipeline_classes[0]
+            if path is not None and self.path != self.default_path:
+                name = self.check_pipeline(self.path)
+            self.weights_dtype = resolve_dtype(dtype, self.device, self.cuda_dtype)
+            kwargs: dict[str, Any] = {_dtype_keyword(): self.weights_dtype, **self._load_kwargs()}
+            if variant:
+                kwargs["variant"] = variant
+            import diffusers
+
+            self.pipe = getattr(diffusers, name).from_pretrained(self.path, **kwargs)
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in self._modules().values():
+            module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
+        if self.cpu_offload:
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            for component, module in self._modules().items():
+                parked = self._parks_text_encoders() and component.startswith("text_encoder")
+                module.to("cpu" if parked else self.device)
+        vae = self.pipe.vae
+        if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae.to(torch.float32)  # SD-XL's VAE overflows in float16; diffusers upcasts it too
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments of a family (e.g. no safety checker)."""
+        return {}
+
+    def _setup(self, height: int | None, width: int | None) -> None:
+        """Family-specific: ``schedule``, ``latent_shape``, guidance switches."""
+        raise NotImplementedError
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        import torch
+
+        return {k: v for k, v in self.pipe.components.items() if isinstance(v, torch.nn.Module)}
+
+    def _parks_text_encoders(self) -> bool:
+        """On CUDA the text encoders wait on the CPU between encodings (T5-XXL alone is ~9.5 GB),
+        leaving that memory to larger candidate batches."""
+        return self.device.type == "cuda" and not getattr(self, "cpu_offload", False)
+
+    @contextmanager
+    def _text_encoders_on_device(self) -> Iterator[None]:
+        if not self._parks_text_encoders():
+            yield
+            return
+        import torch
+
+        encoders = [m for name, m in self._modules().items() if name.startswith("text_encoder")]
+        for module in encoders:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in encoders:
+                module.to("cpu")
+            torch.cuda.empty_cache()
+
+    def _resolution(
+        self, height: int | None, width: int | None, default: int, multiple: int
+    ) -> tuple[int, int]:
+        """Pixel size ``(height, width)``, each a positive multiple of ``multiple``."""
+        size = {
+            "height": default if height is None else int(height),
+            "width": default if width is None else int(width),
+        }
+        for field, value in size.items():
+            if value <= 0 or value % multiple:
+                raise ConfigError(field, f"must be a positive multiple of {multiple} here, got {value}")
+        return size["height"], size["width"]
+
+    # -- the Model protocol ----------------------------------------------------------------------
+    schedule: Schedule
+    latent_shape: tuple[int, ...]
+
+    def prepare(self, condition: Condition) -> Any:
+        """Encode the condition once per run (both guidance branches), with the pipeline's own
+        ``encode_prompt``."""
+        import torch
+
+        with torch.no_grad(), self._text_encoders_on_device():
+            return self._encode(condition)
+
+    def _encode(self, condition: Condition) -> Any:
+        raise NotImplementedError
+
+    def denoise(self, x: torch.Tensor, sigma: float, prepared: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def levels(self, steps: int) -> list[float]:
+        raise NotImplementedError
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, *latent_shape)`` to images ``(B, 3, H, W)`` in [0, 1], in VAE batches."""
+        import torch
+
+        vae = self.pipe.vae
+        images = []
+        for chunk in x0.split(self.decode_batch_size()):
+            latents = self._vae_input(chunk.to(self.device))  # (b, C, h, w), the VAE's scale
+            image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]  # (b, 3, H, W) in [-1, 1]
+            images.append((image / 2 + 0.5).clamp(0, 1).float())  # the pipelines' postprocess
+        return torch.cat(images) if images else x0.new_zeros((0, 3, 1, 1))
+
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model latents to the VAE's: ``latents / scaling_factor`` (SD, SD-XL, PixArt)."""
+        return latents / self.pipe.vae.config.scaling_factor
+
+    # -- memory ----------------------------------------------------------------------------------
+    @property
+    def preferred_batch_size(self) -> int:
+        """Candidates per batch: from free accelerator memory and the latent size; fixed on CPU.
+
+        Bound = ``MEMORY_FRACTION`` x free memory / (``ACTIVATION_FACTOR`` x tokens x width x
+        element size x guidance branches), floored to a power of two and capped at
+        ``MAX_BATCH_SIZE``. A deliberate over-estimate of activations: a batch that still does
+        not fit is halved by the engine on an out-of-memory error.
+        """
+        free = self._free_memory()
+        if free is None:
+            return CPU_BATCH_SIZE
+        if self.cpu_offload:  # the denoiser is not resident yet; it will be while running
+            free -= _parameter_bytes(self._denoiser())
+        tokens, width = self._activation_size()
+        branches = 2 if self._guided() else 1
+        per_candidate = ACTIVATION_FACTOR * tokens * width * _itemsize(self.weights_dtype) * branches
+        return _floor_power_of_two(min(MAX_BATCH_SIZE, max(1, int(free * MEMORY_FRACTION // per_candidate))))
+
+    def decode_batch_size(self) -> int:
+        """Images per VAE decode: the decoder at full resolution dominates memory (GBs at 1024 px)."""
+        free = self._free_memory()
+        if free is None:
+            return CPU_BATCH_SIZE
+        vae = self.pipe.vae
+        pixels = self.height * self.width
+        per_image = DECODER_FACTOR * pixels * vae.config.block_out_channels[0] * _itemsize(vae.dtype)
+        return max(1, int(free * MEMORY_FRACTION // per_image))
+
+    def _free_memory(self) -> int | None:
+        """Free bytes on a CUDA device, counting blocks cached by PyTorch's allocator as free."""
+        import torch
+
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free + cached)
+
+    def _denoiser(self) -> torch.nn.Module:
+        return self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe.transformer
+
+    def _activation_size(self) -> tuple[int, int]:
+        """(tokens, channels) of the widest activation of one forward, for the memory policy."""
+        raise NotImplementedError
+
+    def _guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+class VariancePreservingModel(DiffusersModel):
+    """Adapters of DDPM-trained networks (SD 1/2, SD-XL, PixArt, DiT): eps-, v- or x-prediction."""
+
+    def _setup_schedule(self) -> None:
+        scheduler = self.pipe.scheduler
+        self.schedule: VariancePreserving = VariancePreserving(tuple(scheduler.alphas_cumprod.tolist()))
+        config = scheduler.config
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise IncompatibleError(
+                f"prediction_type {self.prediction_type!r} of {self.path!r} is not supported "
+                f"(epsilon, v_prediction or sample)"
+            )
+        # DDIM clips x0_hat when the scheduler says so; doing it here keeps the solver exact.
+        self.clip_sample = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample") else None
+
+    def levels(self, steps: int) -> list[float]:
+        """The grid of diffusers' DDIM for this pipeline's scheduler configuration.
+
+        ``(t + 1) / T`` for each DDIM timestep ``t``, then the final level: 0 when the
+        configuration sets ``set_alpha_to_one`` (DDIM's last step goes to abar = 1), else ``1 / T``
+        (abar = alphas_cumprod[0]); a final level equal to the last step's is dropped (that DDIM
+        step would not move). E.g. SD's "leading" spacing at 4 steps: t = 751, 501, 251, 1 and
+        levels 0.752, 0.502, 0.252, 0.002, 0.001.
+        """
+        from diffusers import DDIMScheduler
+
+        ddim = scheduler_like(DDIMScheduler, self.pipe.scheduler.config)
+        ddim.set_timesteps(steps)
+        total = self.schedule.train_steps
+        levels = [(float(t) + 1.0) / total for t in ddim.timesteps.tolist()]
+        final = 0.0 if ddim.config.set_alpha_to_one else 1.0 / total
+        if final < levels[-1]:
+            levels.append(final)
+        return levels
+
+    def _timestep(self, sigma: float) -> float:
+        """Diffusers' timestep ``sigma * T - 1``, snapped to the integer it is meant to be."""
+        t = self.schedule.timestep(sigma)
+        return float(round(t)) if abs(t - round(t)) < _TIMESTEP_SNAP else t
+
+    def _x0(self, x: torch.Tensor, output: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The clean prediction from the network's (guided) output, as DDIM computes it."""
+        a, b = self.schedule.scales(sigma)
+        if self.prediction_type == "epsilon":
+            x0 = (x - b * output) / a
+        elif self.prediction_type == "v_prediction":
+            x0 = a * x - b * output
+        else:
+            x0 = output
+        if self.clip_sample is not None:
+            x0 = x0.clamp(-self.clip_sample, self.clip_sample)
+        return x0
+
+
+def scheduler_like(scheduler_class: type, config: Any) -> Any:
+    """A ``scheduler_class`` with the settings of another scheduler's ``config`` that it shares
+    (betas, spacing, offsets, shifts), the rest at its defaults; unlike ``from_config`` it does not
+    warn about the other scheduler's own settings."""
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    return scheduler_class(**{k: v for k, v in dict(config).items() if k in accepted})
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError("device", f"not a torch device: {device!r} ({exc})") from None
+
+
+def resolve_dtype(dtype: str | None, device: torch.device, cuda_dtype: str) -> torch.dtype:
+    """``"auto"``: ``cuda_dtype`` on CUDA, float32 elsewhere."""
+    import torch
+
+    name = str(dtype or "auto").lower().removeprefix("torch.")
+    if name == "auto":
+        name = cuda_dtype if device.type == "cuda" else "float32"
+    if name not in DTYPES:
+        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
+    return getattr(torch, DTYPES[name])
+
+
+def _dtype_keyword() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since diffusers deprecated ``torch_dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:  # older diffusers: only torch_dtype
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _floor_power_of_two(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)

@@ -1,0 +1,115 @@
+"""Early pruning by successive halving (Jamieson & Talwalkar 2016; applied to diffusion
+sampling as in Ma et al. 2025's discussion of early-stopping verifiers).
+
+Start ``N0`` candidates from random noise; at each checkpoint level solve them down to it,
+score their clean predictions ``x0_hat`` (one NFE each), and continue only the best
+``keep`` fraction (at least one). The survivors are solved to the clean end and become
+candidates. Compute goes to noises that already look promising, instead of finishing every
+sample: at equal NFEs it starts more candidates than random search.
+
+Cost: ``sum_j N_j * (K_j + 1) + N_last * K_end`` where ``N_{j+1} = max(1, ceil(keep N_j))``,
+``K_j`` the solver's NFEs from the previous checkpoint to checkpoint ``j`` and ``K_end`` from
+the last checkpoint to the end (:meth:`EarlyPruning.nfe_cost`). Left unset, ``N0`` is the
+largest the budget pays for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from noisesearch import ConfigError, hookimpl
+from noisesearch.recipes import seed_recipe
+
+if TYPE_CHECKING:
+    from noisesearch.engine import SearchContext
+    from noisesearch.registry import Register
+
+DEFAULT_INITIAL = 32
+
+
+class EarlyPruning:
+    """Successive halving: score x0_hat part-way, finish only the most promising candidates.
+
+    :param initial: N0, candidates started (default: as many as the budget pays for, or 32).
+    :param checkpoints: decreasing levels at which candidates are scored and pruned.
+    :param keep: fraction of candidates continued at each checkpoint, in (0, 1].
+    """
+
+    def __init__(
+        self,
+        initial: int | None = None,
+        checkpoints: Sequence[float] = (0.6, 0.3),
+        keep: float = 0.5,
+    ) -> None:
+        checkpoints = [float(c) for c in checkpoints]
+        if initial is not None and initial < 1:
+            raise ConfigError("pruning.initial", f"must be at least 1, got {initial}")
+        if not checkpoints or any(not 0.0 < c < 1.0 for c in checkpoints) or any(
+            b >= a for a, b in zip(checkpoints, checkpoints[1:])
+        ):
+            raise ConfigError("pruning.checkpoints", f"must decrease within (0, 1), got {checkpoints}")
+        if not 0.0 < keep <= 1.0:
+            raise ConfigError("pruning.keep", f"must be in (0, 1], got {keep}")
+        self.initial = initial
+        self.checkpoints = checkpoints
+        self.keep = keep
+
+    def sizes(self, initial: int) -> list[int]:
+        """How many candidates are alive before each checkpoint, then at the end."""
+        sizes = [initial]
+        for _ in self.checkpoints:
+            sizes.append(max(1, math.ceil(self.keep * sizes[-1])))
+        return sizes
+
+    def stages(self, context: SearchContext) -> list[list[float]]:
+        bounds = [context.levels[0], *self._checkpoints(context), context.levels[-1]]
+        return [context.grid(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def _checkpoints(self, context: SearchContext) -> list[float]:
+        end, first = context.levels[-1], context.levels[0]
+        return [c for c in self.checkpoints if end < c < first]
+
+    def nfe_cost(self, context: SearchContext, initial: int) -> int:
+        stages = self.stages(context)
+        sizes = self.sizes(initial)[: len(stages)]
+        total = 0
+        for j, (grid, alive) in enumerate(zip(stages, sizes)):
+            scoring = 1 if j < len(stages) - 1 else 0
+            total += alive * (context.solve_nfe(grid) + scoring)
+        return total
+
+    def _initial(self, context: SearchContext) -> int:
+        nfe, candidates = context.remaining_nfe, context.remaining_candidates
+        if nfe is None and candidates is None:
+            return self.initial or DEFAULT_INITIAL
+        finishing = len(self.stages(context)) - 1
+        best = 0
+        while self.initial is None or best < self.initial:
+            n = best + 1
+            if (nfe is not None and self.nfe_cost(context, n) > nfe) or (
+                candidates is not None and self.sizes(n)[finishing] > candidates
+            ):
+                break
+            best = n
+        return best
+
+    def run(self, context: SearchContext) -> None:
+        initial = self._initial(context)
+        if initial == 0:
+            return
+        stages = self.stages(context)
+        sizes = self.sizes(initial)
+        states = context.start([seed_recipe(seed) for seed in context.seeds(initial)])
+        for j, grid in enumerate(stages[:-1]):
+            states = context.solve(states, grid)
+            scores = context.score(context.predict(states))
+            ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+            states = states.select(ranked[: sizes[j + 1]])
+        context.finish(context.solve(states, stages[-1]))
+
+
+@hookimpl
+def register_search_strategies(register: Register) -> None:
+    register("pruning", EarlyPruning)

@@ -1,0 +1,72 @@
+"""Engine policies that no strategy test reaches: out-of-memory halving and pooled ranks."""
+
+from __future__ import annotations
+
+import torch
+
+from noisesearch.engine import Budget, is_out_of_memory
+from noisesearch.testing import GaussianModel, run_strategy
+from noisesearch_builtin.search.random_search import RandomSearch
+
+
+class FakeOutOfMemory(RuntimeError):
+    """Stands for torch.cuda.OutOfMemoryError, which a CPU machine cannot raise for real."""
+
+    is_out_of_memory = True
+
+
+class SmallMemoryModel(GaussianModel):
+    """The Gaussian model, on a device that holds at most ``limit`` rows at once."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused: list[int] = []
+
+    def denoise(self, x: torch.Tensor, sigma: float, prepared: object) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            self.refused.append(x.shape[0])
+            raise FakeOutOfMemory(f"CUDA out of memory: tried {x.shape[0]} rows")
+        return super().denoise(x, sigma, prepared)
+
+
+def test_out_of_memory_halves_the_batch_and_the_run_goes_on() -> None:
+    model = SmallMemoryModel(limit=5)
+    run = run_strategy(RandomSearch(), Budget(candidates=24), model=model, batch_size=16)
+    assert len(run.candidates) == 24 and run.usage.candidates == 24
+    assert model.refused == [16, 8]  # 16 -> 8 -> 4, which fits; the run keeps 4
+    assert run.calls == [4] * 6
+    reference = run_strategy(RandomSearch(), Budget(candidates=24), model=GaussianModel(), batch_size=4)
+    assert [c.objective for c in run.candidates] == [c.objective for c in reference.candidates]
+    assert run.usage.nfe == reference.usage.nfe
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory() -> None:
+    assert is_out_of_memory(FakeOutOfMemory("x"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert not is_out_of_memory(ValueError("shapes do not match"))
+
+
+def test_an_ensemble_objective_is_ranked_over_the_whole_pool() -> None:
+    """The winner has the best mean rank among *all* candidates, not within its own batch;
+    a top candidate whose image was dropped earlier is regenerated from its recipe."""
+    import noisesearch
+
+    members = ["digits-classifier", "digits-evaluator"]
+    result = noisesearch.search(
+        label=4, candidates=48, batch_size=5, top_k=3, write=False, evaluator="none",
+        verifiers=["ensemble"], verifier_options={"ensemble": {"members": members}},
+    )
+    pool = [scores for _, _, scores in result.history]
+    n = len(pool)
+
+    def rank(member: str, i: int) -> float:  # 0 = worst, 1 = best; ties share the average
+        value = pool[i][f"ensemble/{member}"]
+        below = sum(other[f"ensemble/{member}"] < value for other in pool)
+        equal = sum(other[f"ensemble/{member}"] == value for other in pool)
+        return (below + (equal - 1) / 2) / (n - 1)
+
+    mean_rank = [sum(rank(m, i) for m in members) / len(members) for i in range(n)]
+    assert result.best.index == max(range(n), key=lambda i: (mean_rank[i], -i))
+    assert result.best.objective == max(mean_rank)
+    assert all(c.image is not None for c in result.top)

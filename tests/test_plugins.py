@@ -1,0 +1,495 @@
+"""Third-party plugins, installed for real: discovery through entry points, selection with
+NOISESEARCH_LOAD_PLUGINS, loud failures for broken or misspelt plugins, and no torch while listing.
+
+pip builds and installs ``contrib/noisesearch-example`` and ``tests/fixtures/broken-plugin`` once
+per session, each into its own folder rather than the shared virtualenv, so that other test runs
+never see a broken plugin. A test "installs" one by putting its folder on ``sys.path`` (in
+process) or ``PYTHONPATH`` (subprocesses), where ``importlib.metadata`` finds its entry points.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from noisesearch import DuplicateNameError, UnknownNameError
+from noisesearch.cli import build_app
+from noisesearch.plugins import (
+    DEFAULT_PLUGINS,
+    LOAD_PLUGINS_ENV,
+    PluginError,
+    PluginLoadWarning,
+    build_registries,
+    get_plugin_manager,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_SOURCE = ROOT / "contrib" / "noisesearch-example"
+BROKEN_SOURCE = ROOT / "tests" / "fixtures" / "broken-plugin"
+HOOKSPECS = ROOT / "core" / "noisesearch" / "hookspecs.py"
+HOOKS_DOC = ROOT / "docs" / "hooks.md"
+CONSOLE_SCRIPT = Path(sys.executable).with_name("noisesearch")
+BROKEN_WARNING = r"plugin 'broken' \(distribution 'noisesearch-broken-fixture'\) failed to load"
+
+
+# -- installing plugins -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Installed:
+    example: Path
+    broken: Path
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """pip-install both plugin packages, in parallel, each into a folder of its own."""
+    root = tmp_path_factory.mktemp("plugins")
+    folders = Installed(example=root / "example", broken=root / "broken")
+    if importlib.util.find_spec("hatchling") is not None:
+        # hatchling is in this environment (the `test` extra): no download, no network.
+        build = ["--no-build-isolation", "--no-index"]
+    else:  # pip fetches hatchling into an isolated build environment
+        build = []
+    processes = [
+        (source, subprocess.Popen(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
+             "--quiet", *build, "--target", str(target), str(source)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+        for source, target in ((EXAMPLE_SOURCE, folders.example), (BROKEN_SOURCE, folders.broken))
+    ]
+    for source, process in processes:
+        output, _ = process.communicate(timeout=300)
+        if process.returncode != 0:
+            pytest.fail(f"pip could not install {source}:\n{output}")
+    return folders
+
+
+@pytest.fixture
+def example(installed: Installed, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(installed.example))
+    return installed.example
+
+
+@pytest.fixture
+def broken(installed: Installed, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(installed.broken))
+    return installed.broken
+
+
+HandInstall = Callable[[str, str], None]
+
+
+@pytest.fixture
+def hand_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HandInstall]:
+    """Install a one-module plugin the way pip would lay it out: the module and a dist-info
+    folder holding its entry point; cheaper than a pip run for plugins that exist to fail."""
+    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules: list[str] = []
+
+    def install(name: str, source: str) -> None:
+        module = f"noisesearch_test_{name.replace('-', '_')}"
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[noisesearch]\n{name} = {module}\n")
+        importlib.invalidate_caches()
+        modules.append(module)
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def plugin_env(*folders: Path, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess that sees the plugins installed in ``folders``."""
+    env = {key: value for key, value in os.environ.items() if key != LOAD_PLUGINS_ENV}
+    paths = [str(folder) for folder in folders]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
+
+
+def plugin_names() -> set[str]:
+    return {name for name, _ in get_plugin_manager().list_name_plugin()}
+
+
+# -- discovery --------------------------------------------------------------------------------
+
+
+def test_example_plugin_is_discovered_through_its_entry_point(example: Path) -> None:
+    plugin = get_plugin_manager().get_plugin("example")
+    assert plugin is not None and plugin.__name__ == "noisesearch_example"
+    # Found through its entry point, whichever pip install provides it (this test's own, or
+    # the editable one that the README's test command makes).
+    assert Path(plugin.__file__).name == "__init__.py"
+    registries = build_registries()
+    contrast = registries.verifiers.get("example-contrast")
+    antithetic = registries.strategies.get("example-antithetic")
+    assert (contrast.plugin, antithetic.plugin) == ("example", "example")
+    assert contrast.factory.__name__ == "ContrastVerifier"
+    assert antithetic.factory.__name__ == "AntitheticSearch"
+    assert "digits-classifier" in registries.verifiers and "random" in registries.strategies
+
+
+def test_plugins_json_lists_the_example_with_its_distribution_and_version(example: Path) -> None:
+    result = CliRunner().invoke(build_app(), ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {info["name"]: info for info in json.loads(result.stdout)}  # others may be installed
+    assert listed["example"] == {
+        "name": "example",
+        "hooks": ["register_search_strategies", "register_verifiers"],
+        "distribution": "noisesearch-example",
+        "version": "0.1.0",
+    }
+    assert not any(info.get("builtin") for info in listed.values()), "built-ins need --all"
+
+
+def test_installed_console_script_lists_the_example(installed: Installed) -> None:
+    assert CONSOLE_SCRIPT.exists(), f"no console script next to {sys.executable}"
+    completed = subprocess.run(
+        [str(CONSOLE_SCRIPT), "plugins", "--all", "--json"],
+        capture_output=True, text=True, env=plugin_env(installed.example), timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    listed = {info["name"]: info for info in json.loads(completed.stdout)}
+    assert listed["example"]["distribution"] == "noisesearch-example"
+    assert listed["example"]["version"] == "0.1.0"
+    assert {name for name, info in listed.items() if info.get("builtin")} == set(DEFAULT_PLUGINS)
+
+
+def test_example_package_passes_its_own_contract_tests(installed: Installed) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=EXAMPLE_SOURCE, capture_output=True, text=True,
+        env=plugin_env(installed.example), timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    assert " passed" in completed.stdout
+
+
+# -- a broken plugin --------------------------------------------------------------------------
+
+
+def test_broken_plugin_warns_naming_it_and_its_distribution(example: Path, broken: Path) -> None:
+    with pytest.warns(PluginLoadWarning, match=BROKEN_WARNING) as caught:
+        names = plugin_names()
+    assert "broken on purpose" in str(caught[0].message)
+    assert "broken" not in names
+    assert {"example", *DEFAULT_PLUGINS} <= names
+    with pytest.warns(PluginLoadWarning):
+        registries = build_registries()
+    assert {"digits-classifier", "example-contrast"} <= set(registries.verifiers.names())
+
+
+def test_cli_keeps_working_beside_a_broken_plugin(installed: Installed) -> None:
+    completed = subprocess.run(
+        [str(CONSOLE_SCRIPT), "verifiers", "--json"],
+        capture_output=True, text=True, timeout=60,
+        env=plugin_env(installed.example, installed.broken),
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert re.search(BROKEN_WARNING, completed.stderr), completed.stderr
+    assert "Traceback" not in completed.stderr
+    names = {entry["name"] for entry in json.loads(completed.stdout)}
+    assert {"digits-classifier", "digits-evaluator", "example-contrast"} <= names
+
+
+# -- NOISESEARCH_LOAD_PLUGINS -----------------------------------------------------------------
+
+
+def test_empty_load_plugins_loads_only_the_builtins(
+    example: Path, broken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the broken plugin is not even imported
+        assert plugin_names() == set(DEFAULT_PLUGINS)
+        registries = build_registries()
+    assert "example-contrast" not in registries.verifiers
+    assert "digits" in registries.models and "random" in registries.strategies
+
+
+def test_load_plugins_with_one_name_loads_only_that_plugin(
+    example: Path, broken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "example")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plugin_names() == {"example", *DEFAULT_PLUGINS}
+
+
+def test_load_plugins_also_accepts_a_distribution_name(
+    example: Path, broken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "noisesearch-example")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "example-antithetic" in build_registries().strategies
+
+
+# -- plugins that break the contract ----------------------------------------------------------
+
+
+def test_misspelt_hook_name_fails_loudly(hand_install: HandInstall) -> None:
+    hand_install("misspelt", """
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_modelz(register):
+            register("never", object)
+    """)
+    with pytest.raises(PluginError, match="register_modelz") as caught:
+        get_plugin_manager()
+    assert "register_models" in str(caught.value)  # the known hooks are listed
+
+
+def test_misspelt_hook_argument_fails_loudly(hand_install: HandInstall) -> None:
+    hand_install("misnamed-argument", """
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_models(registry):
+            registry("never", object)
+    """)
+    with pytest.raises(PluginError, match="registry"):
+        get_plugin_manager()
+
+
+def test_misspelt_hook_stops_the_cli_with_exit_code_2(hand_install: HandInstall) -> None:
+    hand_install("misspelt-cli", """
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_verifierz(register):
+            pass
+    """)
+    with pytest.raises(SystemExit) as caught:
+        build_app()
+    assert caught.value.code == 2
+
+
+def test_duplicate_name_across_two_plugins_names_both(hand_install: HandInstall) -> None:
+    source = """
+        from noisesearch import hookimpl
+
+        class Twin:
+            '''Scores nothing.'''
+
+        @hookimpl
+        def register_verifiers(register):
+            register("twin", Twin)
+    """
+    hand_install("twin-a", source)
+    hand_install("twin-b", source)
+    with pytest.raises(DuplicateNameError) as caught:
+        build_registries()
+    message = str(caught.value)
+    assert "verifier 'twin'" in message
+    assert "'twin-a'" in message and "'twin-b'" in message
+
+
+def test_duplicate_of_a_builtin_name_names_the_builtin_plugin(hand_install: HandInstall) -> None:
+    hand_install("copycat", """
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_search_strategies(register):
+            register("random", lambda: None)
+    """)
+    with pytest.raises(DuplicateNameError, match="strategy 'random'") as caught:
+        build_registries()
+    assert "'noisesearch_builtin.search.random_search'" in str(caught.value)
+    assert "'copycat'" in str(caught.value)
+
+
+def test_unknown_name_names_the_kind_close_matches_and_every_choice(example: Path) -> None:
+    verifiers = build_registries().verifiers
+    with pytest.raises(UnknownNameError) as caught:
+        verifiers.get("exampel-contrast")
+    message = str(caught.value)
+    assert "unknown verifier 'exampel-contrast'" in message
+    assert "Did you mean: example-contrast" in message
+    assert f"Available verifiers: {', '.join(sorted(verifiers.names()))}." in message
+    assert "digits-classifier" in message
+    assert "noisesearch plugins" in message
+
+
+# -- one test per hook ------------------------------------------------------------------------
+
+
+HOOK_PLUGIN = """
+    from noisesearch import hookimpl
+
+    class Thing:
+        '''A {kind} from a hand-installed plugin.
+
+        :param size: how big.
+        '''
+
+        def __init__(self, size: int = 3):
+            self.size = size
+
+    @hookimpl
+    def {hook}(register):
+        register("hand-{kind}", Thing)
+"""
+
+
+@pytest.mark.parametrize(
+    ("hook", "kind"),
+    [("register_models", "model"), ("register_verifiers", "verifier"),
+     ("register_search_strategies", "strategy")],
+)
+def test_hook_register_kind_adds_a_factory(hand_install: HandInstall, hook: str, kind: str) -> None:
+    hand_install(f"hook-{kind}", HOOK_PLUGIN.format(hook=hook, kind=kind))
+    entry = build_registries().of(kind).get(f"hand-{kind}")
+    assert entry.plugin == f"hook-{kind}"
+    assert entry.description == f"A {kind} from a hand-installed plugin."
+    [size] = entry.parameters()
+    assert (size.name, size.default, size.help) == ("size", 3, "how big.")
+    assert entry.create(size=5).size == 5
+
+
+def test_hook_register_commands_adds_a_cli_command(hand_install: HandInstall) -> None:
+    hand_install("hello", """
+        import typer
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_commands(app):
+            @app.command()
+            def hello(name: str = "world") -> None:
+                '''Say hello.'''
+                typer.echo(f"hello {name}")
+    """)
+    result = CliRunner().invoke(build_app(), ["hello", "--name", "plugin"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "hello plugin"
+
+
+# -- no torch while listing -------------------------------------------------------------------
+
+
+def test_registering_factories_does_not_import_torch(installed: Installed) -> None:
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore')\n"
+        "from noisesearch.plugins import build_registries\n"
+        "registries = build_registries()\n"
+        "assert 'example-contrast' in registries.verifiers, registries.verifiers.names()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env=plugin_env(installed.example, installed.broken),
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+DESCRIBE_EVERY_NAME = """
+import sys
+from typer.testing import CliRunner
+from noisesearch.cli import KIND_COMMANDS, build_app
+from noisesearch.plugins import build_registries
+
+app, registries, described = build_app(), build_registries(), []
+for command, kind in KIND_COMMANDS.items():
+    for name in registries.of(kind).names():
+        result = CliRunner().invoke(app, [command, name])
+        assert result.exit_code == 0 and name in result.stdout, (command, name, result.output)
+        if "torch" in sys.modules:
+            sys.exit(f"`noisesearch {command} {name}` imported torch")
+        described.append(name)
+print(" ".join(described))
+"""
+
+
+def test_describing_every_builtin_and_example_name_does_not_import_torch(installed: Installed) -> None:
+    """One interpreter describes every name in turn and checks ``sys.modules`` after each, so
+    the first command that imports torch is the one named."""
+    completed = subprocess.run(
+        [sys.executable, "-c", DESCRIBE_EVERY_NAME], capture_output=True, text=True, timeout=60,
+        env=plugin_env(installed.example),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    described = set(completed.stdout.split())
+    builtins = build_registries(get_plugin_manager(load_entrypoints=False))
+    expected = {name for kind in ("model", "verifier", "strategy") for name in builtins.of(kind).names()}
+    assert expected | {"example-contrast", "example-antithetic"} <= described
+
+
+# -- docs/hooks.md ----------------------------------------------------------------------------
+
+
+def hookspec_signatures() -> dict[str, str]:
+    """``name -> "def name(args) -> return"`` for every ``@hookspec`` in hookspecs.py."""
+    tree = ast.parse(HOOKSPECS.read_text())
+    signatures = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and any(
+            ast.unparse(decorator).split("(")[0] == "hookspec" for decorator in node.decorator_list
+        ):
+            returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+            signatures[node.name] = f"def {node.name}({ast.unparse(node.args)}){returns}"
+    return signatures
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
+
+
+def test_hookspecs_are_found_at_all() -> None:
+    assert set(hookspec_signatures()) >= {"register_models", "register_commands"}
+
+
+def test_hooks_doc_shows_every_hook_signature_exactly() -> None:
+    lines = {line.strip() for block in python_blocks(HOOKS_DOC.read_text()) for line in block.splitlines()}
+    missing = [signature for signature in hookspec_signatures().values() if signature not in lines]
+    assert not missing, f"docs/hooks.md lacks these exact signature lines: {missing}"
+
+
+def test_hooks_doc_documents_no_hook_that_does_not_exist() -> None:
+    text = HOOKS_DOC.read_text()
+    real = set(hookspec_signatures())
+    headed = set(re.findall(r"^## `(\w+)`", text, flags=re.MULTILINE))
+    defined = set(re.findall(r"\bdef (register_\w+)\(", text))
+    assert headed == real, f"sections {sorted(headed)} vs hooks {sorted(real)}"
+    assert defined <= real, f"documented but not hooks: {sorted(defined - real)}"
+
+
+# -- speed ------------------------------------------------------------------------------------
+
+
+def test_plugins_command_with_third_party_plugins_is_quick(installed: Installed) -> None:
+    start = time.perf_counter()
+    completed = subprocess.run(
+        [str(CONSOLE_SCRIPT), "plugins"], capture_output=True, text=True, timeout=60,
+        env=plugin_env(installed.example),
+    )
+    seconds = time.perf_counter() - start
+    print(f"`noisesearch plugins` with the example plugin took {seconds:.2f} s")
+    assert completed.returncode == 0, completed.stderr
+    line = "example (noisesearch-example 0.1.0): register_search_strategies, register_verifiers"
+    assert line in completed.stdout.splitlines(), completed.stdout
+    assert seconds < 5.0

@@ -1,0 +1,112 @@
+"""A real SIGINT leaves a consistent run folder; --resume ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import noisesearch
+from noisesearch.api import resume_run
+
+CLI = str(Path(sys.executable).with_name("noisesearch"))
+ARGS = ["run", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2", "--strategy", "random"]
+
+
+def lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigint_then_resume_gives_the_result_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    interrupted, full = tmp_path / "interrupted", tmp_path / "full"
+    process = subprocess.Popen([CLI, *ARGS, "-o", str(interrupted)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while lines(interrupted / "candidates.jsonl") < 100 and process.poll() is None:
+        assert time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+
+    run = json.loads((interrupted / "run.json").read_text())
+    assert run["complete"] is False and run["status"] == "interrupted"
+    scored = lines(interrupted / "candidates.jsonl")
+    assert 100 <= scored < 1200 and run["usage"]["candidates"] == scored
+    for line in (interrupted / "candidates.jsonl").read_text().splitlines():
+        json.loads(line)  # every line is whole
+
+    resumed = subprocess.run([CLI, "run", "--resume", str(interrupted), "-q"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run([CLI, *ARGS, "-o", str(full)], check=True, timeout=300)
+
+    assert (interrupted / "candidates.jsonl").read_text() == (full / "candidates.jsonl").read_text()
+    after, reference = (json.loads((d / "run.json").read_text()) for d in (interrupted, full))
+    assert after["complete"] is True and after["best"] == reference["best"]
+    assert after["usage"]["nfe"] == reference["usage"]["nfe"]
+    assert not (interrupted / "journal").exists()
+
+
+def test_a_crash_leaves_an_incomplete_run_that_resumes(tmp_path: Path, monkeypatch) -> None:
+    """A failing verifier mid-run (a crash, not Ctrl-C) is resumed once it works again."""
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    out = tmp_path / "run"
+    original = digits_classifiers.DigitsClassifier.score
+    calls = {"n": 0}
+
+    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("disk on fire")
+        return original(self, images, condition, trajectory)
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        noisesearch.search(label=6, candidates=40, batch_size=8, seed=1, output=str(out))
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] is False and run["status"] == "failed" and "disk on fire" in run["error"]
+    assert lines(out / "candidates.jsonl") == 24
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    resumed = resume_run(out)
+    reference = noisesearch.search(label=6, candidates=40, batch_size=8, seed=1, write=False)
+    assert resumed.best.recipe == reference.best.recipe
+    assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
+    assert resumed.usage.nfe == reference.usage.nfe
+
+
+def test_resume_refuses_a_complete_run(tmp_path: Path) -> None:
+    noisesearch.search(label=1, candidates=2, output=str(tmp_path / "done"))
+    with pytest.raises(noisesearch.ConfigError, match="complete"):
+        resume_run(tmp_path / "done")
+
+
+def test_resume_refuses_a_run_whose_configuration_changed(tmp_path: Path, monkeypatch) -> None:
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    out = tmp_path / "run"
+
+    def crash(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash)
+    with pytest.raises(RuntimeError):
+        noisesearch.search(label=2, candidates=16, batch_size=4, output=str(out))
+    monkeypatch.undo()
+    run = json.loads((out / "run.json").read_text())
+    run["config"]["batch_size"] = 3  # the journal's calls no longer line up
+    (out / "run.json").write_text(json.dumps(run))
+    os.sync()
+    from noisesearch.journal import JournalMismatch
+
+    with pytest.raises(JournalMismatch):
+        resume_run(out)
