@@ -36,15 +36,31 @@ __all__ = [
     "__version__",
     "hookimpl",
     "search",
+    "Budget",
+    "SearchContext",
+    "Trajectories",
+    "RunConfig",
 ]
 
 if TYPE_CHECKING:
+    from noisesearch.accounting import Budget
     from noisesearch.api import search
+    from noisesearch.config import RunConfig
+    from noisesearch.context import SearchContext, Trajectories
+
+#: Public names loaded on first use, so that ``import noisesearch`` stays cheap.
+_LAZY = {
+    "search": "noisesearch.api",
+    "Budget": "noisesearch.accounting",
+    "SearchContext": "noisesearch.context",
+    "Trajectories": "noisesearch.context",
+    "RunConfig": "noisesearch.config",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "search":
-        from noisesearch.api import search
+    if name in _LAZY:
+        import importlib
 
-        return search
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'noisesearch' has no attribute {name!r}")

@@ -17,15 +17,31 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from noisesearch import recipes as rec
+from noisesearch.accounting import Budget, Usage
+from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted
 from noisesearch.sampling import SolveResult, draw_noise, renoise, solve, solver_nfe
+from noisesearch.scoring import Scorer
 from noisesearch.types import Candidate, Condition
+
+__all__ = [  # Budget, Usage, Scorer and SearchContext live in their own modules; re-exported here
+    "Budget",
+    "Engine",
+    "EngineResult",
+    "Listener",
+    "Scorer",
+    "SearchContext",
+    "Trajectories",
+    "Usage",
+    "derive_seed",
+    "is_out_of_memory",
+]
 
 if TYPE_CHECKING:
     import torch
 
     from noisesearch.journal import Journal
-    from noisesearch.types import Model, SearchStrategy, Verifier
+    from noisesearch.types import Model, SearchStrategy
 
 
 def derive_seed(run_seed: int, index: int) -> int:
@@ -51,154 +67,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class Budget:
-    """At most ``candidates`` final samples and at most ``nfe`` denoiser evaluations
-    (summed over samples); ``None`` means no limit of that kind."""
-
-    candidates: int | None = None
-    nfe: int | None = None
-
-
-@dataclass
-class Usage:
-    """What a run spent, reported beside the result. ``final_nfe`` is spent after the search
-    (regenerating winners whose images were not kept) and is not charged to the budget."""
-
-    nfe: int = 0
-    candidates: int = 0
-    verifier_calls: int = 0
-    verifier_seconds: float = 0.0
-    model_seconds: float = 0.0
-    final_nfe: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "nfe": self.nfe,
-            "candidates": self.candidates,
-            "verifier_calls": self.verifier_calls,
-            "verifier_seconds": round(self.verifier_seconds, 4),
-            "model_seconds": round(self.model_seconds, 4),
-            "final_nfe": self.final_nfe,
-        }
-
-
 class Listener(Protocol):
     """Receives engine events; every method is optional."""
 
     def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None: ...
-
-
-class Scorer:
-    """Runs the verifiers and the (optional) evaluator on a batch of images.
-
-    The first verifier is the objective: selection ranks by its score. The others, and the
-    evaluator, are recorded on every candidate but never steer the search. An objective that
-    ranks over a pool (an ensemble: ``member_scores`` + ``combine``) is re-ranked over every
-    candidate seen so far.
-    """
-
-    def __init__(
-        self,
-        verifiers: Mapping[str, Verifier],
-        evaluator: tuple[str, Verifier] | None = None,
-    ) -> None:
-        if not verifiers:
-            raise ValueError("at least one verifier is needed to search")
-        self.verifiers = dict(verifiers)
-        self.objective_name = next(iter(self.verifiers))
-        self.evaluator = evaluator
-
-    @property
-    def objective(self) -> Verifier:
-        return self.verifiers[self.objective_name]
-
-    @property
-    def pooled(self) -> bool:
-        return hasattr(self.objective, "member_scores") and hasattr(self.objective, "combine")
-
-    @property
-    def trajectory_levels(self) -> tuple[float, ...]:
-        members = [*self.verifiers.values(), *([self.evaluator[1]] if self.evaluator else [])]
-        levels: set[float] = set()
-        for verifier in members:
-            if "trajectory" in getattr(verifier, "requires", ()):
-                levels.update(getattr(verifier, "trajectory_levels", ()))
-        return tuple(sorted(levels))
-
-    def score(
-        self,
-        images: torch.Tensor,
-        condition: Condition,
-        trajectory: Mapping[float, torch.Tensor] | None,
-        usage: Usage,
-    ) -> dict[str, list[float]]:
-        """Every verifier's raw scores, by name; pooled objectives also by ``name/member``."""
-        members = dict(self.verifiers)
-        if self.evaluator is not None:
-            members[self.evaluator[0]] = self.evaluator[1]
-        scores: dict[str, list[float]] = {}
-        for name, verifier in members.items():
-            start = time.perf_counter()
-            if name == self.objective_name and self.pooled:
-                parts = verifier.member_scores(images, condition, trajectory=trajectory)
-                for member, values in parts.items():
-                    scores[f"{name}/{member}"] = self._as_list(f"{name}/{member}", values, images)
-                pool = {member: scores[f"{name}/{member}"] for member in parts}
-                scores[name] = [float(v) for v in verifier.combine(pool)]
-            else:
-                values = verifier.score(images, condition, trajectory=trajectory)
-                scores[name] = self._as_list(name, values, images)
-            usage.verifier_seconds += time.perf_counter() - start
-            usage.verifier_calls += 1
-        return scores
-
-    @staticmethod
-    def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:
-        if tuple(values.shape) != (images.shape[0],):
-            raise ValueError(
-                f"verifier {name!r} returned scores of shape {tuple(values.shape)}, "
-                f"expected ({images.shape[0]},)"
-            )
-        return [float(v) for v in values.detach().float().cpu()]
-
-    def pool_objectives(self, candidates: Sequence[Candidate]) -> list[float]:
-        """The objective of each candidate ranked over all of them (pooled objectives only)."""
-        prefix = f"{self.objective_name}/"
-        members = [key[len(prefix):] for key in candidates[0].scores if key.startswith(prefix)]
-        pool = {m: [c.scores[prefix + m] for c in candidates] for m in members}
-        return [float(v) for v in self.objective.combine(pool)]
-
-
-@dataclass
-class Trajectories:
-    """A batch of partial trajectories at one level, with each row's recipe so far."""
-
-    x: torch.Tensor  # (N, *latent_shape)
-    level: float
-    recipes: list[dict[str, Any]]
-
-    def __len__(self) -> int:
-        return len(self.recipes)
-
-    def select(self, indices: Sequence[int]) -> Trajectories:
-        """Rows ``indices`` (repeats allowed: resampling), recipes copied, not aliased."""
-        import torch
-
-        index = torch.as_tensor(list(indices), dtype=torch.long, device=self.x.device)
-        picked = [rec.copy_recipe(self.recipes[i]) for i in indices]
-        return Trajectories(self.x.index_select(0, index), self.level, picked)
-
-    @staticmethod
-    def concat(parts: Sequence[Trajectories]) -> Trajectories:
-        import torch
-
-        levels = {p.level for p in parts}
-        if len(levels) != 1:
-            raise ValueError(f"cannot join trajectories at different levels {sorted(levels)}")
-        return Trajectories(
-            torch.cat([p.x for p in parts]), parts[0].level, [r for p in parts for r in p.recipes]
-        )
 
 
 @dataclass
@@ -594,119 +466,3 @@ def _empty_accelerator_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-class SearchContext:
-    """What a strategy sees: the budget, noise drawing, candidate evaluation and partial
-    trajectories. Every call that computes is charged to the budget first and raises
-    :class:`BudgetExhausted` (computing nothing) when the budget cannot pay for it."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    # -- what the search can see -----------------------------------------------------------
-    @property
-    def batch_size(self) -> int:
-        """How many rows the engine computes at once; propose in multiples of it."""
-        return self._engine.batch_size
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self._engine.model.latent_shape)
-
-    @property
-    def levels(self) -> list[float]:
-        """The search sampler's grid, from noise (``levels[0]``) to clean (``levels[-1]``)."""
-        return list(self._engine.levels)
-
-    @property
-    def nfe_per_candidate(self) -> int:
-        """NFEs one full sample costs with the search sampler."""
-        return self._engine.nfe_per_candidate
-
-    @property
-    def remaining_nfe(self) -> int | None:
-        return self._engine.remaining_nfe
-
-    @property
-    def remaining_candidates(self) -> int | None:
-        return self._engine.remaining_candidates
-
-    def affordable(self, nfe_each: int | None = None) -> int | None:
-        """How many more candidates the budget allows (``None``: no limit at all)."""
-        nfe_each = self.nfe_per_candidate if nfe_each is None else nfe_each
-        limits = []
-        if self.remaining_candidates is not None:
-            limits.append(self.remaining_candidates)
-        if self.remaining_nfe is not None:
-            limits.append(self.remaining_nfe // max(nfe_each, 1))
-        return min(limits) if limits else None
-
-    def solve_nfe(self, levels: Sequence[float]) -> int:
-        """NFEs per row of solving over ``levels`` with the run's solver."""
-        return solver_nfe(self._engine.model.schedule, levels, self._engine.solver)
-
-    def grid(self, start: float, end: float) -> list[float]:
-        """The run's grid between two levels (both included), for partial solves."""
-        inner = [level for level in self._engine.levels if end + 1e-9 < level < start - 1e-9]
-        return [start, *inner, end]
-
-    # -- noise ------------------------------------------------------------------------------
-    def seeds(self, n: int) -> list[int]:
-        """The next ``n`` seeds of this run: deterministic given the run seed."""
-        return self._engine.next_seeds(n)
-
-    def noise(self, noise_recipes: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """The initial noise ``(len(recipes), *latent_shape)`` that derivable recipes describe."""
-        return self._engine._noise_for(noise_recipes)
-
-    # -- full samples -------------------------------------------------------------------------
-    def evaluate(
-        self, noise_recipes: Sequence[dict[str, Any]], noises: torch.Tensor | None = None
-    ) -> list[Candidate]:
-        """Generate, score and record one candidate per noise recipe; returns them in order.
-
-        Derivable recipes (``noisesearch.recipes``: seed, neighbour) need no ``noises``; other
-        kinds pass the noise tensor ``(len(recipes), *latent_shape)`` they describe.
-        """
-        return self._engine.evaluate(noise_recipes, noises)
-
-    def best(self) -> Candidate | None:
-        """The best candidate so far."""
-        heap = self._engine._heap
-        return max(heap, key=lambda e: (e[0], e[1]))[2] if heap else None
-
-    # -- partial trajectories -------------------------------------------------------------------
-    def start(
-        self, noise_recipes: Sequence[dict[str, Any]], noises: torch.Tensor | None = None
-    ) -> Trajectories:
-        """Trajectories at the grid's first level from their initial noises (free)."""
-        return self._engine.start(noise_recipes, noises)
-
-    def solve(self, states: Trajectories, levels: Sequence[float]) -> Trajectories:
-        """Solve from ``states.level`` (= ``levels[0]``) down to ``levels[-1]``."""
-        return self._engine.solve(states, levels)[0]
-
-    def renoise(self, states: Trajectories, to_level: float) -> Trajectories:
-        """The forward kernel up to a noisier level, fresh seeded noise per row (free)."""
-        return self._engine.renoise(states, to_level)
-
-    def predict(self, states: Trajectories) -> torch.Tensor:
-        """The clean predictions ``x0_hat`` ``(N, *latent_shape)`` at the rows' level (1 NFE each)."""
-        return self._engine.predict(states)
-
-    def score(self, x0: torch.Tensor) -> list[float]:
-        """The objective of clean latents (e.g. ``predict``'s), decoded; no candidate recorded.
-
-        Pooled objectives (ensembles) rank within these rows.
-        """
-        engine = self._engine
-        return engine.score_latents(x0)[engine.scorer.objective_name]
-
-    def finish(self, states: Trajectories) -> list[Candidate]:
-        """Record trajectories that reached the grid's last level as candidates."""
-        return self._engine.finish(states)
-
-    def report(self, key: str, value: Any) -> None:
-        """Attach a JSON-able diagnostic to the run (e.g. SMC's effective sample sizes)."""
-        self._engine.report[key] = value

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from noisesearch.engine import SearchContext
+    from noisesearch import SearchContext
     from noisesearch.sampling import Schedule
 
 #: What a model can be conditioned on.

@@ -33,7 +33,7 @@ from noisesearch import ConfigError, hookimpl
 from noisesearch.recipes import seed_recipe
 
 if TYPE_CHECKING:
-    from noisesearch.engine import SearchContext
+    from noisesearch import SearchContext
     from noisesearch.registry import Register
 
 #: The paper's reported values (Ma et al. 2025), in this project's convention.

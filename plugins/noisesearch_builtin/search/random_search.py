@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from noisesearch import hookimpl
 
 if TYPE_CHECKING:
-    from noisesearch.engine import SearchContext
+    from noisesearch import SearchContext
     from noisesearch.registry import Register
 
 

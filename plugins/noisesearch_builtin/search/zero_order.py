@@ -21,7 +21,7 @@ from noisesearch import ConfigError, hookimpl
 from noisesearch.recipes import neighbour_recipe, seed_recipe
 
 if TYPE_CHECKING:
-    from noisesearch.engine import SearchContext
+    from noisesearch import SearchContext
     from noisesearch.registry import Register
 
 

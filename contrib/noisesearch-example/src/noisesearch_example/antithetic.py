@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from noisesearch.sampling import draw_noise
 
 if TYPE_CHECKING:
-    from noisesearch.engine import SearchContext
+    from noisesearch import SearchContext
 
 
 class AntitheticSearch:

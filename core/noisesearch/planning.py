@@ -1,0 +1,197 @@
+"""Planning a search: resolve every name and check every combination before anything loads.
+
+A plan is the checked form of a :class:`RunConfig`: the condition (a prompt or a label,
+checked against the model's traits), the registry entries of the model, verifiers, evaluator
+and strategy (options checked against their signatures, verifier needs against the
+condition), the budget and the output folder. Errors here name the field and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noisesearch.accounting import Budget
+from noisesearch.config import RunConfig, check_output_writable
+from noisesearch.errors import ConfigError, IncompatibleError
+from noisesearch.plugins import Registries, build_registries
+from noisesearch.registry import Entry, verifier_requirements
+from noisesearch.types import Condition
+
+DEFAULT_OUTPUT_ROOT = Path("noisesearch-runs")
+NO_EVALUATOR = "none"
+
+
+@dataclass
+class Plan:
+    """A checked configuration: every name resolved, nothing loaded yet."""
+
+    config: RunConfig
+    condition: Condition
+    model: Entry
+    verifiers: list[Entry]
+    evaluator: Entry | None
+    strategy: Entry
+    steps: int
+    budget: Budget
+    output: Path | None
+
+    def build_model(self) -> Any:
+        """Create the model (this is when its weights load)."""
+        return self.model.create(**with_device(self.model, self.config.model_options, self.config.device))
+
+    def build_verifier(self, entry: Entry) -> Any:
+        options = self.config.verifier_options.get(entry.name, {})
+        return entry.create(**with_device(entry, options, self.config.device))
+
+
+def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
+    """Resolve and check a configuration before anything is loaded or computed."""
+    config.validate()
+    registries = registries or build_registries()
+    _expand_model_prefix(config)
+    model = registries.models.get(config.model)
+    model.check_options(with_device(model, config.model_options, config.device))
+    traits = model_traits(model, config.model_options)
+    condition = _condition(config, model, traits)
+    verifier_names = config.verifiers or list(traits["default_verifiers"])
+    if not verifier_names:
+        raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
+    verifiers = [registries.verifiers.get(name) for name in verifier_names]
+    evaluator_name = config.evaluator or traits["default_evaluator"]
+    evaluator = None
+    if evaluator_name and evaluator_name != NO_EVALUATOR:
+        evaluator = registries.verifiers.get(evaluator_name)
+    for entry in [*verifiers, *([evaluator] if evaluator else [])]:
+        options = config.verifier_options.get(entry.name, {})
+        entry.check_options(options)
+        _check_verifier_fits(entry, options, condition, model)
+    strategy = registries.strategies.get(config.strategy)
+    strategy.check_options(config.strategy_options)
+    unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
+    if unknown:
+        raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
+    steps = config.steps or traits["default_steps"]
+    budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
+    output = Path(config.output) if config.output else None
+    check_output_writable(output or DEFAULT_OUTPUT_ROOT)
+    config.verifiers = verifier_names
+    config.evaluator = evaluator.name if evaluator else NO_EVALUATOR
+    config.label = condition.label
+    config.steps = steps
+    return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output)
+
+
+#: Model traits the core reads before loading anything, with their defaults.
+MODEL_TRAITS: dict[str, Any] = {
+    "conditioning": "none",
+    "num_classes": None,
+    "class_names": None,
+    "default_verifiers": (),
+    "default_evaluator": None,
+    "default_steps": 20,
+}
+#: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
+HF_PREFIX = "hf:"
+
+
+def _expand_model_prefix(config: RunConfig) -> None:
+    if config.model.startswith(HF_PREFIX):
+        config.model_options = {**config.model_options, "path": config.model[len(HF_PREFIX):]}
+        config.model = "hf"
+
+
+def model_traits(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
+    """What a model is, without loading it: its class attributes, updated by the factory's
+    ``describe(**options)`` where traits depend on options (a diffusers folder's
+    ``model_index.json`` says whether it takes prompts or labels)."""
+    traits = {name: getattr(entry.factory, name, default) for name, default in MODEL_TRAITS.items()}
+    describe = getattr(entry.factory, "describe", None)
+    if callable(describe):
+        traits.update(describe(**options))
+    return traits
+
+
+def _resolve_label(label: int | str, model: Entry, traits: dict[str, Any]) -> int:
+    names = traits["class_names"]
+    if isinstance(label, str) and not label.strip().isdigit():
+        if not names:
+            raise ConfigError("label", f"model {model.name!r} takes class indices, got {label!r}")
+        lowered = {name.lower(): i for i, name in enumerate(names)}
+        if label.lower() in lowered:
+            return lowered[label.lower()]
+        import difflib
+
+        close = difflib.get_close_matches(label.lower(), list(lowered), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError("label", f"{label!r} is not a class name of {model.name!r}.{hint}")
+    return int(label)
+
+
+def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condition:
+    conditioning = traits["conditioning"]
+    if conditioning == "label":
+        if config.prompt is not None:
+            raise IncompatibleError(
+                f"model {model.name!r} is class-conditional: give it --label, not --prompt"
+            )
+        num_classes = traits["num_classes"]
+        if config.label is None:
+            if num_classes is None:
+                raise ConfigError("label", f"model {model.name!r} needs a class label")
+            label = random.Random(config.seed).randrange(num_classes)
+        else:
+            label = _resolve_label(config.label, model, traits)
+        if num_classes is not None and not 0 <= label < num_classes:
+            raise ConfigError("label", f"must be in 0..{num_classes - 1} for {model.name!r}, got {label}")
+        return Condition(label=label)
+    if conditioning == "prompt":
+        if config.label is not None:
+            raise IncompatibleError(
+                f"model {model.name!r} is text-conditioned: give it --prompt, not --label"
+            )
+        if config.prompt is None:
+            raise ConfigError("prompt", f"model {model.name!r} needs a prompt")
+        return Condition(prompt=config.prompt, negative_prompt=config.negative_prompt)
+    if config.prompt is not None or config.label is not None:
+        raise IncompatibleError(f"model {model.name!r} is unconditional: it takes no prompt or label")
+    return Condition()
+
+
+def _check_verifier_fits(
+    entry: Entry, options: dict[str, Any], condition: Condition, model: Entry
+) -> None:
+    needs = verifier_requirements(entry, options)
+    for need in ("prompt", "label"):
+        if need in needs and getattr(condition, need) is None:
+            has = "class-conditional" if condition.label is not None else (
+                "text-conditioned" if condition.prompt is not None else "unconditional"
+            )
+            raise IncompatibleError(
+                f"verifier {entry.name!r} needs a {need}, but this run of the {has} model "
+                f"{model.name!r} has none; choose a verifier that needs no {need} "
+                f"(see `noisesearch verifiers`)"
+            )
+
+
+def with_device(entry: Entry, options: dict[str, Any], device: str | None) -> dict[str, Any]:
+    if device is not None and entry.accepts("device") and "device" not in options:
+        return {**options, "device": device}
+    return dict(options)
+
+
+def plan_saved_run(run_dir: Path, registries: Registries | None = None) -> tuple[Plan, dict[str, Any]]:
+    """The plan of a run folder's effective configuration (for replay and resume), writing
+    into that same folder, and its ``run.json``."""
+    import json
+
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ConfigError("run", f"{run_dir} holds no run.json; is it a run folder?")
+    run = json.loads(path.read_text())
+    fields = set(RunConfig.__dataclass_fields__)
+    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    config.output = str(run_dir)
+    return plan(config, registries), run

@@ -1,0 +1,96 @@
+"""Scoring candidates: every verifier, the evaluator, and pooled (rank-based) objectives."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from noisesearch.accounting import Usage
+from noisesearch.types import Candidate, Condition
+
+if TYPE_CHECKING:
+    import torch
+
+    from noisesearch.types import Verifier
+
+
+class Scorer:
+    """Runs the verifiers and the (optional) evaluator on a batch of images.
+
+    The first verifier is the objective: selection ranks by its score. The others, and the
+    evaluator, are recorded on every candidate but never steer the search. An objective that
+    ranks over a pool (an ensemble: ``member_scores`` + ``combine``) is re-ranked over every
+    candidate seen so far.
+    """
+
+    def __init__(
+        self,
+        verifiers: Mapping[str, Verifier],
+        evaluator: tuple[str, Verifier] | None = None,
+    ) -> None:
+        if not verifiers:
+            raise ValueError("at least one verifier is needed to search")
+        self.verifiers = dict(verifiers)
+        self.objective_name = next(iter(self.verifiers))
+        self.evaluator = evaluator
+
+    @property
+    def objective(self) -> Verifier:
+        return self.verifiers[self.objective_name]
+
+    @property
+    def pooled(self) -> bool:
+        return hasattr(self.objective, "member_scores") and hasattr(self.objective, "combine")
+
+    @property
+    def trajectory_levels(self) -> tuple[float, ...]:
+        members = [*self.verifiers.values(), *([self.evaluator[1]] if self.evaluator else [])]
+        levels: set[float] = set()
+        for verifier in members:
+            if "trajectory" in getattr(verifier, "requires", ()):
+                levels.update(getattr(verifier, "trajectory_levels", ()))
+        return tuple(sorted(levels))
+
+    def score(
+        self,
+        images: torch.Tensor,
+        condition: Condition,
+        trajectory: Mapping[float, torch.Tensor] | None,
+        usage: Usage,
+    ) -> dict[str, list[float]]:
+        """Every verifier's raw scores, by name; pooled objectives also by ``name/member``."""
+        members = dict(self.verifiers)
+        if self.evaluator is not None:
+            members[self.evaluator[0]] = self.evaluator[1]
+        scores: dict[str, list[float]] = {}
+        for name, verifier in members.items():
+            start = time.perf_counter()
+            if name == self.objective_name and self.pooled:
+                parts = verifier.member_scores(images, condition, trajectory=trajectory)
+                for member, values in parts.items():
+                    scores[f"{name}/{member}"] = self._as_list(f"{name}/{member}", values, images)
+                pool = {member: scores[f"{name}/{member}"] for member in parts}
+                scores[name] = [float(v) for v in verifier.combine(pool)]
+            else:
+                values = verifier.score(images, condition, trajectory=trajectory)
+                scores[name] = self._as_list(name, values, images)
+            usage.verifier_seconds += time.perf_counter() - start
+            usage.verifier_calls += 1
+        return scores
+
+    @staticmethod
+    def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:
+        if tuple(values.shape) != (images.shape[0],):
+            raise ValueError(
+                f"verifier {name!r} returned scores of shape {tuple(values.shape)}, "
+                f"expected ({images.shape[0]},)"
+            )
+        return [float(v) for v in values.detach().float().cpu()]
+
+    def pool_objectives(self, candidates: Sequence[Candidate]) -> list[float]:
+        """The objective of each candidate ranked over all of them (pooled objectives only)."""
+        prefix = f"{self.objective_name}/"
+        members = [key[len(prefix):] for key in candidates[0].scores if key.startswith(prefix)]
+        pool = {m: [c.scores[prefix + m] for c in candidates] for m in members}
+        return [float(v) for v in self.objective.combine(pool)]
