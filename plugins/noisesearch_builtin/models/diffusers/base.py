@@ -381,6 +381,23 @@ class DiffusersModel:
     def _guided(self) -> bool:
         return self.guidance_scale > 1.0
 
+    def _batched(self, cond: torch.Tensor, uncond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """A conditioning tensor for ``batch`` rows, preceded by the unconditional rows when
+        guided: ``[uncond, cond]``, the pipelines' order, for one batched forward."""
+        import torch
+
+        rows = cond.expand(batch, *cond.shape[1:])
+        if not self._guided():
+            return rows
+        return torch.cat([uncond.expand(batch, *uncond.shape[1:]), rows])
+
+    def _guide(self, output: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance on the output of a ``[uncond, cond]`` batch."""
+        if not self._guided():
+            return output
+        uncond, cond = output.chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
+
 
 class VariancePreservingModel(DiffusersModel):
     """Adapters of DDPM-trained networks (SD 1/2, SD-XL, PixArt, DiT): eps-, v- or x-prediction."""

@@ -87,12 +87,10 @@ class PixArtSigmaModel(VariancePreservingModel):
 
         batch, channels = x.shape[0], x.shape[1]  # x: (B, C, h, w), float32
         sample = x.to(self.device, self.weights_dtype)
-        context = prepared.cond.expand(batch, -1, -1)  # (B, L, D)
-        mask = prepared.mask.expand(batch, -1)  # (B, L)
+        context = self._batched(prepared.cond, prepared.uncond, batch)  # (B or 2B, L, D)
+        mask = self._batched(prepared.mask, prepared.uncond_mask, batch)  # (B or 2B, L)
         if self._guided():
             sample = torch.cat([sample, sample])
-            context = torch.cat([prepared.uncond.expand(batch, -1, -1), context])  # [uncond, cond]
-            mask = torch.cat([prepared.uncond_mask.expand(batch, -1), mask])
         timestep = torch.tensor([self._timestep(sigma)], device=self.device).expand(sample.shape[0])
         output = self.pipe.transformer(
             sample,
@@ -102,9 +100,7 @@ class PixArtSigmaModel(VariancePreservingModel):
             added_cond_kwargs={"resolution": None, "aspect_ratio": None},
             return_dict=False,
         )[0]  # (rows, 2C, h, w) with learned sigma
-        if self._guided():
-            uncond, cond = output.chunk(2)
-            output = uncond + self.guidance_scale * (cond - uncond)
+        output = self._guide(output)
         if self.pipe.transformer.config.out_channels // 2 == channels:
             output = output[:, :channels]  # drop the learned variance
         return self._x0(x, output.to(x.device, x.dtype), sigma)

@@ -98,12 +98,10 @@ class StableDiffusion3Model(FlowModel):
 
         batch = x.shape[0]  # x: (B, C, h, w), float32
         sample = x.to(self.device, self.weights_dtype)
-        context = prepared.cond.expand(batch, -1, -1)  # (B, L, D)
-        pooled = prepared.pooled.expand(batch, -1)  # (B, P)
+        context = self._batched(prepared.cond, prepared.uncond, batch)  # (B or 2B, L, D)
+        pooled = self._batched(prepared.pooled, prepared.uncond_pooled, batch)  # (B or 2B, P)
         if self._guided():
             sample = torch.cat([sample, sample])
-            context = torch.cat([prepared.uncond.expand(batch, -1, -1), context])  # [uncond, cond]
-            pooled = torch.cat([prepared.uncond_pooled.expand(batch, -1), pooled])
         # The scheduler's float32 timestep 1000 sigma (exact: sigma is a float32 value).
         timestep = torch.full((sample.shape[0],), sigma * 1000.0, dtype=torch.float32, device=self.device)
         velocity = self.pipe.transformer(
@@ -113,10 +111,7 @@ class StableDiffusion3Model(FlowModel):
             pooled_projections=pooled,
             return_dict=False,
         )[0]
-        if self._guided():
-            uncond, cond = velocity.chunk(2)
-            velocity = uncond + self.guidance_scale * (cond - uncond)
-        return self._x0(x, velocity.to(x.device, x.dtype), sigma)
+        return self._x0(x, self._guide(velocity).to(x.device, x.dtype), sigma)
 
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.pipe.vae.config

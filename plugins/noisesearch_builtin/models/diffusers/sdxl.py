@@ -73,12 +73,10 @@ class StableDiffusionXLModel(VariancePreservingModel):
 
         batch = x.shape[0]  # x: (B, C, h, w), float32
         sample = x.to(self.device, self.weights_dtype)
-        context = prepared.cond.expand(batch, -1, -1)  # (B, L, D)
-        pooled = prepared.pooled.expand(batch, -1)  # (B, P)
+        context = self._batched(prepared.cond, prepared.uncond, batch)  # (B or 2B, L, D)
+        pooled = self._batched(prepared.pooled, prepared.uncond_pooled, batch)  # (B or 2B, P)
         if self._guided():
             sample = torch.cat([sample, sample])
-            context = torch.cat([prepared.uncond.expand(batch, -1, -1), context])  # [uncond, cond]
-            pooled = torch.cat([prepared.uncond_pooled.expand(batch, -1), pooled])
         time_ids = prepared.time_ids.expand(sample.shape[0], -1)  # (B or 2B, 6)
         timestep = torch.tensor(self._timestep(sigma), device=self.device)
         output = self.pipe.unet(
@@ -88,10 +86,7 @@ class StableDiffusionXLModel(VariancePreservingModel):
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
             return_dict=False,
         )[0]
-        if self._guided():
-            uncond, cond = output.chunk(2)
-            output = uncond + self.guidance_scale * (cond - uncond)
-        return self._x0(x, output.to(x.device, x.dtype), sigma)
+        return self._x0(x, self._guide(output).to(x.device, x.dtype), sigma)
 
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         import torch

@@ -74,19 +74,15 @@ class StableDiffusionModel(VariancePreservingModel):
 
         batch = x.shape[0]  # x: (B, C, h, w), float32
         sample = x.to(self.device, self.weights_dtype)
-        context = prepared.cond.expand(batch, -1, -1)  # (B, L, D)
+        context = self._batched(prepared.cond, prepared.uncond, batch)  # (B or 2B, L, D)
         if self._guided():
             sample = torch.cat([sample, sample])  # (2B, C, h, w)
-            context = torch.cat([prepared.uncond.expand(batch, -1, -1), context])  # [uncond, cond]
         timestep = torch.tensor(self._timestep(sigma), device=self.device)
         timestep_cond = None if self.timestep_cond is None else self.timestep_cond.expand(sample.shape[0], -1)
         output = self.pipe.unet(
             sample, timestep, encoder_hidden_states=context, timestep_cond=timestep_cond, return_dict=False
         )[0]
-        if self._guided():
-            uncond, cond = output.chunk(2)
-            output = uncond + self.guidance_scale * (cond - uncond)
-        return self._x0(x, output.to(x.device, x.dtype), sigma)
+        return self._x0(x, self._guide(output).to(x.device, x.dtype), sigma)
 
     def _activation_size(self) -> tuple[int, int]:
         _, h, w = self.latent_shape
