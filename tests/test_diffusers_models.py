@@ -354,6 +354,25 @@ def test_a_random_search_winner_regenerates_from_its_noise(
     torch.testing.assert_close(image, result.best.image, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(("family", "strategy"), [("sd", "random"), ("flux", "paths")])
+def test_replay_regenerates_a_diffusers_winner_bit_for_bit(
+    family: str, strategy: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    """Denoiser *and* VAE batches are put back at the batch size and row they ran in."""
+    from noisesearch.api import replay_run
+
+    out = tmp_path / "run"
+    noisesearch.search(
+        model="hf", model_options={"path": str(tiny(family))}, prompt=PROMPT, verifiers=["test-brightness"],
+        evaluator="none", budget_nfe=60, steps=3, batch_size=5, strategy=strategy, output=str(out),
+        registries=registries,
+    )
+    outcome = replay_run(out, registries=registries)
+    assert outcome.identical, outcome.max_abs_diff
+    # The image is identical; a verifier's reduction over a batch of one may round differently.
+    assert outcome.score == pytest.approx(outcome.recorded_score, abs=1e-6)
+
+
 def test_cli_searches_a_saved_pipeline_folder_with_a_text_verifier(
     tiny: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

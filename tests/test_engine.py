@@ -70,3 +70,62 @@ def test_an_ensemble_objective_is_ranked_over_the_whole_pool() -> None:
     assert result.best.index == max(range(n), key=lambda i: (mean_rank[i], -i))
     assert result.best.objective == max(mean_rank)
     assert all(c.image is not None for c in result.top)
+
+
+def test_resume_after_an_out_of_memory_halving_batches_as_the_run_did(tmp_path, monkeypatch) -> None:
+    """The journal holds the halved chunks; resuming must take its chunk sizes from there."""
+    import pytest
+
+    import noisesearch
+    from noisesearch.api import resume_run
+    from noisesearch_builtin.models.digits import DigitsModel
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    original_denoise = DigitsModel.denoise
+
+    def small_memory(self, x, sigma, prepared):  # noqa: ANN001, ANN202
+        if x.shape[0] > 4:
+            raise FakeOutOfMemory("CUDA out of memory")
+        return original_denoise(self, x, sigma, prepared)
+
+    calls = {"n": 0}
+    original_score = digits_classifiers.DigitsEvaluator.score
+
+    def crash_once(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return original_score(self, images, condition, trajectory)
+
+    monkeypatch.setattr(DigitsModel, "denoise", small_memory)
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash_once)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="power cut"):
+        noisesearch.search(label=3, candidates=20, batch_size=8, output=str(out))
+    resumed = resume_run(out)
+    reference = noisesearch.search(label=3, candidates=20, batch_size=4, write=False)
+    assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
+
+
+def test_trajectory_verifiers_are_refused_with_strategies_that_resample(tmp_path) -> None:
+    import pytest
+
+    import noisesearch
+    from noisesearch.plugins import build_registries, get_plugin_manager
+    from noisesearch.testing import BrightnessVerifier
+
+    class NeedsTrajectory(BrightnessVerifier):
+        """Test verifier that reads x0_hat at level 0.5."""
+
+        requires = frozenset({"trajectory"})
+        trajectory_levels = (0.5,)
+
+    registries = build_registries(get_plugin_manager(load_entrypoints=False))
+    registries.verifiers.add("needs-trajectory", NeedsTrajectory, "test")
+    for strategy in ("paths", "smc", "pruning"):
+        with pytest.raises(noisesearch.IncompatibleError, match="trajectory"):
+            noisesearch.search(strategy=strategy, verifiers=["needs-trajectory"], write=False,
+                               registries=registries)
+    result = noisesearch.search(strategy="zero-order", verifiers=["needs-trajectory"], write=False,
+                                registries=registries, candidates=5)
+    assert result.usage.candidates == 5

@@ -107,6 +107,7 @@ def test_a_candidate_regenerates_bit_for_bit_from_its_recipe() -> None:
     assert best.recipe == {
         "start": {"kind": "seed", "seed": derive_seed(3, best.index)},
         "ops": [{"op": "solve", "levels": levels, "batch": 12, "row": best.index}],
+        "decode": {"batch": 12, "row": best.index},
     }
     noise = draw_noise([best.recipe["start"]["seed"]], model.latent_shape)
     assert torch.equal(noise[0], best.noise)
@@ -143,6 +144,9 @@ def test_search_improves_the_independent_judges_agreement() -> None:
         (["--solver", "rk4"], "solver: must be one of"),
         (["--model-opt", "nonsense=1"], "Valid options: device, guidance_scale, weights"),
         (["--verifier-opt", "digits-classifier.x=1"], "option 'x'"),
+        (["--strategy-opt", "foo=1"], "Valid options: (none)"),
+        (["--device", "nonsense"], "device: must be"),
+        (["--strategy", "zero-order", "--strategy-opt", "cosine=2"], "zero-order.cosine"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_no_run(
@@ -185,3 +189,13 @@ def test_the_training_script_produces_weights_the_model_loads(tmp_path: Path) ->
         verifier_options={"digits-classifier": {"weights": str(tmp_path / "digits_classifier.safetensors")}},
     )
     assert result.usage.candidates == 4
+
+
+def test_replay_and_resume_refuse_folders_that_are_not_finished_runs(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{")
+    for args in (["replay", str(tmp_path / "bad")], ["run", "--resume", str(tmp_path / "bad")],
+                 ["replay", str(tmp_path / "nothing-here")]):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert "Error:" in result.output and "Traceback" not in result.output

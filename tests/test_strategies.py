@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 import noisesearch
 from noisesearch.api import replay_run
 from noisesearch.engine import Budget
-from noisesearch.recipes import initial_noise, neighbour_recipe, same_norm_neighbour, seed_recipe
+from noisesearch.recipes import (
+    initial_noise,
+    neighbour_noise,
+    neighbour_recipe,
+    same_norm_neighbour,
+    seed_recipe,
+)
 from noisesearch.testing import run_strategy
 from noisesearch_builtin.search.paths import SearchOverPaths
 from noisesearch_builtin.search.pruning import EarlyPruning
@@ -41,14 +47,31 @@ def test_zero_order_neighbours_keep_pivot_norm_and_cosine(cosine: float) -> None
         assert not torch.allclose(neighbour, pivot)
 
 
-def test_neighbour_recipes_re_derive_their_noise_through_the_chain() -> None:
+def test_neighbour_recipes_re_derive_their_noise_through_the_walk() -> None:
     pivot = seed_recipe(7)
     child = neighbour_recipe(pivot, 11, 0.9)
     grandchild = neighbour_recipe(child, 12, 0.9)
+    assert grandchild == {"kind": "neighbour", "root": 7, "moves": [[11, 0.9], [12, 0.9]]}
     first = initial_noise(grandchild, (64,))
     assert torch.equal(first, initial_noise(json.loads(json.dumps(grandchild)), (64,)))
+    assert torch.equal(first, neighbour_noise(initial_noise(child, (64,)), 12, 0.9))
     cos = torch.nn.functional.cosine_similarity(first, initial_noise(child, (64,)), dim=0)
     assert cos.item() == pytest.approx(0.9, abs=1e-5)
+
+
+def test_a_long_zero_order_walk_stays_flat_and_re_derivable() -> None:
+    recipe = seed_recipe(1)
+    for step in range(2000):
+        recipe = neighbour_recipe(recipe, step, 0.99)
+    assert len(recipe["moves"]) == 2000 and "pivot" not in json.dumps(recipe)
+    assert torch.isfinite(initial_noise(recipe, (16,))).all()
+
+
+def parent(recipe: dict) -> dict:
+    """The pivot a zero-order neighbour moved from."""
+    if len(recipe["moves"]) == 1:
+        return seed_recipe(recipe["root"])
+    return {**recipe, "moves": recipe["moves"][:-1]}
 
 
 def test_zero_order_moves_the_pivot_only_to_better_neighbours() -> None:
@@ -56,7 +79,7 @@ def test_zero_order_moves_the_pivot_only_to_better_neighbours() -> None:
     pivots = [run.candidates[0]]
     for lo in range(1, 13, 3):
         batch = run.candidates[lo:lo + 3]
-        assert all(c.recipe["start"]["pivot"] == pivots[-1].recipe["start"] for c in batch)
+        assert all(parent(c.recipe["start"]) == pivots[-1].recipe["start"] for c in batch)
         leader = max(batch, key=lambda c: c.objective)
         pivots.append(leader if leader.objective > pivots[-1].objective else pivots[-1])
     assert pivots[-1].objective == run.result.best.objective
@@ -129,6 +152,16 @@ def test_smc_spends_exactly_its_nfe_formula(options: dict) -> None:
     run = run_strategy(strategy, Budget(nfe=100_000), steps=20, batch_size=4)
     assert len(run.candidates) == 5
     assert run.usage.nfe == strategy_cost(strategy, 5)
+
+
+@pytest.mark.parametrize("potential", ["difference", "max", "immediate"])
+def test_smc_potentials_reweight_negative_scores(potential: str) -> None:
+    """Log-probability verifiers score below zero: every potential must still favour the best."""
+    smc = SequentialMonteCarlo(potential=potential, temperature=1.0)
+    log_w, previous = smc._reweight([0.0] * 3, [None] * 3, [-3.0, -1.0, -0.2])
+    assert log_w[2] > log_w[1] > log_w[0]
+    log_w, _ = smc._reweight([0.0] * 3, previous, [-0.1, -2.0, -5.0])
+    assert log_w[0] > log_w[2]
 
 
 def test_smc_reports_ess_and_resampled_particles_diverge() -> None:

@@ -25,7 +25,7 @@ from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are
     plan_saved_run,
 )
 from noisesearch.plugins import Registries
-from noisesearch.registry import verifier_requirements  # noqa: F401 - public here too
+from noisesearch.registry import verifier_requirements
 from noisesearch.types import Candidate, Condition
 
 if TYPE_CHECKING:
@@ -94,66 +94,73 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
         name = plan.evaluator.name
         evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
     strategy = plan.strategy.create(**config.strategy_options)
+    # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
+    # and a resumed or repeated run must batch alike.
+    config.batch_size = config.batch_size or getattr(model, "preferred_batch_size", 16)
     run_dir = None
     journal = None
     listeners: list[Listener] = []
-    if write:
-        root = plan.output or results.default_run_dir(
-            DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
-        )
-        run_dir = root
-        run_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal(run_dir / JOURNAL_FOLDER, resume=resume)
-        _write_status(run_dir, plan, "running")
-        listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
-    if progress:
-        from noisesearch.progress import ProgressBar
-
-        listeners.append(ProgressBar(plan.budget.nfe, plan.budget.candidates))
-    engine = Engine(
-        model,
-        plan.condition,
-        Scorer(verifiers, evaluator),
-        plan.budget,
-        search_levels(model, plan.steps),
-        solver=config.solver,
-        batch_size=config.batch_size or getattr(model, "preferred_batch_size", 16),
-        seed=config.seed,
-        top_k=config.top_k,
-        listeners=listeners,
-        journal=journal,
-    )
+    engine = None
     try:
+        if write:
+            run_dir = plan.output or results.default_run_dir(
+                DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
+            )
+            run_dir.mkdir(parents=True, exist_ok=True)
+            journal = Journal(run_dir / JOURNAL_FOLDER, resume=resume)
+            _write_status(run_dir, plan, "running")
+            listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
+        if progress:
+            from noisesearch.progress import ProgressBar
+
+            listeners.append(ProgressBar(plan.budget.nfe, plan.budget.candidates))
+        engine = Engine(
+            model,
+            plan.condition,
+            Scorer(verifiers, evaluator),
+            plan.budget,
+            search_levels(model, plan.steps),
+            solver=config.solver,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            top_k=config.top_k,
+            listeners=listeners,
+            journal=journal,
+        )
         outcome = engine.run(strategy)
+        _close(listeners)
+        result = SearchResult(
+            config=config,
+            condition=plan.condition,
+            best=outcome.best,
+            baseline=outcome.baseline or outcome.best,
+            top=outcome.top,
+            usage=outcome.usage,
+            seconds=time.perf_counter() - started,
+            run_dir=run_dir,
+            nfe_per_candidate=engine.nfe_per_candidate,
+            verdicts=_verdicts(evaluator, outcome, plan.condition),
+            history=outcome.history,
+            strategy_report=outcome.report,
+        )
+        if run_dir is not None:
+            _write_run_dir(result, run_dir, engine, plan)
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
+        _close(listeners)
         if run_dir is not None:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            _write_status(run_dir, plan, status, engine.usage, error)
+            _write_status(run_dir, plan, status, engine.usage if engine else None, error)
         raise
-    finally:
-        for listener in listeners:
-            close = getattr(listener, "close", None)
-            if close is not None:
-                close()
-    if journal is not None:
+    if journal is not None:  # last: until run.json says complete, the journal can resume it
         journal.remove()
-    result = SearchResult(
-        config=config,
-        condition=plan.condition,
-        best=outcome.best,
-        baseline=outcome.baseline or outcome.best,
-        top=outcome.top,
-        usage=outcome.usage,
-        seconds=time.perf_counter() - started,
-        run_dir=run_dir,
-        nfe_per_candidate=engine.nfe_per_candidate,
-        verdicts=_verdicts(evaluator, outcome, plan.condition),
-        history=outcome.history,
-        strategy_report=outcome.report,
-    )
-    if run_dir is not None:
-        _write_run_dir(result, run_dir, engine, plan)
     return result
+
+
+def _close(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        close = getattr(listener, "close", None)
+        if close is not None:
+            close()
 
 
 JOURNAL_FOLDER = "journal"
@@ -304,8 +311,8 @@ class ReplayResult:
     image: Any  # (3, H, W) in [0, 1]
     identical: bool
     max_abs_diff: float
-    score: float
-    recorded_score: float
+    score: float | None  # the objective verifier's score of the replayed image, where it has one
+    recorded_score: float | None
 
 
 def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayResult:
@@ -320,11 +327,14 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
 
     run_dir = Path(run_dir)
     checked, run = plan_saved_run(run_dir, registries)
-    config = checked.config
-    saved = results.load_best(run_dir / "best_noise.safetensors")
+    if not run.get("complete"):
+        raise ConfigError("replay", f"the run in {run_dir} is not complete; finish it first with "
+                          f"`noisesearch run --resume {run_dir}`")
+    saved_path = run_dir / "best_noise.safetensors"
+    if not saved_path.is_file():
+        raise ConfigError("replay", f"{saved_path} is missing; the run folder is damaged")
+    saved = results.load_best(saved_path)
     model = checked.build_model()
-    objective = checked.verifiers[0]
-    verifier = checked.build_verifier(objective)
     recipe = run["best"]["recipe"]
     noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
     prepared = model.prepare(checked.condition)
@@ -333,21 +343,33 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
             recipe,
             lambda x, sigma: model.denoise(x, sigma, prepared),
             model.schedule,
-            config.solver,
+            checked.config.solver,
             tuple(model.latent_shape),
             getattr(model, "device", "cpu"),
             getattr(model, "dtype", None),
             noise=noise,
         )
-        image = model.decode(latent[None]).float().clamp(0, 1)
-        score = float(verifier.score(image, checked.condition)[0])
-    image = image[0].cpu()
+        decode = lambda latents: model.decode(latents).float().clamp(0, 1)  # noqa: E731
+        image = recipes.decode_padded(decode, latent, **recipe.get("decode", {})).cpu()
     recorded = saved["image"]
     results.save_png(image, run_dir / "replay.png")
+    score, recorded_score = _replayed_score(checked, image, run)
     return ReplayResult(
         image=image,
         identical=bool(torch.equal(image, recorded)),
         max_abs_diff=float((image - recorded).abs().max()),
         score=score,
-        recorded_score=float(run["best"]["scores"][objective.name]),
+        recorded_score=recorded_score,
     )
+
+
+def _replayed_score(checked: Plan, image: Any, run: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The objective's score of the replayed image, when one image alone has a score: not for
+    verifiers that rank a pool (ensembles) or read the trajectory."""
+    entry = checked.verifiers[0]
+    needs = verifier_requirements(entry, checked.config.verifier_options.get(entry.name, {}))
+    if "trajectory" in needs or hasattr(entry.factory, "combine"):
+        return None, None
+    verifier = checked.build_verifier(entry)
+    score = float(verifier.score(image[None], checked.condition)[0])
+    return score, float(run["best"]["scores"][entry.name])

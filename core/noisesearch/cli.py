@@ -383,8 +383,10 @@ def _replay_command(app: typer.Typer) -> None:
         verdict = "identical (bit for bit)" if outcome.identical else (
             f"DIFFERENT (max abs difference {outcome.max_abs_diff:.3g})"
         )
-        typer.echo(f"replayed best of {run_dir}: {verdict}; "
-                   f"score {outcome.score:.6g} (recorded {outcome.recorded_score:.6g})")
+        score = "" if outcome.score is None else (
+            f"; score {outcome.score:.6g} (recorded {outcome.recorded_score:.6g})"
+        )
+        typer.echo(f"replayed best of {run_dir}: {verdict}{score}")
         typer.echo(f"wrote {Path(run_dir) / 'replay.png'}")
         if not outcome.identical:
             raise typer.Exit(1)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from noisesearch.errors import ConfigError
 from noisesearch.sampling import SOLVERS
+
+#: Device names checked before torch is imported (torch would fail later, less clearly).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|meta|(cuda|xpu|hpu|npu)(:\d+)?")
 
 #: Candidates searched when neither budget is given.
 DEFAULT_CANDIDATES = 16
@@ -60,6 +64,10 @@ class RunConfig:
             raise ConfigError("label", f"must be a class index or name, got {self.label!r}")
         if isinstance(self.label, int) and self.label < 0:
             raise ConfigError("label", f"must be a non-negative integer, got {self.label!r}")
+        if self.device is not None and not DEVICE_PATTERN.fullmatch(str(self.device)):
+            raise ConfigError(
+                "device", f"must be auto, cpu, mps or cuda[:N] (or xpu[:N]), got {self.device!r}"
+            )
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier")
 

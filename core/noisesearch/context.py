@@ -33,7 +33,7 @@ class Trajectories:
         import torch
 
         index = torch.as_tensor(list(indices), dtype=torch.long, device=self.x.device)
-        picked = [rec.copy_recipe(self.recipes[i]) for i in indices]
+        picked = [rec.with_op(self.recipes[i]) for i in indices]
         return Trajectories(self.x.index_select(0, index), self.level, picked)
 
 

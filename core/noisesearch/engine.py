@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from noisesearch import recipes as rec
 from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
-from noisesearch.errors import BudgetExhausted
+from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.sampling import SolveResult, draw_noise, renoise, solve, solver_nfe
 from noisesearch.scoring import Scorer
 from noisesearch.types import Candidate, Condition
@@ -188,6 +188,9 @@ class Engine:
         batch size and retry the chunk (the rest of the run keeps the smaller size)."""
         lo = 0
         while lo < rows:
+            if self.journal is not None and self.journal.replaying:
+                # Resuming: the chunks the run made (after any out-of-memory halving).
+                self.batch_size = self.journal.next_batch_size() or self.batch_size
             hi = min(lo + self.batch_size, rows)
             try:
                 work(lo, hi)
@@ -257,7 +260,8 @@ class Engine:
         result = self._timed_solve(x, levels, capture)
         if self.journal is not None:
             tensors = {"x": result.x, **{f"x0_{i}": v for i, v in enumerate(result.x0.values())}}
-            self.journal.write("solve", rows, tensors, {"nfe": result.nfe, "levels": list(result.x0)})
+            self.journal.write("solve", rows, tensors, {"nfe": result.nfe, "levels": list(result.x0),
+                                                        "batch_size": self.batch_size})
         return result
 
     def _timed_solve(self, x: torch.Tensor, levels: list[float], capture: Sequence[float]) -> SolveResult:
@@ -293,7 +297,7 @@ class Engine:
                 parts.append(denoise(states.x[lo:hi], states.level))
                 self.usage.model_seconds += time.perf_counter() - start
                 if self.journal is not None:
-                    self.journal.write("predict", hi - lo, {"x0": parts[-1]}, {})
+                    self.journal.write("predict", hi - lo, {"x0": parts[-1]}, {"batch_size": self.batch_size})
             self.usage.nfe += hi - lo
 
         self._in_batches(len(states), work)
@@ -327,7 +331,8 @@ class Engine:
         calls = self.usage.verifier_calls
         scores = self.scorer.score(images, self.condition, trajectory or None, self.usage)
         if self.journal is not None:
-            meta = {"scores": scores, "verifier_calls": self.usage.verifier_calls - calls}
+            meta = {"scores": scores, "verifier_calls": self.usage.verifier_calls - calls,
+                    "batch_size": self.batch_size}
             self.journal.write(kind, rows, {}, meta)
         return scores, images
 
@@ -349,6 +354,11 @@ class Engine:
                 f"candidates finish at the grid's last level {self.levels[-1]}, not {states.level}"
             )
         self.charge(len(states), 0)
+        if self.scorer.trajectory_levels and not trajectory:
+            raise IncompatibleError(
+                f"a verifier needs the clean predictions at levels {self.scorer.trajectory_levels}, "
+                f"which this strategy's samples do not have; declare `partial_paths = True` on it"
+            )
         candidates: list[Candidate] = []
 
         def work(lo: int, hi: int) -> None:
@@ -364,7 +374,7 @@ class Engine:
                 row_scores = {name: values[row] for name, values in scores.items()}
                 candidate = Candidate(
                     index=len(self._all),
-                    recipe=states.recipes[lo + row],
+                    recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
                     scores=row_scores,
                     objective=row_scores[self.scorer.objective_name],
                     nfe=_recipe_nfe(states.recipes[lo + row], self),
@@ -413,17 +423,16 @@ class Engine:
             candidate.image, candidate.noise = image, noise
             dropped = heapq.heapreplace(self._heap, entry)[2]
             if dropped is not self._baseline:
-                dropped.image = dropped.noise = None
+                dropped.image = None
+                if rec.is_derivable(dropped.recipe["start"]):  # else the noise is its only source
+                    dropped.noise = None
 
     def _rerank(self) -> None:
         """Pooled objectives: every candidate's objective against the whole pool so far."""
         for candidate, objective in zip(self._all, self.scorer.pool_objectives(self._all)):
             candidate.objective = objective
-        self._heap = [(c.objective, -c.index, c) for c in self._heap_members()]
+        self._heap = [(c.objective, -c.index, c) for _, _, c in self._heap]
         heapq.heapify(self._heap)
-
-    def _heap_members(self) -> list[Candidate]:
-        return [entry[2] for entry in self._heap]
 
     def _final_top(self) -> list[Candidate]:
         """The top-k by final objective; a member whose image was dropped earlier (possible
@@ -438,18 +447,19 @@ class Engine:
         return ranked
 
     def regenerate(self, candidate: Candidate) -> None:
-        """Recompute a candidate's image and noise from its recipe (exact: see recipes)."""
-        if not rec.is_derivable(candidate.recipe["start"]):
-            raise ValueError(f"candidate {candidate.index} has a noise recipe that cannot be re-derived")
-        shape = tuple(self.model.latent_shape)
+        """Recompute a candidate's image from its recipe (exact: see ``noisesearch.recipes``)."""
         import torch
 
+        shape = tuple(self.model.latent_shape)
+        derivable = rec.is_derivable(candidate.recipe["start"])
         with torch.inference_mode():
             latent = rec.replay(candidate.recipe, self.denoiser(), self.model.schedule, self.solver,
-                                shape, self.device, self.dtype)
+                                shape, self.device, self.dtype, noise=None if derivable else candidate.noise)
+            image = rec.decode_padded(self._decode, latent, **candidate.recipe.get("decode", {}))
         self.usage.final_nfe += candidate.nfe
-        candidate.image = self._decode(latent[None])[0].cpu()
-        candidate.noise = rec.initial_noise(candidate.recipe["start"], shape, "cpu", self.dtype)
+        candidate.image = image.cpu()
+        if derivable:
+            candidate.noise = rec.initial_noise(candidate.recipe["start"], shape, "cpu", self.dtype)
 
 
 def _recipe_nfe(recipe: dict[str, Any], engine: Engine) -> int:

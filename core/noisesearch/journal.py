@@ -56,9 +56,12 @@ class Journal:
     def replaying(self) -> bool:
         return self.index < len(self._entries)
 
-    @property
-    def replayed(self) -> int:
-        return min(self.index, len(self._entries))
+    def next_batch_size(self) -> int | None:
+        """The engine's batch size when the next recorded call was made."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._entries[self.index][1]), framework="pt") as handle:
+            return json.loads((handle.metadata() or {})["meta"]).get("batch_size")
 
     def read(self, kind: str, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         from safetensors import safe_open

@@ -70,6 +70,7 @@ def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
         _check_verifier_fits(entry, options, condition, model)
     strategy = registries.strategies.get(config.strategy)
     strategy.check_options(config.strategy_options)
+    _check_strategy_fits(strategy, [*verifiers, *([evaluator] if evaluator else [])], config)
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
     if unknown:
         raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
@@ -176,6 +177,21 @@ def _check_verifier_fits(
             )
 
 
+def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunConfig) -> None:
+    """Strategies that re-noise or resample (``partial_paths = True``) finish samples whose path
+    has no single clean prediction per level: verifiers that read the trajectory cannot score
+    them."""
+    if not getattr(strategy.factory, "partial_paths", False):
+        return
+    for entry in verifiers:
+        if "trajectory" in verifier_requirements(entry, config.verifier_options.get(entry.name, {})):
+            raise IncompatibleError(
+                f"verifier {entry.name!r} reads the sampling trajectory, which strategy "
+                f"{strategy.name!r} does not keep (it re-noises or resamples along the way); "
+                f"use it with random or zero-order search"
+            )
+
+
 def with_device(entry: Entry, options: dict[str, Any], device: str | None) -> dict[str, Any]:
     if device is not None and entry.accepts("device") and "device" not in options:
         return {**options, "device": device}
@@ -190,8 +206,12 @@ def plan_saved_run(run_dir: Path, registries: Registries | None = None) -> tuple
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise ConfigError("run", f"{run_dir} holds no run.json; is it a run folder?")
-    run = json.loads(path.read_text())
+    try:
+        run = json.loads(path.read_text())
+        saved = run["config"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError("run", f"{path} is not a run.json written by noisesearch") from None
     fields = set(RunConfig.__dataclass_fields__)
-    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    config = RunConfig(**{k: v for k, v in saved.items() if k in fields})
     config.output = str(run_dir)
     return plan(config, registries), run

@@ -4,8 +4,9 @@ A recipe is a JSON-able dict: ``{"start": <noise recipe>, "ops": [<op>, ...]}``.
 
 Noise recipes (the initial noise at the first level of the grid):
 - ``{"kind": "seed", "seed": s}``: standard normal noise from a CPU ``torch.Generator``.
-- ``{"kind": "neighbour", "pivot": <noise recipe>, "seed": s, "cosine": c}``: a point on the
-  pivot's same-norm sphere at cosine ``c`` (zero-order search).
+- ``{"kind": "neighbour", "root": s, "moves": [[s1, c1], [s2, c2], ...]}``: zero-order
+  search's walk: from the noise of seed ``s``, each move goes to the point on the current
+  noise's same-norm sphere at cosine ``c`` in the direction of seed ``s_i``'s noise.
 - Other kinds (a plugin's own) cannot be re-derived; replay then uses the saved noise.
 
 Ops, applied in order to the noise:
@@ -16,6 +17,9 @@ Ops, applied in order to the noise:
   bit for bit the same on the same device, dtype and thread count.
 - ``{"op": "renoise", "from": s, "to": s2, "seed": k}``: the forward kernel to a noisier level
   with noise from seed ``k``.
+
+A finished candidate's recipe also says where it was decoded, ``"decode": {"batch": B,
+"row": i}``, since a VAE, like the denoiser, is exact only at the same batch size and row.
 """
 
 from __future__ import annotations
@@ -40,28 +44,36 @@ def seed_recipe(seed: int) -> Recipe:
 
 
 def neighbour_recipe(pivot: Recipe, seed: int, cosine: float) -> Recipe:
-    return {"kind": "neighbour", "pivot": copy.deepcopy(pivot), "seed": int(seed), "cosine": cosine}
+    """One zero-order move from ``pivot`` (a seed or neighbour recipe), kept flat so that long
+    walks neither nest nor recurse."""
+    if pivot["kind"] == "seed":
+        root, moves = pivot["seed"], []
+    elif pivot["kind"] == "neighbour":
+        root, moves = pivot["root"], pivot["moves"]
+    else:
+        raise ValueError(f"a neighbour needs a seed or neighbour pivot, not {pivot['kind']!r}")
+    return {"kind": "neighbour", "root": root, "moves": [*moves, [int(seed), float(cosine)]]}
+
+
+def neighbour_noise(pivot_noise: torch.Tensor, seed: int, cosine: float) -> torch.Tensor:
+    """The noise of one move from ``pivot_noise`` (on the CPU, as drawn): direction from
+    ``seed``, cosine ``cosine``."""
+    direction = draw_noise([seed], tuple(pivot_noise.shape), "cpu", pivot_noise.dtype)[0]
+    return same_norm_neighbour(pivot_noise, direction, cosine)
 
 
 def candidate_recipe(start: Recipe) -> Recipe:
     return {"start": copy.deepcopy(start), "ops": []}
 
 
-def copy_recipe(recipe: Recipe) -> Recipe:
-    """A copy whose op list can grow independently (resampled particles share a past)."""
-    return {"start": recipe["start"], "ops": list(recipe["ops"])}
-
-
-def with_op(recipe: Recipe, op: dict[str, Any]) -> Recipe:
-    """A copy of ``recipe`` with one more op (recipes of resampled particles must not alias)."""
-    return {"start": recipe["start"], "ops": [*recipe["ops"], op]}
+def with_op(recipe: Recipe, op: dict[str, Any] | None = None) -> Recipe:
+    """A copy of ``recipe`` whose op list grows independently (resampled particles share a
+    past), with ``op`` appended if given."""
+    return {"start": recipe["start"], "ops": [*recipe["ops"], *([op] if op else [])]}
 
 
 def is_derivable(noise_recipe: Recipe) -> bool:
-    kind = noise_recipe.get("kind")
-    if kind == "neighbour":
-        return is_derivable(noise_recipe["pivot"])
-    return kind in DERIVABLE_KINDS
+    return noise_recipe.get("kind") in DERIVABLE_KINDS
 
 
 def same_norm_neighbour(pivot: torch.Tensor, direction: torch.Tensor, cosine: float) -> torch.Tensor:
@@ -94,9 +106,10 @@ def initial_noise(
     if kind == "seed":
         return draw_noise([noise_recipe["seed"]], shape, device, dtype)[0]
     if kind == "neighbour":
-        pivot = initial_noise(noise_recipe["pivot"], shape, device, dtype)
-        direction = draw_noise([noise_recipe["seed"]], shape, device, dtype)[0]
-        return same_norm_neighbour(pivot, direction, noise_recipe["cosine"])
+        noise = draw_noise([noise_recipe["root"]], shape, "cpu", dtype)[0]
+        for seed, cosine in noise_recipe["moves"]:
+            noise = neighbour_noise(noise, seed, cosine)
+        return noise.to(device)
     raise ValueError(f"noise recipe kind {kind!r} cannot be re-derived; pass the noise itself")
 
 
@@ -116,6 +129,16 @@ def solve_padded(
     padded = torch.zeros((batch, *x.shape), dtype=x.dtype, device=x.device)
     padded[row] = x
     return solve(denoiser, padded, schedule, levels, solver).x[row]
+
+
+def decode_padded(decode: Any, latent: torch.Tensor, batch: int = 1, row: int = 0) -> torch.Tensor:
+    """Decode one latent as row ``row`` of a zero-padded batch of ``batch`` latents, as it was
+    decoded in its run; returns its image ``(3, H, W)``."""
+    import torch
+
+    padded = torch.zeros((batch, *latent.shape), dtype=latent.dtype, device=latent.device)
+    padded[row] = latent
+    return decode(padded)[row]
 
 
 def replay(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from noisesearch.errors import ConfigError, DuplicateNameError, UnknownNameError
+from noisesearch.errors import ConfigError, DuplicateNameError, NoiseSearchError, UnknownNameError
 
 KINDS = ("model", "verifier", "strategy")
 
@@ -85,9 +85,18 @@ class Entry:
         )
 
     def create(self, **options: Any) -> Any:
-        """Build the implementation (this is when weights load)."""
+        """Build the implementation (this is when weights load).
+
+        A ``ValueError`` or ``TypeError`` from the factory is a bad option value: it becomes a
+        :class:`ConfigError` naming this implementation (the CLI prints it in one line).
+        """
         self.check_options(options)
-        return self.factory(**options)
+        try:
+            return self.factory(**options)
+        except NoiseSearchError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.kind} {self.name}", str(exc)) from exc
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,9 +178,19 @@ def first_docstring_line(obj: object) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _signature_target(factory: Callable[..., Any]) -> Callable[..., Any] | None:
+    """What defines a factory's options: its ``__init__``, or itself; ``None`` for a class
+    that takes no arguments (it inherits ``object.__init__``)."""
+    if not inspect.isclass(factory):
+        return factory
+    return None if factory.__init__ is object.__init__ else factory.__init__
+
+
 def describe_parameters(factory: Callable[..., Any]) -> list[Parameter]:
     """The keyword options of ``factory`` without calling or importing anything new."""
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    target = _signature_target(factory)
+    if target is None:
+        return []
     signature = inspect.signature(target)  # annotations stay strings: no evaluation
     helps = _param_docs(factory)
     if inspect.isclass(factory):
@@ -207,7 +226,9 @@ def _param_docs(obj: object) -> dict[str, str]:
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    target = _signature_target(factory)
+    if target is None:
+        return False
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
 
 

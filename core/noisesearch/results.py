@@ -61,7 +61,8 @@ class CandidatesWriter:
         self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if not self._handle.closed:
+            self._handle.close()
 
 
 def package_versions() -> dict[str, str]:

@@ -27,7 +27,7 @@ samples (random search).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from noisesearch import ConfigError, hookimpl
 from noisesearch.recipes import seed_recipe
@@ -52,6 +52,9 @@ class SearchOverPaths:
     :param backward: how far down each round then solves; must exceed ``forward``.
     :param preset: ``"paper"`` sets start_level, forward and backward to the paper's values.
     """
+
+    #: Samples are finished from partial paths (no single trajectory of clean predictions).
+    partial_paths: ClassVar[bool] = True
 
     def __init__(
         self,

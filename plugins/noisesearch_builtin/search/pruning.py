@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from noisesearch import ConfigError, hookimpl
 from noisesearch.recipes import seed_recipe
@@ -36,6 +36,9 @@ class EarlyPruning:
     :param checkpoints: decreasing levels at which candidates are scored and pruned.
     :param keep: fraction of candidates continued at each checkpoint, in (0, 1].
     """
+
+    #: Samples are finished from partial paths (no single trajectory of clean predictions).
+    partial_paths: ClassVar[bool] = True
 
     def __init__(
         self,

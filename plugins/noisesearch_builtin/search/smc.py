@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from noisesearch import ConfigError, hookimpl
 from noisesearch.recipes import seed_recipe
@@ -50,6 +50,9 @@ class SequentialMonteCarlo:
     :param ess_threshold: resample when ESS < ess_threshold * K; 1 resamples at every scoring.
     :param churn: size of the stochastic re-noising before each step, as a fraction of it.
     """
+
+    #: Samples are finished from partial paths (no single trajectory of clean predictions).
+    partial_paths: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -120,7 +123,7 @@ class SequentialMonteCarlo:
         resampler = random.Random(context.seeds(1)[0])
         states = context.start([seed_recipe(seed) for seed in context.seeds(k)])
         log_w = [0.0] * k
-        previous = [0.0] * k  # last score (difference) or running max (max) of each lineage
+        previous: list[float | None] = [None] * k  # last score / running max of each lineage
         history = []
         for i in range(steps):
             start = self._churned(levels, i)
@@ -143,15 +146,21 @@ class SequentialMonteCarlo:
         context.finish(states)
 
     def _reweight(
-        self, log_w: list[float], previous: list[float], rewards: list[float]
-    ) -> tuple[list[float], list[float]]:
+        self, log_w: list[float], previous: list[float | None], rewards: list[float]
+    ) -> tuple[list[float], list[float | None]]:
+        """Multiply each weight by its potential; ``previous`` is each lineage's last score
+        (difference) or running maximum (max), ``None`` before its first scoring, when the
+        potential is ``exp(lambda r)``."""
         lam = self.temperature
         if self.potential == "immediate":
             return [w + lam * r for w, r in zip(log_w, rewards)], previous
         if self.potential == "difference":
-            return [w + lam * (r - p) for w, r, p in zip(log_w, rewards, previous)], list(rewards)
-        peaks = [max(r, p) if math.isfinite(p) else r for r, p in zip(rewards, previous)]
-        return [w + lam * (m - p) for w, m, p in zip(log_w, peaks, previous)], peaks
+            current: list[float | None] = list(rewards)
+        else:
+            current = [r if p is None else max(r, p) for r, p in zip(rewards, previous)]
+        return [
+            w + lam * (c - (0.0 if p is None else p)) for w, c, p in zip(log_w, current, previous)
+        ], current
 
 
 def effective_sample_size(log_weights: list[float]) -> float:

@@ -18,10 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from noisesearch import ConfigError, hookimpl
-from noisesearch.recipes import neighbour_recipe, seed_recipe
+from noisesearch.recipes import initial_noise, neighbour_noise, neighbour_recipe, seed_recipe
 
 if TYPE_CHECKING:
-    from noisesearch import SearchContext
+    import torch
+
+    from noisesearch import Candidate, SearchContext
     from noisesearch.registry import Register
 
 
@@ -65,7 +67,9 @@ class ZeroOrderSearch:
         return nfe_per_candidate * (1 + restarts + iterations * neighbours)
 
     def run(self, context: SearchContext) -> None:
-        pivot = self._new_pivot(context)
+        import torch
+
+        pivot, pivot_noise = self._new_pivot(context)
         if pivot is None:
             return
         best_score, stale, done = pivot.objective, 0, 0
@@ -74,32 +78,34 @@ class ZeroOrderSearch:
             if affordable is not None and affordable < 1:
                 return
             count = self.neighbours if affordable is None else min(self.neighbours, affordable)
-            recipes = [
-                neighbour_recipe(pivot.recipe["start"], seed, self.cosine)
-                for seed in context.seeds(count)
-            ]
-            challengers = context.evaluate(recipes)
+            seeds = context.seeds(count)
+            recipes = [neighbour_recipe(pivot.recipe["start"], seed, self.cosine) for seed in seeds]
+            noises = [neighbour_noise(pivot_noise, seed, self.cosine) for seed in seeds]
+            challengers = context.evaluate(recipes, torch.stack(noises))
             done += 1
-            leader = max(challengers, key=lambda c: c.objective)
-            if not self.pivot_competes or leader.objective > pivot.objective:
-                pivot = leader
-            if leader.objective > best_score:
-                best_score, stale = leader.objective, 0
+            leader = max(range(count), key=lambda i: challengers[i].objective)
+            if not self.pivot_competes or challengers[leader].objective > pivot.objective:
+                pivot, pivot_noise = challengers[leader], noises[leader]
+            if challengers[leader].objective > best_score:
+                best_score, stale = challengers[leader].objective, 0
             else:
                 stale += 1
             if self.restart_after is not None and stale >= self.restart_after:
-                fresh = self._new_pivot(context)
+                fresh, fresh_noise = self._new_pivot(context)
                 if fresh is None:
                     return
-                pivot, stale = fresh, 0
+                pivot, pivot_noise, stale = fresh, fresh_noise, 0
                 best_score = max(best_score, fresh.objective)
 
     @staticmethod
-    def _new_pivot(context: SearchContext):  # noqa: ANN205 - a Candidate or None
+    def _new_pivot(context: SearchContext) -> tuple[Candidate | None, torch.Tensor | None]:
+        """A fresh random pivot, evaluated, with its noise (on the CPU, where moves are made)."""
         affordable = context.affordable()
         if affordable is not None and affordable < 1:
-            return None
-        return context.evaluate([seed_recipe(context.seeds(1)[0])])[0]
+            return None, None
+        recipe = seed_recipe(context.seeds(1)[0])
+        noise = initial_noise(recipe, context.latent_shape)
+        return context.evaluate([recipe], noise[None])[0], noise
 
 
 @hookimpl

@@ -321,7 +321,9 @@ class DiffusersModel:
 
         vae = self.pipe.vae
         images = []
-        for chunk in x0.split(self.decode_batch_size()):
+        if getattr(self, "_decode_rows", None) is None:  # fixed for the run: replay decodes alike
+            self._decode_rows = self.decode_batch_size()
+        for chunk in x0.split(self._decode_rows):
             latents = self._vae_input(chunk.to(self.device))  # (b, C, h, w), the VAE's scale
             image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]  # (b, 3, H, W) in [-1, 1]
             images.append((image / 2 + 0.5).clamp(0, 1).float())  # the pipelines' postprocess
