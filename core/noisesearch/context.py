@@ -142,7 +142,9 @@ class SearchContext:
         Pooled objectives (ensembles) rank within these rows.
         """
         engine = self._engine
-        return engine.score_latents(x0)[engine.scorer.objective_name]
+        scores = engine.score_latents(x0)
+        rows = [{name: values[i] for name, values in scores.items()} for i in range(x0.shape[0])]
+        return engine.scorer.objectives(rows)
 
     def finish(self, states: Trajectories) -> list[Candidate]:
         """Record trajectories that reached the grid's last level as candidates."""

@@ -370,13 +370,14 @@ class Engine:
             if images is None:  # read back from the journal: the images are still needed
                 images = self._decode(states.x[lo:hi])
             batch = []
-            for row in range(hi - lo):
-                row_scores = {name: values[row] for name, values in scores.items()}
+            rows = [{name: values[row] for name, values in scores.items()} for row in range(hi - lo)]
+            objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
+            for row, row_scores in enumerate(rows):
                 candidate = Candidate(
                     index=len(self._all),
                     recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
                     scores=row_scores,
-                    objective=row_scores[self.scorer.objective_name],
+                    objective=objectives[row],
                     nfe=_recipe_nfe(states.recipes[lo + row], self),
                 )
                 self._all.append(candidate)
@@ -429,7 +430,7 @@ class Engine:
 
     def _rerank(self) -> None:
         """Pooled objectives: every candidate's objective against the whole pool so far."""
-        for candidate, objective in zip(self._all, self.scorer.pool_objectives(self._all)):
+        for candidate, objective in zip(self._all, self.scorer.objectives([c.scores for c in self._all])):
             candidate.objective = objective
         self._heap = [(c.objective, -c.index, c) for _, _, c in self._heap]
         heapq.heapify(self._heap)

@@ -83,7 +83,11 @@ def scaling_series(
     series = []
     for i, name in enumerate(verifiers):
         label = f"{name} (searched on)" if i == 0 else name
-        series.append((label, x, running_best([row["scores"].get(name) for row in rows]), "-"))
+        members = sorted({key for row in rows for key in row["scores"] if key.startswith(f"{name}/")})
+        # A pooled objective (an ensemble) has no score of its own, only its members'.
+        for key in members or [name]:
+            shown = label if key == name else f"{key} (member)"
+            series.append((shown, x, running_best([row["scores"].get(key) for row in rows]), "-"))
     if evaluator:
         values = [row["scores"].get(evaluator) for row in rows]
         series.append((f"{evaluator} (evaluator)", x, running_best(values), "--"))

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from noisesearch.accounting import Usage
-from noisesearch.types import Candidate, Condition
+from noisesearch.types import Condition
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +59,8 @@ class Scorer:
         trajectory: Mapping[float, torch.Tensor] | None,
         usage: Usage,
     ) -> dict[str, list[float]]:
-        """Every verifier's raw scores, by name; pooled objectives also by ``name/member``."""
+        """Every verifier's raw scores, by name; a pooled objective's by ``name/member`` only
+        (its ranks mean something only over a pool: see :meth:`objectives`)."""
         members = dict(self.verifiers)
         if self.evaluator is not None:
             members[self.evaluator[0]] = self.evaluator[1]
@@ -70,8 +71,6 @@ class Scorer:
                 parts = verifier.member_scores(images, condition, trajectory=trajectory)
                 for member, values in parts.items():
                     scores[f"{name}/{member}"] = self._as_list(f"{name}/{member}", values, images)
-                pool = {member: scores[f"{name}/{member}"] for member in parts}
-                scores[name] = [float(v) for v in verifier.combine(pool)]
             else:
                 values = verifier.score(images, condition, trajectory=trajectory)
                 scores[name] = self._as_list(name, values, images)
@@ -88,9 +87,12 @@ class Scorer:
             )
         return [float(v) for v in values.detach().float().cpu()]
 
-    def pool_objectives(self, candidates: Sequence[Candidate]) -> list[float]:
-        """The objective of each candidate ranked over all of them (pooled objectives only)."""
+    def objectives(self, scores: Sequence[Mapping[str, float]]) -> list[float]:
+        """What selection ranks by, for each row of ``scores``: the objective verifier's score,
+        or, for a pooled objective, its rank over exactly these rows."""
+        if not self.pooled:
+            return [row[self.objective_name] for row in scores]
         prefix = f"{self.objective_name}/"
-        members = [key[len(prefix):] for key in candidates[0].scores if key.startswith(prefix)]
-        pool = {m: [c.scores[prefix + m] for c in candidates] for m in members}
+        members = [key[len(prefix):] for key in scores[0] if key.startswith(prefix)]
+        pool = {m: [row[prefix + m] for row in scores] for m in members}
         return [float(v) for v in self.objective.combine(pool)]

@@ -34,7 +34,7 @@ def print_summary(result: SearchResult) -> None:
         (f"best of {result.usage.candidates}", result.best, "best", result.usage.nfe, compute),
     ]
     for title, candidate, key, nfe, seconds in rows:
-        cells = [title, f"{candidate.scores[objective]:.4f}"]
+        cells = [title, f"{candidate.scores.get(objective, candidate.objective):.4f}"]
         if evaluator:
             cells.append(f"{candidate.scores[evaluator]:.4f}")
             if result.verdicts:
