@@ -225,7 +225,7 @@ def test_half_precision_scores_stay_close_to_float32(dino_dir: Path, dino: DinoV
     assert half.dtype == torch.float32
     assert torch.allclose(full, half, atol=0.1)
     with pytest.raises(ValueError, match="float32, float16, bfloat16"):
-        DinoVerifier(model=str(dino_dir), dtype="half")
+        DinoVerifier(model=str(dino_dir), dtype="float8")
 
 
 # -- in a search ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import Condition, hookimpl
+from noisesearch.devices import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -22,30 +23,6 @@ if TYPE_CHECKING:
 #: A run label -> model class map: a list indexed by run label, or a mapping keyed by run label
 #: (an int, or its decimal string as JSON gives it); each value is a class index or a class name.
 LabelMap = Sequence[int | str] | Mapping[int | str, int | str]
-
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` means the first CUDA device if there is one, else the CPU."""
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """``None`` means float16 on a GPU and float32 on the CPU (where half precision is slow)."""
-    import torch
-
-    if dtype is None:
-        dtype = "float16" if device.type == "cuda" else "float32"
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return getattr(torch, name)
-
 
 def pixel_values(processor: Any, images: torch.Tensor, device: Any, dtype: torch.dtype) -> torch.Tensor:
     """Run a transformers image processor (torchvision backend) on images in ``[0, 1]``.

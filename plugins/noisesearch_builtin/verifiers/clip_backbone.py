@@ -15,6 +15,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from noisesearch import devices
+
 if TYPE_CHECKING:
     import torch
 
@@ -23,11 +25,6 @@ if TYPE_CHECKING:
 DEFAULT_ARCHITECTURE = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
 
-DTYPES = {
-    "float32": "float32", "fp32": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
 _PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 _lock = threading.Lock()
@@ -36,22 +33,13 @@ _loads = 0  # how many models were actually built: a test counts them
 
 
 def resolve_device(device: str | None) -> str:
-    """``None`` means the first CUDA device if there is one, else the CPU."""
-    if device is not None:
-        return str(device)
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device name (the cache key) for an option value: ``noisesearch.devices``' rule."""
+    return str(devices.resolve_device(device))
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:
-    """``None`` means float16 on a GPU and float32 on the CPU (where half precision is slow)."""
-    if dtype is None:
-        return "float16" if device.startswith("cuda") else "float32"
-    key = str(dtype).removeprefix("torch.").lower()
-    if key not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of float32, float16, bfloat16")
-    return DTYPES[key]
+    """The dtype name (the cache key) for an option value: ``noisesearch.devices``' rule."""
+    return devices.dtype_name(devices.resolve_dtype(dtype, device))
 
 
 def torch_dtype(name: str) -> torch.dtype:

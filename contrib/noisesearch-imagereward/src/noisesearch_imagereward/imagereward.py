@@ -252,13 +252,11 @@ class ImageRewardVerifier:
         dtype: str | None = None,
     ) -> None:
         import torch
+        from noisesearch.devices import resolve_device, resolve_dtype
         from transformers import AutoTokenizer, BlipTextModel, BlipVisionModel
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or ("float16" if self.device.type == "cuda" else "float32")
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be one of float32, float16, bfloat16, got {dtype!r}")
-        self.dtype = getattr(torch, dtype)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         med = dict(MED_CONFIG)
         if med_config is not None:
             med.update(json.loads(Path(med_config).read_text()))

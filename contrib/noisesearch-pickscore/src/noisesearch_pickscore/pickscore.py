@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 MODEL = "yuvalkirstain/PickScore_v1"
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 MAX_TEXT_TOKENS = 77
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def pixel_values(processor: Any, images: torch.Tensor, device: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -73,14 +72,11 @@ class PickScoreVerifier:
         device: str | None = None,
         dtype: str | None = None,
     ) -> None:
-        import torch
+        from noisesearch.devices import resolve_device, resolve_dtype
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or ("float16" if self.device.type == "cuda" else "float32")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = getattr(torch, dtype)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = AutoModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "logit_scale"):
             raise ValueError(f"PickScore needs a CLIP model; {model!r} is {type(self.model).__name__}")

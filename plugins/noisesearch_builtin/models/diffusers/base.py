@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
 from noisesearch_builtin.models.diffusers import index
@@ -40,12 +41,6 @@ if TYPE_CHECKING:
     from noisesearch import Condition
     from noisesearch.sampling import Schedule
 
-#: dtype option spellings.
-DTYPES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
 #: Candidates per batch on a CPU (or any device whose free memory cannot be read).
 CPU_BATCH_SIZE = 4
 #: Upper bound of the automatic batch size.
@@ -462,30 +457,6 @@ def scheduler_like(scheduler_class: type, config: Any) -> Any:
     warn about the other scheduler's own settings."""
     accepted = inspect.signature(scheduler_class.__init__).parameters
     return scheduler_class(**{k: v for k, v in dict(config).items() if k in accepted})
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError("device", f"not a torch device: {device!r} ({exc})") from None
-
-
-def resolve_dtype(dtype: str | None, device: torch.device, cuda_dtype: str) -> torch.dtype:
-    """``"auto"``: ``cuda_dtype`` on CUDA, float32 elsewhere."""
-    import torch
-
-    name = str(dtype or "auto").lower().removeprefix("torch.")
-    if name == "auto":
-        name = cuda_dtype if device.type == "cuda" else "float32"
-    if name not in DTYPES:
-        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
-    return getattr(torch, DTYPES[name])
 
 
 def _dtype_keyword() -> str:
