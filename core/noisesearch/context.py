@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,27 @@ class SearchContext:
         if self.remaining_nfe is not None:
             limits.append(self.remaining_nfe // max(nfe_each, 1))
         return min(limits) if limits else None
+
+    def largest_affordable(
+        self,
+        nfe_cost: Callable[[int], int],
+        finished: Callable[[int], int] = lambda n: n,
+        limit: int | None = None,
+    ) -> int | None:
+        """The largest size ``n`` (up to ``limit``) of a search whose NFE cost ``nfe_cost(n)``
+        and ``finished(n)`` candidates fit what is left of the budget; 0 if none does, ``None``
+        if the budget has no limit at all (the strategy then picks its own size)."""
+        nfe, candidates = self.remaining_nfe, self.remaining_candidates
+        if nfe is None and candidates is None:
+            return None
+        n = 0
+        while limit is None or n < limit:
+            if (nfe is not None and nfe_cost(n + 1) > nfe) or (
+                candidates is not None and finished(n + 1) > candidates
+            ):
+                break
+            n += 1
+        return n
 
     def solve_nfe(self, levels: Sequence[float]) -> int:
         """NFEs per row of solving over ``levels`` with the run's solver."""

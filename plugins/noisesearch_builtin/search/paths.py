@@ -128,21 +128,10 @@ class SearchOverPaths:
 
     def _paths(self, context: SearchContext) -> int:
         """N: as given if affordable, else (or if not given) the most the budget pays for."""
-        if self.paths is not None and self._affordable(context, self.paths):
-            return self.paths
-        if context.remaining_nfe is None and context.remaining_candidates is None:
-            return self.paths or DEFAULT_PATHS
-        paths = 0
-        while (self.paths is None or paths < self.paths) and self._affordable(context, paths + 1):
-            paths += 1
-        return paths
-
-    def _affordable(self, context: SearchContext, paths: int) -> bool:
-        remaining = context.remaining_nfe
-        candidates = context.remaining_candidates
-        return (remaining is None or self.nfe_cost(context, paths) <= remaining) and (
-            candidates is None or paths * self.children <= candidates
+        largest = context.largest_affordable(
+            lambda n: self.nfe_cost(context, n), lambda n: n * self.children, limit=self.paths
         )
+        return (self.paths or DEFAULT_PATHS) if largest is None else largest
 
 
 def _top(scores: list[float], k: int) -> list[int]:

@@ -84,19 +84,11 @@ class EarlyPruning:
         return total
 
     def _initial(self, context: SearchContext) -> int:
-        nfe, candidates = context.remaining_nfe, context.remaining_candidates
-        if nfe is None and candidates is None:
-            return self.initial or DEFAULT_INITIAL
         finishing = len(self.stages(context)) - 1
-        best = 0
-        while self.initial is None or best < self.initial:
-            n = best + 1
-            if (nfe is not None and self.nfe_cost(context, n) > nfe) or (
-                candidates is not None and self.sizes(n)[finishing] > candidates
-            ):
-                break
-            best = n
-        return best
+        largest = context.largest_affordable(
+            lambda n: self.nfe_cost(context, n), lambda n: self.sizes(n)[finishing], limit=self.initial
+        )
+        return (self.initial or DEFAULT_INITIAL) if largest is None else largest
 
     def run(self, context: SearchContext) -> None:
         initial = self._initial(context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from noisesearch import hookimpl
+from noisesearch.recipes import seed_recipe
 
 if TYPE_CHECKING:
     from noisesearch import SearchContext
@@ -28,7 +29,7 @@ class RandomSearch:
             if affordable <= 0:
                 return
             seeds = context.seeds(min(affordable, context.batch_size))
-            context.evaluate([{"kind": "seed", "seed": seed} for seed in seeds])
+            context.evaluate([seed_recipe(seed) for seed in seeds])
 
 
 @hookimpl

@@ -100,18 +100,8 @@ class SequentialMonteCarlo:
         return min(levels[i] + self.churn * (levels[i] - levels[i + 1]), 1.0)
 
     def _particles(self, context: SearchContext) -> int:
-        nfe, candidates = context.remaining_nfe, context.remaining_candidates
-        if nfe is None and candidates is None:
-            return self.particles or DEFAULT_PARTICLES
-        best = 0
-        while self.particles is None or best < self.particles:
-            k = best + 1
-            if (nfe is not None and self.nfe_cost(context, k) > nfe) or (
-                candidates is not None and k > candidates
-            ):
-                break
-            best = k
-        return best
+        largest = context.largest_affordable(lambda k: self.nfe_cost(context, k), limit=self.particles)
+        return (self.particles or DEFAULT_PARTICLES) if largest is None else largest
 
     def run(self, context: SearchContext) -> None:
         k = self._particles(context)
