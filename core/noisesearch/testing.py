@@ -134,10 +134,8 @@ def default_condition(
 
 
 def noise_recipe(candidate: Candidate) -> dict[str, Any]:
-    """The recipe of a candidate's initial noise (``{"kind": ..., ...}``), wherever the
-    candidate's full recipe keeps it (``recipe["start"]`` when it also lists the ops)."""
-    recipe = candidate.recipe
-    return recipe["start"] if isinstance(recipe.get("start"), dict) else recipe
+    """The recipe of a candidate's initial noise (``{"kind": ..., ...}``)."""
+    return candidate.recipe["start"]
 
 
 @dataclass
