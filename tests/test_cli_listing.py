@@ -161,3 +161,40 @@ def test_plugins_command_as_a_subprocess_is_quick() -> None:
     print(f"`noisesearch plugins` took {seconds:.2f} s")
     assert completed.returncode == 0, completed.stderr
     assert seconds < 5.0, f"`noisesearch plugins` took {seconds:.2f} s: something heavy is imported"
+
+
+def test_a_subclass_forwarding_options_lists_its_parents_options_too() -> None:
+    """``def __init__(self, extra=1, **options)`` + ``super().__init__(**options)``: the registry
+    shows (and checks) the parent's options with the subclass's, documented where they were."""
+    import pytest
+
+    from noisesearch.errors import ConfigError
+    from noisesearch.registry import Registry
+
+    class Base:
+        """A base.
+
+        :param size: how big.
+        """
+
+        def __init__(self, size: int = 3, device: str = "cpu") -> None:
+            self.size, self.device = size, device
+
+    class Child(Base):
+        """A child.
+
+        :param extra: one more.
+        """
+
+        def __init__(self, extra: int = 1, **options: object) -> None:
+            self.extra = extra
+            super().__init__(**options)
+
+    registry = Registry("model")
+    entry = registry.add("child", Child, "test")
+    params = {p.name: p for p in entry.parameters()}
+    assert list(params) == ["extra", "size", "device"]
+    assert (params["extra"].help, params["size"].help, params["device"].help) == ("one more.", "how big.", "")
+    assert entry.create(extra=2, size=5).size == 5
+    with pytest.raises(ConfigError, match="Valid options: device, extra, size"):
+        entry.create(colour="red")

@@ -178,30 +178,50 @@ def first_docstring_line(obj: object) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def _signature_target(factory: Callable[..., Any]) -> Callable[..., Any] | None:
-    """What defines a factory's options: its ``__init__``, or itself; ``None`` for a class
-    that takes no arguments (it inherits ``object.__init__``)."""
+def _option_sources(factory: Callable[..., Any]) -> tuple[list[tuple[Any, Callable[..., Any]]], bool]:
+    """Where a factory's options are declared, and whether it also takes any other keyword.
+
+    A function declares its own. A class declares them in its ``__init__``; an ``__init__``
+    that forwards ``**options`` to ``super().__init__`` declares the parent's too, so a
+    subclass lists only what it adds. ``object.__init__`` takes nothing.
+    """
     if not inspect.isclass(factory):
-        return factory
-    return None if factory.__init__ is object.__init__ else factory.__init__
+        return [(factory, factory)], _has_var_keyword(factory)
+    sources: list[tuple[Any, Callable[..., Any]]] = []
+    for owner in factory.__mro__:
+        init = owner.__dict__.get("__init__")
+        if init is None:
+            continue
+        if owner is object:
+            return sources, False
+        sources.append((owner, init))
+        if not _has_var_keyword(init):
+            return sources, False
+    return sources, True
+
+
+def _has_var_keyword(function: Callable[..., Any]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
 
 
 def describe_parameters(factory: Callable[..., Any]) -> list[Parameter]:
     """The keyword options of ``factory`` without calling or importing anything new."""
-    target = _signature_target(factory)
-    if target is None:
-        return []
-    signature = inspect.signature(target)  # annotations stay strings: no evaluation
-    helps = _param_docs(factory)
-    if inspect.isclass(factory):
-        helps = {**_param_docs(factory.__init__), **helps}
-    params = []
-    for p in signature.parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        annotation = "" if p.annotation is p.empty else _annotation_text(p.annotation)
-        params.append(Parameter(p.name, p.default, annotation, helps.get(p.name, "")))
-    return params
+    sources, _ = _option_sources(factory)
+    helps: dict[str, str] = {}
+    documented = factory.__mro__ if inspect.isclass(factory) else (factory,)
+    for owner in reversed(documented):  # the nearest class's ``:param:`` line wins
+        init = owner.__dict__.get("__init__") if inspect.isclass(owner) else None
+        if init is not None:
+            helps.update(_param_docs(init))
+        helps.update(_param_docs(owner))
+    params: dict[str, Parameter] = {}
+    for _, init in sources:
+        for p in inspect.signature(init).parameters.values():  # annotations stay strings
+            if p.name == "self" or p.name in params or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            annotation = "" if p.annotation is p.empty else _annotation_text(p.annotation)
+            params[p.name] = Parameter(p.name, p.default, annotation, helps.get(p.name, ""))
+    return list(params.values())
 
 
 def _annotation_text(annotation: Any) -> str:
@@ -226,10 +246,7 @@ def _param_docs(obj: object) -> dict[str, str]:
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
-    target = _signature_target(factory)
-    if target is None:
-        return False
-    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+    return _option_sources(factory)[1]
 
 
 def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[str]:

@@ -25,7 +25,6 @@ Conventions (see ``docs/models.md``):
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,7 +54,8 @@ DECODER_FACTOR = 12
 #: Within this many timesteps of an integer, a level's timestep is taken as that integer.
 _TIMESTEP_SNAP = 1e-6
 
-#: Option docs shared by every adapter; each adapter's class docstring ends with them.
+#: Option docs shared by every adapter (the base's docstring; the registry reads them through
+#: each subclass's `**options`).
 COMMON_PARAMS = """
 :param path: Hugging Face hub id or local folder of the pipeline (``save_pretrained`` layout);
     presets default to their hub id.
@@ -70,22 +70,6 @@ COMMON_PARAMS = """
     (diffusers' enable_model_cpu_offload; needs accelerate): slower, far less device memory.
 :param variant: weight-file variant to load, e.g. "fp16" (diffusers' ``variant``).
 """
-
-
-def _param_blocks(doc: str) -> list[tuple[str, str]]:
-    """``(name, text)`` of each ``:param name:`` entry of a docstring, continuation lines included."""
-    blocks: list[tuple[str, list[str]]] = []
-    current: list[str] | None = None
-    for line in doc.splitlines():
-        match = re.match(r"^:param (\w+):", line)
-        if match:
-            current = [line]
-            blocks.append((match.group(1), current))
-        elif current is not None and line.startswith((" ", "\t")) and line.strip():
-            current.append(line)
-        else:
-            current = None
-    return [(name, "\n".join(lines)) for name, lines in blocks]
 
 
 class DiffusersModel:
@@ -106,19 +90,6 @@ class DiffusersModel:
     default_path: ClassVar[str | None] = None
     #: Weights' dtype for ``dtype="auto"`` on CUDA.
     cuda_dtype: ClassVar[str] = "float16"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Append the parent's ``:param`` lines that a subclass's docstring does not repeat, so
-        presets and families document only what is theirs and ``noisesearch models NAME`` still
-        shows every option."""
-        super().__init_subclass__(**kwargs)
-        own = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
-        documented = set(re.findall(r"^:param (\w+):", own, re.MULTILINE))
-        parent = inspect.getdoc(cls.__mro__[1]) or ""
-        options = inspect.signature(cls.__init__).parameters
-        inherited = [b for name, b in _param_blocks(parent) if name in options and name not in documented]
-        if inherited:
-            cls.__doc__ = own.rstrip() + ("\n" if documented else "\n\n") + "\n".join(inherited)
 
     # -- traits, before loading ------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,7 @@ applies ``latents / scaling_factor + shift_factor``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch_builtin.models.diffusers.flow import FlowModel
 
@@ -53,21 +53,14 @@ class FluxModel(FlowModel):
 
     def __init__(
         self,
-        path: str | None = None,
-        guidance_scale: float | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        cpu_offload: bool = False,
-        variant: str | None = None,
         max_sequence_length: int | None = None,
         true_cfg_scale: float = 1.0,
+        **options: Any,
     ) -> None:
         length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
         self.max_sequence_length = int(length)
         self.true_cfg_scale = float(true_cfg_scale)
-        super().__init__(path, guidance_scale, height, width, device, dtype, cpu_offload, variant)
+        super().__init__(**options)  # the options every diffusers model takes
 
     def _setup(self, height: int | None, width: int | None) -> None:
         import torch

@@ -12,7 +12,7 @@ timestep ``1000 sigma``, decoding of ``latents / scaling_factor + shift_factor``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch_builtin.models.diffusers.flow import FlowModel
 
@@ -45,18 +45,11 @@ class StableDiffusion3Model(FlowModel):
 
     def __init__(
         self,
-        path: str | None = None,
-        guidance_scale: float | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        cpu_offload: bool = False,
-        variant: str | None = None,
         max_sequence_length: int = 256,
+        **options: Any,
     ) -> None:
         self.max_sequence_length = int(max_sequence_length)
-        super().__init__(path, guidance_scale, height, width, device, dtype, cpu_offload, variant)
+        super().__init__(**options)  # the options every diffusers model takes
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()
