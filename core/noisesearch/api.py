@@ -284,6 +284,7 @@ def search(
     progress: bool = False,
     write: bool = True,
     registries: Registries | None = None,
+    built_verifiers: dict[str, Any] | None = None,
     **options: Any,
 ) -> SearchResult:
     """Run one search and return its result.
@@ -292,7 +293,16 @@ def search(
     ``search(model="digits", label=3, candidates=64)``. With ``write=False`` nothing is
     written to disk. Raises a :class:`~noisesearch.errors.NoiseSearchError` subclass for any
     bad input, before loading weights.
+
+    ``model`` takes a name, an ``hf:`` string, or an already-built model (its registered name
+    is found from its class); ``built_verifiers`` maps verifier names to built verifiers, and
+    ``registries`` are reused: a loop or a bench pays for building them once.
     """
+    built_model = None
+    if config is not None and not isinstance(config.model, str):
+        built_model = config.model
+    elif not isinstance(options.get("model", ""), str):
+        built_model = options["model"]
     if config is None:
         try:
             config = RunConfig(**options)
@@ -301,7 +311,8 @@ def search(
             raise ConfigError("search()", f"{exc}. Valid fields: {fields}") from None
     elif options:
         raise ConfigError("search()", "pass either a RunConfig or keyword fields, not both")
-    return run_plan(plan(config, registries), progress=progress, write=write)
+    checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers)
+    return run_plan(checked, progress=progress, write=write)
 
 
 @dataclass

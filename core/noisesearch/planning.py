@@ -9,7 +9,7 @@ condition), the budget and the output folder. Errors here name the field and exi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +37,45 @@ class Plan:
     steps: int
     budget: Budget
     output: Path | None
+    #: Already-built objects to use instead of creating them (a loop or a bench pays once).
+    built_model: Any = None
+    built_verifiers: dict[str, Any] = field(default_factory=dict)
 
     def build_model(self) -> Any:
-        """Create the model (this is when its weights load)."""
+        """Create the model (this is when its weights load), unless one was given built."""
+        if self.built_model is not None:
+            return self.built_model
         return self.model.create(**with_device(self.model, self.config.model_options, self.config.device))
 
     def build_verifier(self, entry: Entry) -> Any:
+        if entry.name in self.built_verifiers:
+            return self.built_verifiers[entry.name]
         options = self.config.verifier_options.get(entry.name, {})
         return entry.create(**with_device(entry, options, self.config.device))
 
 
-def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
-    """Resolve and check a configuration before anything is loaded or computed."""
+def plan(
+    config: RunConfig,
+    registries: Registries | None = None,
+    *,
+    built_model: Any = None,
+    built_verifiers: dict[str, Any] | None = None,
+) -> Plan:
+    """Resolve and check a configuration before anything is loaded or computed.
+
+    ``built_model`` (an already-built model of ``config.model``) and ``built_verifiers``
+    (already-built verifiers by name) are used as they are; the model's traits are then read
+    from the object itself.
+    """
     config.validate()
     registries = registries or build_registries()
+    if built_model is not None and not isinstance(config.model, str):
+        config.model = model_name_of(built_model, registries)
     _expand_model_prefix(config)
     model = registries.models.get(config.model)
-    model.check_options(with_device(model, config.model_options, config.device))
-    traits = model_traits(model, config.model_options)
+    if built_model is None:
+        model.check_options(with_device(model, config.model_options, config.device))
+    traits = model_traits(model, config.model_options, built_model)
     condition = _condition(config, model, traits)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
@@ -82,7 +103,25 @@ def plan(config: RunConfig, registries: Registries | None = None) -> Plan:
     config.evaluator = evaluator.name if evaluator else NO_EVALUATOR
     config.label = condition.label
     config.steps = steps
-    return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output)
+    return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output,
+                built_model, dict(built_verifiers or {}))
+
+
+def model_name_of(built: Any, registries: Registries) -> str:
+    """The registered name of an already-built model: the entry whose factory is its class
+    (exactly, else a base class)."""
+    entries = list(registries.models)
+    for exact in (True, False):
+        for entry in entries:
+            factory = entry.factory
+            if isinstance(factory, type) and (
+                type(built) is factory if exact else isinstance(built, factory)
+            ):
+                return entry.name
+    raise ConfigError(
+        "model", f"{type(built).__name__} is not a model class that a plugin registers; "
+        "pass a model name, or register its class"
+    )
 
 
 #: Model traits the core reads before loading anything, with their defaults.
@@ -104,10 +143,16 @@ def _expand_model_prefix(config: RunConfig) -> None:
         config.model = "hf"
 
 
-def model_traits(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
+def model_traits(entry: Entry, options: dict[str, Any], built: Any = None) -> dict[str, Any]:
     """What a model is, without loading it: its class attributes, updated by the factory's
     ``describe(**options)`` where traits depend on options (a diffusers folder's
-    ``model_index.json`` says whether it takes prompts or labels)."""
+    ``model_index.json`` says whether it takes prompts or labels); for an already-built
+    model, its own attributes."""
+    if built is not None:
+        return {
+            name: getattr(built, name, getattr(entry.factory, name, default))
+            for name, default in MODEL_TRAITS.items()
+        }
     traits = {name: getattr(entry.factory, name, default) for name, default in MODEL_TRAITS.items()}
     describe = getattr(entry.factory, "describe", None)
     if callable(describe):
@@ -117,7 +162,7 @@ def model_traits(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve_label(label: int | str, model: Entry, traits: dict[str, Any]) -> int:
     names = traits["class_names"]
-    if isinstance(label, str) and not label.strip().isdigit():
+    if isinstance(label, str) and not (label.strip().isascii() and label.strip().isdigit()):
         if not names:
             raise ConfigError("label", f"model {model.name!r} takes class indices, got {label!r}")
         lowered = {name.lower(): i for i, name in enumerate(names)}
