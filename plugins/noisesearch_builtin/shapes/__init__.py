@@ -11,3 +11,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).parent
 PROMPTS_FILE = PACKAGE_DIR / "prompts.txt"
+#: The shipped diffusers ``StableDiffusionPipeline`` folder (the model ``shapes``).
+PIPELINE_DIR = PACKAGE_DIR / "pipeline"
+#: The shipped transformers ``CLIPModel`` folder (the verifier ``shapes-clip``).
+CLIP_DIR = PACKAGE_DIR / "clip"
