@@ -100,8 +100,10 @@ def test_resume_after_an_out_of_memory_halving_batches_as_the_run_did(tmp_path, 
     monkeypatch.setattr(DigitsModel, "denoise", small_memory)
     monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash_once)
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="power cut"):
-        noisesearch.search(label=3, candidates=20, batch_size=8, output=str(out))
+    from noisesearch.faults import PluginFailed
+
+    with pytest.raises(PluginFailed, match="verifier 'digits-evaluator' .*RuntimeError: power cut"):
+        noisesearch.search(model="digits", label=3, candidates=20, batch_size=8, output=str(out))
     resumed = resume_run(out)
     reference = noisesearch.search(label=3, candidates=20, batch_size=4, write=False)
     assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]

@@ -18,7 +18,9 @@ class Budget:
 @dataclass
 class Usage:
     """What a run spent, reported beside the result. ``final_nfe`` is spent after the search
-    (regenerating winners whose images were not kept) and is not charged to the budget."""
+    (regenerating winners whose images were not kept) and ``baseline_nfe`` on the baseline
+    when no searched candidate was that plain sample (``noisesearch.baseline``); neither is
+    charged to the budget."""
 
     nfe: int = 0
     candidates: int = 0
@@ -26,6 +28,7 @@ class Usage:
     verifier_seconds: float = 0.0
     model_seconds: float = 0.0
     final_nfe: int = 0
+    baseline_nfe: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,4 +38,5 @@ class Usage:
             "verifier_seconds": round(self.verifier_seconds, 4),
             "model_seconds": round(self.model_seconds, 4),
             "final_nfe": self.final_nfe,
+            "baseline_nfe": self.baseline_nfe,
         }

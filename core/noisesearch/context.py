@@ -129,14 +129,14 @@ class SearchContext:
         """Generate, score and record one candidate per noise recipe; returns them in order.
 
         Derivable recipes (``noisesearch.recipes``: seed, neighbour) need no ``noises``; other
-        kinds pass the noise tensor ``(len(recipes), *latent_shape)`` they describe.
+        kinds pass the noise tensor ``(len(recipes), *latent_shape)`` they describe. No
+        recipes: nothing is computed and the result is ``[]``.
         """
         return self._engine.evaluate(noise_recipes, noises)
 
     def best(self) -> Candidate | None:
-        """The best candidate so far."""
-        heap = self._engine._heap
-        return max(heap, key=lambda e: (e[0], e[1]))[2] if heap else None
+        """The best candidate so far (a finite objective beats any NaN or infinity)."""
+        return self._engine.selection.best()
 
     # -- partial trajectories -------------------------------------------------------------------
     def start(

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from noisesearch import baseline as plain
 from noisesearch import recipes as rec
 from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
+from noisesearch.faults import Owner, PluginFailed, blame, is_out_of_memory
 from noisesearch.sampling import SolveResult, draw_noise, renoise, solve, solver_nfe
 from noisesearch.scoring import Scorer
+from noisesearch.selection import Selection
 from noisesearch.types import Candidate, Condition
 
 __all__ = [  # Budget, Usage, Scorer and SearchContext live in their own modules; re-exported here
@@ -54,19 +56,6 @@ def derive_seed(run_seed: int, index: int) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA (or any accelerator) out-of-memory, or an error a model flags with
-    ``is_out_of_memory = True``."""
-    if getattr(error, "is_out_of_memory", False):
-        return True
-    message = str(error).lower()
-    return (
-        type(error).__name__ == "OutOfMemoryError"
-        or "out of memory" in message
-        or "can't allocate memory" in message  # the CPU allocator's wording
-    )
-
-
 class Listener(Protocol):
     """Receives engine events; every method is optional."""
 
@@ -77,12 +66,14 @@ class Listener(Protocol):
 class EngineResult:
     """The outcome of :meth:`Engine.run`: the best candidates (with images) and the usage."""
 
-    top: list[Candidate]  # best first
-    baseline: Candidate | None  # the first candidate: what a user gets without search
+    top: list[Candidate]  # best first; finite objectives only
+    baseline: Candidate | None  # the plain sampler's output from the run's first seed
     usage: Usage
     history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
     # (NFEs spent so far, objective, all scores) for every candidate, in evaluation order
     report: dict[str, Any] = field(default_factory=dict)  # what the strategy reported
+    non_finite: dict[str, Any] = field(default_factory=dict)  # Selection.non_finite()
+    baseline_origin: str = plain.FROM_SEARCH  # or plain.EXTRA: generated outside the search
 
     @property
     def best(self) -> Candidate:
@@ -105,8 +96,10 @@ class Engine:
         top_k: int = 8,
         listeners: Sequence[Listener] = (),
         journal: Journal | None = None,
+        owners: Mapping[str, Owner] | None = None,
     ) -> None:
         self.model = model
+        self.owners = dict(owners or {})  # "model", "strategy" -> who to blame when it raises
         self.journal = journal
         self.condition = condition
         self.scorer = scorer
@@ -122,9 +115,10 @@ class Engine:
         self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, solver)
         self._prepared: Any = None
         self._draws = 0
-        self._heap: list[tuple[float, int, Candidate]] = []  # min-heap of the top-k
-        self._all: list[Candidate] = []  # every candidate, without images (for pooled ranks)
-        self._baseline: Candidate | None = None
+        self.selection = Selection(
+            self.top_k, lambda c: plain.is_plain(c.recipe, derive_seed(self.seed, 0), self.levels)
+        )
+        self._all = self.selection.all  # every candidate, without images (for pooled ranks)
         self._history: list[tuple[int, float, dict[str, float]]] = []
 
     @property
@@ -135,20 +129,30 @@ class Engine:
     def dtype(self) -> Any:
         return getattr(self.model, "dtype", None)
 
+    def owner(self, kind: str, thing: object) -> Owner:
+        return self.owners.get(kind) or Owner.of(kind, thing)
+
     # -- running -------------------------------------------------------------------------
     def run(self, strategy: SearchStrategy) -> EngineResult:
         start = time.perf_counter()
-        self._prepared = self.model.prepare(self.condition)
+        with blame(self.owner("model", self.model)):
+            self._prepared = self.model.prepare(self.condition)
         self.usage.model_seconds += time.perf_counter() - start
+        owner = self.owner("strategy", strategy)
         # BudgetExhausted: the engine refused to overspend; the search ends with what it has.
-        with contextlib.suppress(BudgetExhausted):
+        with contextlib.suppress(BudgetExhausted), blame(owner):
             strategy.run(SearchContext(self))
         if not self._all:
             raise BudgetExhausted(
-                f"the strategy evaluated no candidate: a full sample costs "
+                f"{owner.kind} {owner.name!r} evaluated no candidate: a full sample costs "
                 f"{self.nfe_per_candidate} NFEs and the budget is {self.budget}"
             )
-        return EngineResult(self._final_top(), self._baseline, self.usage, self._history, self.report)
+        top = self._final_top()
+        if not top:
+            raise self.selection.nothing_selectable(self.scorer.objective_name)
+        baseline, origin = self._baseline()
+        return EngineResult(top, baseline, self.usage, self._history, self.report,
+                            self.selection.non_finite(), origin)
 
     def next_seeds(self, n: int) -> list[int]:
         seeds = [derive_seed(self.seed, self._draws + i) for i in range(n)]
@@ -177,8 +181,10 @@ class Engine:
     def denoiser(self) -> Callable[[torch.Tensor, float], torch.Tensor]:
         import torch
 
+        owner = self.owner("model", self.model)
+
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            with torch.inference_mode():
+            with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
                 return self.model.denoise(x, sigma, self._prepared)
 
         return denoise
@@ -195,8 +201,10 @@ class Engine:
             try:
                 work(lo, hi)
             except Exception as error:
-                if not is_out_of_memory(error) or self.batch_size == 1:
+                if not is_out_of_memory(error):
                     raise
+                if self.batch_size == 1:  # nothing left to halve: the model cannot run here
+                    raise PluginFailed(self.owner("model", self.model), error) from error
                 self.batch_size = max(1, self.batch_size // 2)
                 _empty_accelerator_cache()
                 continue
@@ -230,6 +238,8 @@ class Engine:
         levels = [float(level) for level in levels]
         if abs(levels[0] - states.level) > 1e-9:
             raise ValueError(f"trajectories are at level {states.level}, the solve starts at {levels[0]}")
+        if len(states) == 0:
+            return Trajectories(states.x, levels[-1], []), {}
         per_row = solver_nfe(self.model.schedule, levels, self.solver)
         self.charge(0, per_row * len(states))
         xs: list[torch.Tensor] = []
@@ -285,6 +295,8 @@ class Engine:
         """``x0_hat`` of every row at its level: one NFE each."""
         import torch
 
+        if len(states) == 0:
+            return states.x
         self.charge(0, len(states))
         parts: list[torch.Tensor] = []
         denoise = self.denoiser()
@@ -338,7 +350,8 @@ class Engine:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
-        images = self.model.decode(latents).float().clamp(0, 1)  # (B, 3, H, W)
+        with blame(self.owner("model", self.model), keep=is_out_of_memory):
+            images = self.model.decode(latents).float().clamp(0, 1)  # (B, 3, H, W)
         self.usage.model_seconds += time.perf_counter() - start
         return images
 
@@ -380,11 +393,10 @@ class Engine:
                     objective=objectives[row],
                     nfe=_recipe_nfe(states.recipes[lo + row], self),
                 )
-                self._all.append(candidate)
                 self.usage.candidates += 1
                 self._history.append((self.usage.nfe, candidate.objective, row_scores))
                 noise = noises[lo + row] if noises is not None else None
-                self._keep(candidate, images[row], noise)
+                self.selection.add(candidate, images[row], noise)
                 batch.append(candidate)
             if self.scorer.pooled:
                 self._rerank()
@@ -402,6 +414,8 @@ class Engine:
     ) -> list[Candidate]:
         """Full samples from pure noise: start, solve over the whole grid, finish."""
         n = len(noise_recipes)
+        if n == 0:  # nothing asked, nothing computed (torch.cat of no batch would fail)
+            return []
         self.charge(n, n * self.nfe_per_candidate)
         states = self.start(noise_recipes, noises)
         initial = states.x
@@ -410,35 +424,14 @@ class Engine:
         return self.finish(done, x0, noises=initial)
 
     # -- selection -------------------------------------------------------------------------
-    def _keep(self, candidate: Candidate, image: torch.Tensor, noise: torch.Tensor | None) -> None:
-        image = image.cpu()
-        noise = noise.cpu() if noise is not None else None
-        if self._baseline is None:
-            candidate.image, candidate.noise = image, noise
-            self._baseline = candidate
-        entry = (candidate.objective, -candidate.index, candidate)
-        if len(self._heap) < self.top_k:
-            candidate.image, candidate.noise = image, noise
-            heapq.heappush(self._heap, entry)
-        elif entry[:2] > self._heap[0][:2]:
-            candidate.image, candidate.noise = image, noise
-            dropped = heapq.heapreplace(self._heap, entry)[2]
-            if dropped is not self._baseline:
-                dropped.image = None
-                if rec.is_derivable(dropped.recipe["start"]):  # else the noise is its only source
-                    dropped.noise = None
-
     def _rerank(self) -> None:
         """Pooled objectives: every candidate's objective against the whole pool so far."""
-        for candidate, objective in zip(self._all, self.scorer.objectives([c.scores for c in self._all])):
-            candidate.objective = objective
-        self._heap = [(c.objective, -c.index, c) for _, _, c in self._heap]
-        heapq.heapify(self._heap)
+        self.selection.rerank(self.scorer.objectives([c.scores for c in self._all]))
 
     def _final_top(self) -> list[Candidate]:
         """The top-k by final objective; a member whose image was dropped earlier (possible
         with pooled objectives) is regenerated from its recipe, outside the budget."""
-        ranked = sorted(self._all, key=lambda c: (-c.objective, c.index))[: self.top_k]
+        ranked = self.selection.ranked()
         for candidate in ranked:
             if candidate.image is None:
                 self.regenerate(candidate)
@@ -446,6 +439,13 @@ class Engine:
                 shape = tuple(self.model.latent_shape)
                 candidate.noise = rec.initial_noise(candidate.recipe["start"], shape, "cpu", self.dtype)
         return ranked
+
+    def _baseline(self) -> tuple[Candidate, str]:
+        """The plain sample of the run's first seed: the searched candidate that is exactly
+        that, or else made apart (``noisesearch.baseline``)."""
+        if self.selection.baseline is not None:
+            return self.selection.baseline, plain.FROM_SEARCH
+        return plain.generate(self, derive_seed(self.seed, 0)), plain.EXTRA
 
     def regenerate(self, candidate: Candidate) -> None:
         """Recompute a candidate's image from its recipe (exact: see ``noisesearch.recipes``)."""

@@ -1,12 +1,19 @@
-"""Scoring candidates: every verifier, the evaluator, and pooled (rank-based) objectives."""
+"""Scoring candidates: every verifier, the evaluator, and pooled (rank-based) objectives.
+
+Scores are kept as the verifiers return them, NaN and infinities included: selection ranks
+those below every finite score (``noisesearch.selection``) and the run folder reports them.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from noisesearch.accounting import Usage
+from noisesearch.faults import Owner, blame
+from noisesearch.finite import is_finite
 from noisesearch.types import Condition
 
 if TYPE_CHECKING:
@@ -28,12 +35,14 @@ class Scorer:
         self,
         verifiers: Mapping[str, Verifier],
         evaluator: tuple[str, Verifier] | None = None,
+        owners: Mapping[str, Owner] | None = None,
     ) -> None:
         if not verifiers:
             raise ValueError("at least one verifier is needed to search")
         self.verifiers = dict(verifiers)
         self.objective_name = next(iter(self.verifiers))
         self.evaluator = evaluator
+        self.owners = dict(owners or {})  # verifier name -> who to blame when it raises
 
     @property
     def objective(self) -> Verifier:
@@ -67,13 +76,14 @@ class Scorer:
         scores: dict[str, list[float]] = {}
         for name, verifier in members.items():
             start = time.perf_counter()
-            if name == self.objective_name and self.pooled:
-                parts = verifier.member_scores(images, condition, trajectory=trajectory)
-                for member, values in parts.items():
-                    scores[f"{name}/{member}"] = self._as_list(f"{name}/{member}", values, images)
-            else:
-                values = verifier.score(images, condition, trajectory=trajectory)
-                scores[name] = self._as_list(name, values, images)
+            with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
+                if name == self.objective_name and self.pooled:
+                    parts = verifier.member_scores(images, condition, trajectory=trajectory)
+                    for member, values in parts.items():
+                        scores[f"{name}/{member}"] = self._as_list(f"{name}/{member}", values, images)
+                else:
+                    values = verifier.score(images, condition, trajectory=trajectory)
+                    scores[name] = self._as_list(name, values, images)
             usage.verifier_seconds += time.perf_counter() - start
             usage.verifier_calls += 1
         return scores
@@ -92,7 +102,16 @@ class Scorer:
         or, for a pooled objective, its rank over exactly these rows."""
         if not self.pooled:
             return [row[self.objective_name] for row in scores]
+        if not scores:
+            return []
         prefix = f"{self.objective_name}/"
         members = [key[len(prefix):] for key in scores[0] if key.startswith(prefix)]
-        pool = {m: [row[prefix + m] for row in scores] for m in members}
-        return [float(v) for v in self.objective.combine(pool)]
+        # A row with a non-finite member score has no rank (NaN); the others rank among
+        # themselves, so that one NaN cannot shift every rank of the pool.
+        finite = [i for i, row in enumerate(scores) if all(is_finite(row[prefix + m]) for m in members)]
+        objectives = [math.nan] * len(scores)
+        if finite:
+            pool = {m: [scores[i][prefix + m] for i in finite] for m in members}
+            for i, value in zip(finite, self.objective.combine(pool)):
+                objectives[i] = float(value)
+        return objectives

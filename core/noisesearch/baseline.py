@@ -1,0 +1,72 @@
+"""The baseline: what the user would have got without search.
+
+That is the plain sampler's output (the run's solver over the run's grid) from the run's
+first seed, for every strategy. Random and zero-order search evaluate exactly that sample as
+their first candidate, which is then reused; strategies whose finished candidates were already
+steered (paths, SMC, pruning) get it generated separately, outside the budget, its NFEs
+reported as ``usage.baseline_nfe`` (``run.json``'s ``baseline_origin`` says which).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from noisesearch.recipes import initial_noise, seed_recipe
+from noisesearch.sampling import solve
+from noisesearch.types import Candidate
+
+if TYPE_CHECKING:
+    from noisesearch.engine import Engine
+
+#: ``baseline_origin`` values: a searched candidate was the plain sample, or it was made apart.
+FROM_SEARCH = "candidate"
+EXTRA = "extra"
+
+
+def plain_recipe(seed: int, levels: Sequence[float]) -> dict[str, Any]:
+    """The recipe of one plain sample of noise ``seed`` over ``levels``, alone in its batch."""
+    return {
+        "start": seed_recipe(seed),
+        "ops": [{"op": "solve", "levels": [float(level) for level in levels], "batch": 1, "row": 0}],
+        "decode": {"batch": 1, "row": 0},
+    }
+
+
+def is_plain(recipe: dict[str, Any], seed: int, levels: Sequence[float]) -> bool:
+    """Whether ``recipe`` is a plain sample of noise ``seed`` over ``levels`` (in a batch of
+    any size: batching changes results by ~1e-7 only)."""
+    ops = recipe.get("ops") or []
+    return (
+        recipe.get("start") == seed_recipe(seed)
+        and len(ops) == 1
+        and ops[0].get("op") == "solve"
+        and [float(level) for level in ops[0].get("levels", [])] == [float(level) for level in levels]
+    )
+
+
+def generate(engine: Engine, seed: int) -> Candidate:
+    """The plain sample of noise ``seed``, made with ``engine``'s model, grid, solver and
+    scorer, outside its budget and its record of candidates (``index`` -1)."""
+    import torch
+
+    recipe = plain_recipe(seed, engine.levels)
+    noise = initial_noise(recipe["start"], tuple(engine.model.latent_shape), "cpu", engine.dtype)
+    x = noise[None].to(device=engine.device, dtype=engine.dtype or noise.dtype)  # (1, *latent)
+    scorer, usage = engine.scorer, engine.usage
+    start = time.perf_counter()
+    with torch.inference_mode():
+        result = solve(engine.denoiser(), x, engine.model.schedule, engine.levels, engine.solver,
+                       scorer.trajectory_levels)
+    usage.model_seconds += time.perf_counter() - start
+    usage.baseline_nfe += result.nfe
+    image = engine._decode(result.x)  # (1, 3, H, W)
+    trajectory = {level: engine._decode(x0) for level, x0 in result.x0.items()}
+    scores = scorer.score(image, engine.condition, trajectory or None, usage)
+    row = {name: values[0] for name, values in scores.items()}
+    # A pooled objective ranks the baseline among every searched candidate.
+    pool = [c.scores for c in engine.selection.all] if scorer.pooled else []
+    objective = scorer.objectives([*pool, row])[-1]
+    return Candidate(index=-1, recipe=recipe, scores=row, objective=objective, nfe=result.nfe,
+                     image=image[0].cpu(), noise=noise)

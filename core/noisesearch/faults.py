@@ -1,0 +1,76 @@
+"""Whose fault: an exception raised inside a plugin's model, verifier or strategy is reported
+as ``strategy 'NAME' (plugin DIST) failed: ...``, and the run fails (exit code 1), no traceback.
+
+The engine runs each plugin call inside :func:`blame`. Errors the core raises on purpose
+(:class:`NoiseSearchError`: budget refusals, journal mismatches) and out-of-memory errors (the
+engine retries those with smaller batches) pass through unchanged, as do Ctrl-C and exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from noisesearch.errors import NoiseSearchError
+
+
+class RunFailed(NoiseSearchError):
+    """A run that began work and could not finish: the CLI exits with code 1, not 2."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A plugin object, as a user can find it: its kind, registered name and distribution."""
+
+    kind: str  # "model", "verifier" or "strategy"
+    name: str
+    distribution: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r} (plugin {self.distribution})"
+
+    @classmethod
+    def of(cls, kind: str, thing: object, name: str | None = None) -> Owner:
+        """A fallback for objects built outside a plan: the class name and top-level package."""
+        kind_of = type(thing)
+        return cls(kind, name or kind_of.__name__, kind_of.__module__.split(".")[0])
+
+
+class PluginFailed(RunFailed):
+    """A model, verifier or strategy raised an exception during a run."""
+
+    def __init__(self, owner: Owner, error: BaseException) -> None:
+        self.owner = owner
+        self.error = error
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        super().__init__(f"{owner} failed: {type(error).__name__}" + (f": {detail}" if detail else ""))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA (or any accelerator) out-of-memory, or an error a model flags with
+    ``is_out_of_memory = True``."""
+    if getattr(error, "is_out_of_memory", False):
+        return True
+    message = str(error).lower()
+    return (
+        type(error).__name__ == "OutOfMemoryError"
+        or "out of memory" in message
+        or "can't allocate memory" in message  # the CPU allocator's wording
+    )
+
+
+@contextmanager
+def blame(owner: Owner, keep: Callable[[BaseException], bool] = lambda error: False) -> Iterator[None]:
+    """Re-raise an exception of the code inside as :class:`PluginFailed` of ``owner``,
+    unless it is the core's own (:class:`NoiseSearchError`) or ``keep(error)`` is true."""
+    try:
+        yield
+    except NoiseSearchError:
+        raise
+    except Exception as error:
+        if keep(error):
+            raise
+        raise PluginFailed(owner, error) from error

@@ -1,0 +1,100 @@
+"""Which candidates a search keeps: the top-k (with their images), ranked by objective.
+
+Only the top-k and the baseline hold images, so memory does not grow with the number of
+candidates. A non-finite objective (NaN, +-inf: see ``noisesearch.finite``) ranks below every
+finite one and is never selected; such candidates are counted, per score, for the report.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from noisesearch import recipes as rec
+from noisesearch.faults import RunFailed
+from noisesearch.finite import is_finite, rank_key
+from noisesearch.types import Candidate
+
+if TYPE_CHECKING:
+    import torch
+
+
+def selection_key(candidate: Candidate) -> tuple[tuple[int, float], int]:
+    """Larger is better: finite objectives first, by value; ties to the earlier candidate."""
+    return rank_key(candidate.objective), -candidate.index
+
+
+class Selection:
+    """The running top-k of a search, every candidate (without images) and the baseline.
+
+    ``is_baseline(candidate)`` says whether a candidate is exactly the plain sample the run's
+    baseline stands for; the first such candidate keeps its image as the baseline.
+    """
+
+    def __init__(self, top_k: int, is_baseline: Callable[[Candidate], bool] = lambda c: False) -> None:
+        self.top_k = max(1, top_k)
+        self.is_baseline = is_baseline
+        self.all: list[Candidate] = []  # every candidate, in evaluation order
+        self.baseline: Candidate | None = None
+        self._heap: list[tuple[tuple[tuple[int, float], int], int, Candidate]] = []  # min-heap
+
+    def add(self, candidate: Candidate, image: torch.Tensor, noise: torch.Tensor | None) -> None:
+        """Record a scored candidate; keep its image if it enters the top-k or is the baseline."""
+        image = image.cpu()
+        noise = noise.cpu() if noise is not None else None
+        self.all.append(candidate)
+        if self.baseline is None and self.is_baseline(candidate):
+            candidate.image, candidate.noise = image, noise
+            self.baseline = candidate
+        entry = (selection_key(candidate), candidate.index, candidate)
+        if len(self._heap) < self.top_k:
+            candidate.image, candidate.noise = image, noise
+            heapq.heappush(self._heap, entry)
+        elif entry[0] > self._heap[0][0]:
+            candidate.image, candidate.noise = image, noise
+            self._drop(heapq.heapreplace(self._heap, entry)[2])
+
+    def _drop(self, dropped: Candidate) -> None:
+        if dropped is self.baseline:
+            return
+        dropped.image = None
+        if rec.is_derivable(dropped.recipe["start"]):  # else the noise is its only source
+            dropped.noise = None
+
+    def rerank(self, objectives: Sequence[float]) -> None:
+        """New objectives for every candidate so far (pooled objectives), in order."""
+        for candidate, objective in zip(self.all, objectives):
+            candidate.objective = objective
+        self._heap = [(selection_key(c), c.index, c) for _, _, c in self._heap]
+        heapq.heapify(self._heap)
+
+    def best(self) -> Candidate | None:
+        """The best candidate so far (``None`` before the first), finite or not."""
+        return max(self._heap)[2] if self._heap else None
+
+    def ranked(self) -> list[Candidate]:
+        """The top-k by final objective, best first; non-finite objectives are never selected."""
+        finite = [c for c in self.all if is_finite(c.objective)]
+        return sorted(finite, key=selection_key, reverse=True)[: self.top_k]
+
+    def non_finite(self) -> dict[str, Any]:
+        """How many candidates had a non-finite objective, and how many non-finite values
+        each score had (verifiers, members of pooled objectives, the evaluator)."""
+        per_score: dict[str, int] = {}
+        for candidate in self.all:
+            for name, value in candidate.scores.items():
+                if not is_finite(value):
+                    per_score[name] = per_score.get(name, 0) + 1
+        return {
+            "candidates": sum(not is_finite(c.objective) for c in self.all),
+            "scores": per_score,
+        }
+
+    def nothing_selectable(self, objective: str) -> RunFailed:
+        """The error of a run whose every candidate has a non-finite objective."""
+        return RunFailed(
+            f"every one of the {len(self.all)} candidates has a non-finite objective (NaN or "
+            f"infinite; non-finite values per score: {self.non_finite()['scores']}), so none can "
+            f"be selected; check the verifier {objective!r}"
+        )
