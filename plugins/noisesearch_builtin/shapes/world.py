@@ -12,7 +12,6 @@ numpy only: the training script, the judge and the tests all draw with :func:`re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -67,27 +66,31 @@ class Scene:
     objects: tuple[Obj, ...]
 
 
-@lru_cache(maxsize=1)
-def _star_polygon() -> np.ndarray:
-    """The star's 10 vertices (10, 2), point up, scaled to fill the box [-1, 1]^2."""
+def _star_vertices() -> np.ndarray:
+    """The star's 10 vertices (10, 2), point up, around the origin (outer radius 1)."""
     angles = -np.pi / 2 + np.arange(10) * np.pi / 5  # (10,)
     radii = np.where(np.arange(10) % 2 == 0, 1.0, STAR_INNER)
-    points = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)  # (10, 2)
-    low, high = points.min(axis=0), points.max(axis=0)
-    return 2 * (points - low) / (high - low) - 1
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
-def _inside_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd rule for points (same shapes as ``x``) against a closed polygon (N, 2)."""
-    inside = np.zeros(x.shape, dtype=bool)
-    n = len(polygon)
-    for i in range(n):
-        (xa, ya), (xb, yb) = polygon[i], polygon[(i + 1) % n]
-        crosses = (ya > y) != (yb > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_cross = xa + (y - ya) * (xb - xa) / (yb - ya)
-        inside ^= crosses & (x < x_cross)
-    return inside
+_STAR = _star_vertices()
+_STAR_LOW, _STAR_HIGH = _STAR.min(axis=0), _STAR.max(axis=0)
+
+
+def _inside_star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether box points (u, v) in [-1, 1]^2 fall in the star stretched to fill the box.
+
+    The star is star-shaped around its centre: a point is inside when it lies on the
+    centre's side of the one edge its angle points at.
+    """
+    x = (u + 1) / 2 * (_STAR_HIGH[0] - _STAR_LOW[0]) + _STAR_LOW[0]
+    y = (v + 1) / 2 * (_STAR_HIGH[1] - _STAR_LOW[1]) + _STAR_LOW[1]
+    sector = np.floor((np.arctan2(y, x) + np.pi / 2) / (np.pi / 5)).astype(int) % 10
+    start, end = _STAR[sector], _STAR[(sector + 1) % 10]  # (..., 2) each
+    ex, ey = end[..., 0] - start[..., 0], end[..., 1] - start[..., 1]
+    side = ex * (y - start[..., 1]) - ey * (x - start[..., 0])
+    centre_side = ex * -start[..., 1] - ey * -start[..., 0]
+    return side * centre_side >= 0
 
 
 def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -99,7 +102,7 @@ def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "triangle":  # apex at the top centre, base along the bottom edge
         return (v <= 1) & (np.abs(u) <= (v + 1) / 2)
     if shape == "star":
-        return _inside_polygon(u, v, _star_polygon())
+        return _inside_star(u, v)
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
@@ -107,14 +110,26 @@ def coverage(
     shape: str, cx: float, cy: float, extent: float, size: int = IMAGE_SIZE
 ) -> np.ndarray:
     """Fraction (H, W) of each pixel covered by the shape, from SUPERSAMPLE^2 samples."""
-    s = SUPERSAMPLE
-    grid = (np.arange(size * s) + 0.5) / s  # sample positions in pixel units
     half = extent / 2
-    u = (grid[None, :] - cx) / half  # (1, W*s)
-    v = (grid[:, None] - cy) / half  # (H*s, 1)
-    u, v = np.broadcast_arrays(u, v)
-    inside = inside_shape(shape, u, v).astype(np.float32)  # (H*s, W*s)
-    return inside.reshape(size, s, size, s).mean(axis=(1, 3))
+    x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
+    x1, y1 = min(int(np.ceil(cx + half)), size), min(int(np.ceil(cy + half)), size)
+    result = np.zeros((size, size), dtype=np.float32)
+    if x1 > x0 and y1 > y0:
+        result[y0:y1, x0:x1] = window_coverage(shape, cx, cy, extent, x0, y0, x1 - x0, y1 - y0)
+    return result
+
+
+def window_coverage(
+    shape: str, cx: float, cy: float, extent: float, x0: int, y0: int, w: int, h: int
+) -> np.ndarray:
+    """Coverage (h, w) of a shape on the pixel window whose top-left pixel is (x0, y0)."""
+    s = SUPERSAMPLE
+    xs = x0 + (np.arange(w * s) + 0.5) / s  # sample positions in pixel units
+    ys = y0 + (np.arange(h * s) + 0.5) / s
+    half = extent / 2
+    u, v = np.broadcast_arrays((xs[None, :] - cx) / half, (ys[:, None] - cy) / half)
+    inside = inside_shape(shape, u, v).astype(np.float32)  # (h*s, w*s)
+    return inside.reshape(h, s, w, s).mean(axis=(1, 3))
 
 
 def render(scene: Scene) -> np.ndarray:
