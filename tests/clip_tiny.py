@@ -92,6 +92,35 @@ def save_tiny_dino(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     return folder
 
 
+def save_tiny_transformers_clip(folder: Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE) -> Path:
+    """A tiny transformers ``CLIPModel`` with its tokenizer (CLIP's BPE, cut down) and image
+    processor, ``save_pretrained`` to ``folder``: the layout of the shipped ``shapes`` CLIP."""
+    from diffusers_tiny import clip_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": image_size, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2,
+        },
+        projection_dim=TINY_EMBED_DIM,
+    )
+    CLIPModel(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    ).save_pretrained(folder)
+    return folder
+
+
 @dataclass(frozen=True)
 class TinyFiles:
     """Everything the verifier tests load, written once per test session."""

@@ -5,15 +5,21 @@ open_clip model; an ensemble of them, or a verifier and an evaluator, would othe
 same ViT-L/14 (1.7 GB in fp32) several times. :func:`load_clip` caches per process; call
 :func:`clear_cache` to free the memory. Not a plugin: it registers nothing.
 
-Images are preprocessed with open_clip's own inference transform (resize the short side,
-centre crop, normalise), applied to batched tensors on the model's device.
+Two kinds of CLIP behind one interface: an open_clip architecture (``ViT-L-14`` with a
+pretrained tag or checkpoint file), or a transformers ``CLIPModel`` saved with
+``save_pretrained`` (a local folder, or ``transformers:<hub id or folder>``), such as the embedded
+``shapes`` CLIP. Either way images are preprocessed the model's own way (resize the short side,
+centre crop, normalise: open_clip's inference transform, or the folder's
+``preprocessor_config.json``), applied to batched tensors on the model's device, and embeddings
+are L2-normalised float32.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from noisesearch import devices
 
@@ -26,6 +32,8 @@ DEFAULT_ARCHITECTURE = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
 
 _PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+#: ``model`` prefix that names a transformers ``CLIPModel`` (hub id or folder) explicitly.
+TRANSFORMERS_PREFIX = "transformers:"
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str, str, str], ClipBackbone] = {}
@@ -48,16 +56,43 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def transformers_path(architecture: str) -> str | None:
+    """The hub id or folder of a transformers ``CLIPModel`` named by ``architecture``, else None.
+
+    A local folder with a ``config.json`` is one (open_clip's own local models are spelt
+    ``local-dir:FOLDER``); ``transformers:<hub id or folder>`` names one explicitly.
+    """
+    if architecture.startswith(TRANSFORMERS_PREFIX):
+        return architecture[len(TRANSFORMERS_PREFIX):]
+    if os.path.isfile(os.path.join(os.path.expanduser(architecture), "config.json")):
+        return os.path.expanduser(architecture)
+    return None
+
+
 class ClipBackbone:
-    """An open_clip model with its tokenizer and tensor preprocessing; built by :func:`load_clip`."""
+    """A CLIP with its tokenizer and tensor preprocessing; built by :func:`load_clip`.
+
+    ``model`` is the open_clip model or the transformers ``CLIPModel``; everything else
+    (:meth:`encode_images`, :meth:`encode_texts`, :meth:`logit_scale`, :attr:`embed_dim`) is the
+    same for both.
+    """
 
     def __init__(self, architecture: str, pretrained: str | None, device: str, dtype: str) -> None:
-        import open_clip
-
         self.architecture = architecture
         self.pretrained = pretrained
         self.device = device
         self.dtype = torch_dtype(dtype)
+        folder = transformers_path(architecture)
+        self.kind = "open_clip" if folder is None else "transformers"
+        if folder is None:
+            self._load_open_clip(architecture, pretrained, dtype)
+        else:
+            self._load_transformers(folder)
+
+    def _load_open_clip(self, architecture: str, pretrained: str | None, dtype: str) -> None:
+        import open_clip
+
+        device = self.device
         force_quick_gelu = False
         if pretrained and not os.path.isfile(pretrained):
             # OpenAI's weights were trained with QuickGELU, which the plain configs (ViT-L-14)
@@ -87,9 +122,23 @@ class ClipBackbone:
         # Resize and crop, then normalise; the PIL path clamps after bicubic resizing, so do we.
         self._geometry, self._normalize = steps[:-1], steps[-1]
 
+    def _load_transformers(self, folder: str) -> None:
+        """A ``CLIPModel`` folder (``save_pretrained``) with its tokenizer and image processor."""
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        self.model = CLIPModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = CLIPTokenizer.from_pretrained(folder)
+        self._context_length = int(self.model.config.text_config.max_position_embeddings)
+        config = CLIPImageProcessor.from_pretrained(folder)
+        self._geometry = [_TensorResizeCrop(config)]
+        self._normalize = _TensorNormalize(config)
+
     @property
     def embed_dim(self) -> int | None:
         """The image embedding size, where the vision tower says (open_clip's own towers do)."""
+        if self.kind == "transformers":
+            return int(self.model.config.projection_dim)
         dim = getattr(self.model.visual, "output_dim", None)
         return int(dim) if dim is not None else None
 
@@ -109,7 +158,11 @@ class ClipBackbone:
         import torch
 
         with torch.inference_mode():
-            features = self.model.encode_image(self.preprocess(images))
+            pixels = self.preprocess(images)  # (B, 3, S, S)
+            if self.kind == "transformers":
+                features = _pooled(self.model.get_image_features(pixel_values=pixels))
+            else:
+                features = self.model.encode_image(pixels)
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -117,16 +170,102 @@ class ClipBackbone:
         import torch
 
         with torch.inference_mode():
-            tokens = self.tokenizer(texts).to(self.device)
-            features = self.model.encode_text(tokens)
+            if self.kind == "transformers":
+                batch = self.tokenizer(
+                    texts, padding=True, truncation=True, max_length=self._context_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                features = _pooled(self.model.get_text_features(**batch))
+            else:
+                tokens = self.tokenizer(texts).to(self.device)
+                features = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+    def encode_classes(self, class_names: list[str], templates: Sequence[Any]) -> torch.Tensor:
+        """Zero-shot class embeddings (N, D), float32: each class name put in every template
+        (format strings with ``{}``, or callables), embedded, averaged and re-normalised, as
+        open_clip's ``build_zero_shot_classifier`` does, for either kind of CLIP."""
+        import torch
+
+        per_batch = max(1, 2048 // len(templates))
+        rows = []
+        for start in range(0, len(class_names), per_batch):
+            names = class_names[start:start + per_batch]
+            texts = [t.format(name) if isinstance(t, str) else t(name) for name in names for t in templates]
+            embedded = self.encode_texts(texts).view(len(names), len(templates), -1)  # (n, T, D)
+            rows.append(torch.nn.functional.normalize(embedded.mean(dim=1), dim=-1))
+        return torch.cat(rows)
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """``get_*_features``' projected embeddings: a tensor (transformers 4) or an output's
+    ``pooler_output`` (transformers 5)."""
+    return output if hasattr(output, "dim") else output.pooler_output
+
+
+class _TensorResizeCrop:
+    """A ``CLIPImageProcessor``'s geometry on batched tensors: resize the short side (bicubic,
+    antialiased), then centre crop; a step the processor switches off is skipped."""
+
+    def __init__(self, processor: Any) -> None:
+        size = processor.size if processor.do_resize else None
+        self.short_side = None if size is None else size.get("shortest_edge")
+        if size is not None and self.short_side is None:  # {"height", "width"}: a fixed size
+            self.fixed = (int(size["height"]), int(size["width"]))
+        else:
+            self.fixed = None
+        crop = processor.crop_size if processor.do_center_crop else None
+        self.crop = None if crop is None else (int(crop["height"]), int(crop["width"]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        height, width = x.shape[-2:]
+        target = self.fixed
+        if self.short_side is not None:
+            scale = self.short_side / min(height, width)
+            target = (round(height * scale), round(width * scale))
+        if target is not None and tuple(target) != (height, width):
+            x = F.interpolate(x, size=target, mode="bicubic", align_corners=False, antialias=True)
+        if self.crop is not None:
+            height, width = x.shape[-2:]
+            top, left = max(0, (height - self.crop[0]) // 2), max(0, (width - self.crop[1]) // 2)
+            x = x[..., top:top + self.crop[0], left:left + self.crop[1]]
+        return x
+
+
+class _TensorNormalize:
+    """A ``CLIPImageProcessor``'s normalisation ((x - mean) / std per channel) on tensors."""
+
+    def __init__(self, processor: Any) -> None:
+        self.mean = list(processor.image_mean) if processor.do_normalize else None
+        self.std = list(processor.image_std) if processor.do_normalize else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return x
+        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = x.new_tensor(self.std).view(1, -1, 1, 1)
+        return (x - mean) / std
 
 
 def cache_key(
     architecture: str, pretrained: str | None, device: str | None, dtype: str | None
 ) -> tuple[str, str, str, str]:
-    """What makes two verifiers' CLIPs the same model; local files compare by absolute path."""
+    """What makes two verifiers' CLIPs the same model; local files and folders compare by
+    absolute path."""
     device = resolve_device(device)
+    folder = transformers_path(architecture)
+    if folder is not None:  # its weights are in the folder: no pretrained tag or file
+        if pretrained not in (None, "", DEFAULT_PRETRAINED):
+            raise ValueError(
+                f"{architecture!r} is a transformers CLIPModel whose weights are in its folder; "
+                f"pretrained {pretrained!r} does not apply (leave it unset)"
+            )
+        pretrained = None
+        if os.path.isdir(folder):
+            architecture = os.path.abspath(folder)
     weights = pretrained or ""
     if weights and os.path.isfile(weights):
         weights = os.path.abspath(weights)
@@ -142,9 +281,11 @@ def load_clip(
     """The shared CLIP for these settings, built on first use.
 
     :param architecture: an open_clip architecture name (``open_clip.list_models()``), or an
-        ``hf-hub:`` / ``local-dir:`` model name.
+        ``hf-hub:`` / ``local-dir:`` model name; or a transformers ``CLIPModel`` folder
+        (``save_pretrained``) or ``transformers:<hub id or folder>``.
     :param pretrained: an open_clip pretrained tag (``"openai"``), a local checkpoint file, or
-        ``None`` for random weights.
+        ``None`` for random weights. A transformers CLIP's weights are in its folder: unset (the
+        default tag is ignored for it).
     """
     global _loads
     key = cache_key(architecture, pretrained, device, dtype)

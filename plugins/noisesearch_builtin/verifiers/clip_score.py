@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import Condition, hookimpl
+from noisesearch_builtin.shapes import CLIP_DIR
 from noisesearch_builtin.verifiers.clip_backbone import DEFAULT_ARCHITECTURE, DEFAULT_PRETRAINED
 
 if TYPE_CHECKING:
@@ -29,8 +30,11 @@ class ClipScore:
 
     :param model: open_clip architecture; the default ViT-L-14 is the CLIP of the paper's
         text-to-image verifiers and of the LAION aesthetic predictor, so both share one model.
+        Or a transformers ``CLIPModel`` folder (``save_pretrained``), or
+        ``transformers:<hub id or folder>`` (e.g. ``transformers:openai/clip-vit-large-patch14``).
     :param pretrained: open_clip pretrained tag (``openai``, ``laion2b_s32b_b82k``, ...) or a
-        local checkpoint file (safetensors, or a state dict loaded with ``weights_only=True``).
+        local checkpoint file (safetensors, or a state dict loaded with ``weights_only=True``);
+        ignored for a transformers CLIP, whose folder holds its weights.
     :param scale: ``cosine`` (raw cosine in [-1, 1], best for searching: no ties at 0) or
         ``clipscore`` (``2.5 * max(cos, 0)``, the usual reporting scale).
     :param device: torch device; default: CUDA if available, else the CPU.
@@ -79,6 +83,30 @@ class ClipScore:
         return cosine
 
 
+class ShapesClip(ClipScore):
+    """CLIPScore under the embedded shapes CLIP (trained on the shapes world); needs a prompt.
+
+    A transformers ``CLIPModel`` trained contrastively on the world's images and captions and
+    shipped in the package, scored by ``clip-score``'s code. The ``shapes`` model's default
+    verifier: cheap, and hackable, which is why ``shapes-judge`` judges the reports.
+
+    :param model: the CLIP folder; default: the shipped one.
+    :param scale: ``cosine`` or ``clipscore`` (see ``clip-score``).
+    :param device: torch device; default: CUDA if available, else the CPU.
+    :param dtype: float32, float16 or bfloat16; default: float16 on CUDA, float32 on the CPU.
+    """
+
+    def __init__(
+        self,
+        model: str = str(CLIP_DIR),
+        scale: str = "cosine",
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(model=model, pretrained=None, scale=scale, device=device, dtype=dtype)
+
+
 @hookimpl
 def register_verifiers(register: Register) -> None:
     register("clip-score", ClipScore)
+    register("shapes-clip", ShapesClip)

@@ -82,22 +82,15 @@ class ClipZeroShot:
 
     def class_embeddings(self, labels: Sequence[int]) -> torch.Tensor:
         """Normalised class embeddings (len(labels), D), each computed once."""
-        import open_clip
         import torch
 
         missing = [label for label in dict.fromkeys(labels) if label not in self._classes]
         if missing:
-            with torch.inference_mode():
-                weights = open_clip.build_zero_shot_classifier(  # (D, len(missing))
-                    self.backbone.model,
-                    self.backbone.tokenizer,
-                    [self.class_names[label] for label in missing],
-                    self.templates,
-                    num_classes_per_batch=max(1, 2048 // len(self.templates)),
-                    device=self.backbone.device,
-                )
-            for label, column in zip(missing, weights.float().T):
-                self._classes[label] = column
+            weights = self.backbone.encode_classes(  # (len(missing), D)
+                [self.class_names[label] for label in missing], self.templates
+            )
+            for label, row in zip(missing, weights):
+                self._classes[label] = row
         return torch.stack([self._classes[label] for label in labels])
 
     def logits(self, images: torch.Tensor, labels: Sequence[int] | None = None) -> torch.Tensor:
