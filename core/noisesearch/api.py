@@ -31,6 +31,7 @@ from noisesearch.types import Candidate, Condition
 if TYPE_CHECKING:
     from noisesearch.engine import Listener
 
+    from noisesearch.journal import Journal
 
 
 @dataclass
@@ -50,8 +51,13 @@ class SearchResult:
     history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
     strategy_report: dict[str, Any] = field(default_factory=dict)
 
+    non_finite: dict[str, Any] = field(default_factory=dict)  # NaN/inf objectives and scores
+    baseline_origin: str = "candidate"  # or "extra": see noisesearch.baseline
     def summary(self) -> dict[str, Any]:
-        return {
+        """Strict JSON (``noisesearch.finite``): non-finite scores are ``null`` plus a flag."""
+        from noisesearch.finite import strict_json
+
+        return strict_json({
             "condition": self.condition.to_json(),
             "objective": self.config.verifiers[0] if self.config.verifiers else None,
             "baseline": self.baseline.to_json(),
@@ -61,7 +67,9 @@ class SearchResult:
             "nfe_per_candidate": self.nfe_per_candidate,
             "seconds": round(self.seconds, 4),
             "run_dir": str(self.run_dir) if self.run_dir else None,
-        }
+            "baseline_origin": self.baseline_origin,
+            "non_finite": self.non_finite,
+        })
 
 
 def condition_slug(condition: Condition) -> str:
@@ -82,18 +90,31 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
     is journaled; an interrupted run (Ctrl-C, a crash) keeps its folder consistent and
     ``resume=True`` continues it to the same result as an uninterrupted run.
     """
-    from noisesearch import results
-    from noisesearch.journal import Journal
+    import contextlib
+
+    from noisesearch import fingerprint, locking, results
+    from noisesearch.faults import blame
 
     config = plan.config
     started = time.perf_counter()
-    model = plan.build_model()
-    verifiers = {entry.name: plan.build_verifier(entry) for entry in plan.verifiers}
+    if write and plan.output is not None:  # before any weights load: a folder in use or taken
+        locking.check_unlocked(plan.output)
+        if not resume:
+            locking.check_fresh(plan.output, config.overwrite)
+    owners = fingerprint.owners(plan)
+    with blame(owners["model"]):
+        model = plan.build_model()
+    verifiers = {}
+    for entry in plan.verifiers:
+        with blame(owners[entry.name]):
+            verifiers[entry.name] = plan.build_verifier(entry)
     evaluator = None
     if plan.evaluator is not None:
         name = plan.evaluator.name
-        evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
-    strategy = plan.strategy.create(**config.strategy_options)
+        with blame(owners[name]):
+            evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
+    with blame(owners["strategy"]):
+        strategy = plan.strategy.create(**config.strategy_options)
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
     # and a resumed or repeated run must batch alike.
     config.batch_size = config.batch_size or getattr(model, "preferred_batch_size", 16)
@@ -102,22 +123,26 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
     listeners: list[Listener] = []
     engine = None
     try:
+    held = contextlib.ExitStack()
         if write:
-            run_dir = plan.output or results.default_run_dir(
+            folder = plan.output or results.default_run_dir(
                 DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
             )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            journal = Journal(run_dir / JOURNAL_FOLDER, resume=resume)
+            _make_run_folder(folder)
+            held.enter_context(locking.hold(folder))  # nothing is written here before this
+            journal = _open_journal(folder, plan, resume, fingerprint.fingerprint(plan))
+            run_dir = folder
             _write_status(run_dir, plan, "running")
             listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
         if progress:
+        listeners.append(interrupts.Checkpoint())
             from noisesearch.progress import ProgressBar
 
             listeners.append(ProgressBar(plan.budget.nfe, plan.budget.candidates))
         engine = Engine(
             model,
             plan.condition,
-            Scorer(verifiers, evaluator),
+            Scorer(verifiers, evaluator, owners),
             plan.budget,
             search_levels(model, plan.steps),
             solver=config.solver,
@@ -127,6 +152,7 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             listeners=listeners,
             journal=journal,
         )
+            owners=owners,
         outcome = engine.run(strategy)
         _close(listeners)
         result = SearchResult(
@@ -148,17 +174,57 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
         _close(listeners)
         if run_dir is not None:
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            _write_status(run_dir, plan, status, engine.usage if engine else None, error)
+            # A Ctrl-C that a library swallowed (a half-done lazy import) may surface as
+            # another error: it is still an interruption (noisesearch.interrupts).
+            stopped = isinstance(error, KeyboardInterrupt) or interrupts.requested()
+            status = "interrupted" if stopped else "failed"
+            _write_status(run_dir, plan, status, engine.usage if engine else None,
+                          None if stopped else error)
+            if stopped and not isinstance(error, RunInterrupted):
+                raise RunInterrupted(run_dir) from None
         raise
     if journal is not None:  # last: until run.json says complete, the journal can resume it
         journal.remove()
     return result
+    finally:
+        held.close()
 
 
 def _close(listeners: list[Listener]) -> None:
     for listener in listeners:
         close = getattr(listener, "close", None)
+def _open_journal(folder: Path, plan: Plan, resume: bool, fingerprint: dict[str, Any]) -> Journal:
+    """The run's journal, once ``folder`` is locked. A new run clears what a run before it
+    left (``--overwrite``; refused without it) and records the fingerprint of its setup;
+    a resumed one must have the same fingerprint (``noisesearch.fingerprint``)."""
+    from noisesearch import locking
+    from noisesearch.fingerprint import check_same
+    from noisesearch.journal import Journal
+
+    if resume:
+        journal = Journal(folder / JOURNAL_FOLDER, resume=True)
+        recorded = journal.recorded_fingerprint()
+        if recorded is not None:  # journals of older versions have none
+            check_same(recorded, fingerprint, folder)
+        return journal
+    locking.check_fresh(folder, plan.config.overwrite)  # again, now that the folder is ours
+    if plan.config.overwrite:
+        locking.clear_run_files(folder)
+    journal = Journal(folder / JOURNAL_FOLDER)
+    journal.record_fingerprint(fingerprint)
+    return journal
+
+
+def _make_run_folder(folder: Path) -> None:
+    """Create the run folder; an output root that cannot hold one (``/proc/...``, a file on
+    the way, no permission) is bad input, said in one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("output", f"cannot create the run folder {str(folder)!r}: "
+                          f"{exc.strerror or exc}") from None
+
+
         if close is not None:
             close()
 
@@ -212,7 +278,6 @@ def _verdicts(
         return {}
     import torch
 
-    pair = [outcome.baseline or outcome.best, outcome.best]
     predicted = evaluator[1].predict(torch.stack([c.image for c in pair]))
     return {
         "evaluator": evaluator[0],

@@ -32,11 +32,26 @@ def user_errors() -> Iterator[None]:
         yield
     except NoiseSearchError as exc:
         typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("Interrupted. The run folder keeps every candidate scored so far; "
-                   "continue with `noisesearch run --resume RUN_FOLDER`.", err=True)
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None  # 1: a run that failed
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
         raise typer.Exit(130) from None
+
+
+def _interrupted(exc: BaseException) -> None:
+    """What Ctrl-C leaves: the run folder to resume, when one was created."""
+    run_dir = getattr(exc, "run_dir", None)
+    if run_dir is None:
+        typer.echo("Interrupted before a run folder was created; nothing to resume.", err=True)
+        return
+    typer.echo(f"Interrupted. {run_dir} keeps every candidate scored so far; continue with "
+               f"`noisesearch run --resume {_shell_quote(str(run_dir))}`.", err=True)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _print_json(data: Any) -> None:
@@ -159,6 +174,7 @@ def _run_command(app: typer.Typer) -> None:
         config_file: Optional[str] = typer.Option(None, "--config", "-c", help="Configuration file: TOML with RunConfig fields as keys, or a run's run.json to repeat it. Command-line options override it."),  # noqa: E501, UP045
         set_: Optional[list[str]] = typer.Option(None, "--set", help="Override one field: KEY=VALUE, dotted for tables (verifier_options.NAME.KEY=VALUE)."),  # noqa: E501, UP045
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run in its folder (other options are taken from its run.json)."),  # noqa: E501, UP045
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --output (its files are removed first); without it, such a folder is refused."),  # noqa: E501
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
         as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
     ) -> None:
@@ -176,6 +192,7 @@ def _run_command(app: typer.Typer) -> None:
                 prompt=prompt, negative_prompt=negative_prompt, label=label,
                 candidates=candidates, budget_nfe=budget_nfe, steps=steps, solver=solver,
                 seed=seed, batch_size=batch_size, top_k=top_k, device=device, output=output,
+                overwrite=overwrite or None,
                 model_options=_parse_options(model_opt, "--model-opt") if model_opt else None,
                 verifier_options=_parse_verifier_options(verifier_opt) if verifier_opt else None,
                 strategy_options=(
@@ -261,6 +278,7 @@ def _show_command(app: typer.Typer) -> None:
             return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from noisesearch.report import describe_condition
 
@@ -269,10 +287,10 @@ def _show_command(app: typer.Typer) -> None:
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold")
         facts.add_column()
-        status = "complete" if record.complete else "[red]incomplete[/]"
-        budget = run.get("budget") or {}
+        budget = record.budget
         for key, value in (
-            ("run", f"{record.path} ({status})"),
+            ("run", str(record.path)),
+            ("status", record.describe_status()),
             ("model", summary["model"]),
             ("condition", describe_condition(run.get("condition"))),
             ("strategy", summary["strategy"]),
@@ -282,9 +300,12 @@ def _show_command(app: typer.Typer) -> None:
             ("used", f"{summary['candidates']} candidates, {summary['nfe']} NFEs, "
                      f"{usage.get('verifier_calls', '-')} verifier calls, {run.get('seconds', '-')} s"),
             ("device", f"{run.get('device', '-')} {run.get('dtype', '')}"),
+            ("non-finite", f"{summary['non_finite']} candidates had a NaN or infinite objective "
+                           f"(never selected)" if summary.get("non_finite") else None),
         ):
             if value is not None:
-                facts.add_row(key, _escape(str(value)))
+                style = "red" if key == "status" and record.status in ("failed", "interrupted") else ""
+                facts.add_row(key, Text(str(value), style=style))
         console.print(facts)
         names = [n for n in (record.config.get("verifiers") or []) + [record.evaluator] if n]
         table = Table()
@@ -295,13 +316,14 @@ def _show_command(app: typer.Typer) -> None:
         verdicts = run.get("verdicts") or {}
         if verdicts:
             table.add_column("judge says", justify="right")
-        for title, key in (("first candidate", "baseline"), (f"best of {summary['candidates']}", "best")):
+        shown = (("no search (first seed)", "baseline"), (f"best of {summary['candidates']}", "best"))
+        for title, key in shown:
             candidate = run.get(key)
             if not candidate:
                 continue
             scores = candidate.get("scores") or {}
             cells = [title, str(candidate.get("index"))]
-            cells += [f"{scores[n]:.4f}" if n in scores else "-" for n in names]
+            cells += [f"{scores[n]:.4f}" if isinstance(scores.get(n), (int, float)) else "-" for n in names]
             if verdicts:
                 mark = "[green]right[/]" if verdicts.get(f"{key}_agrees") else "[red]wrong[/]"
                 cells.append(f"{verdicts.get(f'{key}_predicted')} ({mark})")
@@ -365,9 +387,23 @@ def _runs_command(app: typer.Typer) -> None:
                 _escape(describe_condition(row["condition"]) if row["condition"] is not None else "-"),
                 _escape(str(row["strategy"] or "-")), str(row["nfe"] if row["nfe"] is not None else "-"),
                 str(row["candidates"] if row["candidates"] is not None else "-"), best,
-                "complete" if row["complete"] else "[yellow]incomplete[/]",
+                _status_cell(row),
             )
         Console(width=max(Console().width, 120)).print(table)
+        stopped = [row for row in found if row.get("status") in ("failed", "interrupted")]
+        if stopped:
+            typer.echo(f"{len(stopped)} run(s) did not finish; continue one with "
+                       f"`noisesearch run --resume RUN` (see `noisesearch show RUN`).")
+
+
+def _status_cell(row: dict[str, Any]) -> str:
+    """complete, running, interrupted, or failed: <error> (red), for the runs table."""
+    status = row.get("status") or ("complete" if row.get("complete") else "incomplete")
+    if status == "failed":
+        return f"[red]failed: {_escape(str(row.get('run_error') or 'unknown error'))}[/]"
+    if status == "interrupted":
+        return "[yellow]interrupted[/]"
+    return status
 
 
 def _replay_command(app: typer.Typer) -> None:

@@ -61,6 +61,7 @@ class RunConfig:
         if self.prompt is not None and self.label is not None:
             raise ConfigError("prompt", "give a prompt or a label, not both")
         if self.label is not None and not isinstance(self.label, (int, str)):
+    overwrite: bool = False  # replace a run already in ``output`` (else refused)
             raise ConfigError("label", f"must be a class index or name, got {self.label!r}")
         if isinstance(self.label, int) and self.label < 0:
             raise ConfigError("label", f"must be a non-negative integer, got {self.label!r}")
@@ -101,7 +102,7 @@ _FIELD_KINDS: dict[str, str] = {
     "prompt": "str?", "negative_prompt": "str?", "label": "label", "candidates": "int?",
     "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
     "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
-    "verifier_options": "tables", "strategy_options": "table",
+    "verifier_options": "tables", "strategy_options": "table", "overwrite": "bool",
 }
 
 
@@ -210,12 +211,14 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     check_config_mapping(data, where="--set")
+            "bool": isinstance(value, bool),
     return data
 
 
 def merge_config(*layers: dict[str, Any]) -> dict[str, Any]:
     """Later layers win; option tables merge key by key (a file's ``[model_options]`` and a
     ``--model-opt`` both apply)."""
+                "bool": "true or false",
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():

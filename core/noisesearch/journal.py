@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 _ENTRY = re.compile(r"^(\d{6})-([a-z]+)\.safetensors$")
+FINGERPRINT = "fingerprint.json"
 
 
 class JournalMismatch(NoiseSearchError):
@@ -86,6 +87,21 @@ class Journal:
         data = save(payload, metadata={"meta": json.dumps({**meta, "rows": rows})})
         write_atomic(self.folder / f"{self.index:06d}-{kind}.safetensors", data)
         self.index += 1
+
+    def record_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """What determines the run's result (``noisesearch.fingerprint``), for resuming."""
+        write_atomic(self.folder / FINGERPRINT, json.dumps(fingerprint, indent=1).encode())
+
+    def recorded_fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint the run recorded when it started; ``None`` for older journals."""
+        path = self.folder / FINGERPRINT
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JournalMismatch(f"resuming: {path} is damaged ({exc}); start a new run instead") from None
+        return data if isinstance(data, dict) else None
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -240,7 +240,7 @@ def render_html(record: RunRecord) -> str:
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
-    status = "complete" if record.complete else "incomplete (interrupted or still running)"
+    status = record.describe_status()
     spent = f"{_e(usage.get('nfe'))} NFEs" + (f" of {_e(budget['nfe'])}" if budget.get("nfe") else "")
     out.append(
         f'<p class="lead">{_e(config.get("strategy"))} search, {_e(usage.get("candidates"))} candidates, '
@@ -249,9 +249,22 @@ def render_html(record: RunRecord) -> str:
         + (f", judged by <b>{_e(record.evaluator)}</b>" if record.evaluator else "")
         + f". Run {html.escape(status)}.</p>"
     )
+    non_finite = run.get("non_finite") or {}
+    if non_finite.get("candidates") or non_finite.get("scores"):
+        per_score = ", ".join(f"{name}: {count}" for name, count in (non_finite.get("scores") or {}).items())
+        out.append(
+            f'<p class="warning">{_e(non_finite.get("candidates", 0))} candidates had a non-finite '
+            f"objective (NaN or infinite) and were never selected. Non-finite scores: "
+            f"{html.escape(per_score or 'none')}.</p>"
+        )
+    if run.get("baseline_origin") == "extra":
+        out.append(
+            f"<p>The no-search baseline (the plain sampler from the run's first seed) was generated "
+            f"apart from the search: {_e(usage.get('baseline_nfe'))} NFEs, not charged to the budget.</p>"
+        )
 
     out.append('<section id="compare"><h2>First candidate and best</h2><div class="pair">')
-    for key, heading, image in (("baseline", "first candidate (no search)", "baseline.png"),
+    for key, heading, image in (("baseline", "no search (first seed)", "baseline.png"),
                                 ("best", f"best of {_fmt(usage.get('candidates'))}", "best.png")):
         candidate = run.get(key) or {}
         scores = candidate.get("scores") or {}
@@ -317,7 +330,7 @@ table { border-collapse: collapse; margin-top: 4px; }
 th, td { text-align: left; padding: 2px 10px 2px 0; border-bottom: 1px solid #eee; vertical-align: top; }
 table.kv code { white-space: pre-wrap; word-break: break-all; }
 .right { color: #0a7d28; font-weight: 600; } .wrong { color: #c0231b; font-weight: 600; }
-.missing { color: #c0231b; }
+.missing { color: #c0231b; } .warning { color: #c0231b; }
 """
 
 
@@ -330,7 +343,17 @@ def plot_title(record: RunRecord, limit: int = 90) -> str:
 
 
 def write_report(folder: Path | str) -> Path:
-    """(Re)build ``scaling.png`` and ``report.html`` in a run folder; returns the page."""
+    """(Re)build ``scaling.png`` and ``report.html`` in a run folder; returns the page.
+
+    Holds the folder's lock (``noisesearch.locking``): a run still writing it is not raced."""
+    from noisesearch.locking import hold
+    from noisesearch.runs import run_folder
+
+    with hold(run_folder(folder)):
+        return _write_report(folder)
+
+
+def _write_report(folder: Path | str) -> Path:
     record = load_run(folder)
     verifiers = list(record.config.get("verifiers") or [])
     if not verifiers and record.candidates:  # no run.json yet: every score, as recorded

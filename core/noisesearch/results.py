@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from noisesearch.engine import Usage
 from noisesearch.files import write_atomic
+from noisesearch.finite import strict_json
 from noisesearch.names import safe_token
 from noisesearch.types import Candidate
 
@@ -44,7 +45,9 @@ def default_run_dir(root: Path, model: str, condition_slug: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+    """Strict JSON: non-finite numbers become ``null`` plus a flag (``noisesearch.finite``)."""
+    data = strict_json(data) if isinstance(data, dict) else data
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
 
 
 class CandidatesWriter:
@@ -57,7 +60,8 @@ class CandidatesWriter:
 
     def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None:
         for candidate in candidates:
-            self._handle.write(json.dumps({**candidate.to_json(), "nfe_spent": usage.nfe}) + "\n")
+            row = strict_json({**candidate.to_json(), "nfe_spent": usage.nfe})
+            self._handle.write(json.dumps(row, allow_nan=False) + "\n")
         self._handle.flush()
 
     def close(self) -> None:

@@ -42,6 +42,49 @@ class RunRecord:
         return dict(self.run.get("config") or {})
 
     @property
+    def status(self) -> str:
+        """``complete``, ``failed``, ``interrupted`` or ``running``. A run.json that says
+        "running" while no live process holds the folder's lock was killed: interrupted."""
+        if self.complete:
+            return "complete"
+        saved = self.run.get("status")
+        if saved in ("failed", "interrupted"):
+            return str(saved)
+        from noisesearch.locking import holder_alive, read_lock
+
+        lock = read_lock(self.path)
+        return "running" if lock is not None and holder_alive(lock) is not False else "interrupted"
+
+    @property
+    def error(self) -> str | None:
+        error = self.run.get("error")
+        return str(error) if error and not self.complete else None
+
+    def describe_status(self) -> str:
+        """One line: ``failed: <error>; resume with `noisesearch run --resume RUN` `` etc."""
+        status = self.status
+        if status in ("complete", "running"):
+            return status
+        import shlex
+
+        reason = f"failed: {self.error or 'unknown error'}" if status == "failed" else "interrupted"
+        return f"{reason}; resume with `noisesearch run --resume {shlex.quote(str(self.path))}`"
+
+    @property
+    def budget(self) -> dict[str, Any]:
+        """The budget, from run.json or (older incomplete runs) the configuration."""
+        budget = self.run.get("budget")
+        if isinstance(budget, dict):
+            return budget
+        config = self.config
+        candidates, nfe = config.get("candidates"), config.get("budget_nfe")
+        if candidates is None and nfe is None and config:
+            from noisesearch.config import DEFAULT_CANDIDATES
+
+            candidates = DEFAULT_CANDIDATES
+        return {"candidates": candidates, "nfe": nfe}
+
+    @property
     def objective(self) -> str | None:
         verifiers = self.config.get("verifiers") or []
         return verifiers[0] if verifiers else None
@@ -142,7 +185,7 @@ def run_summary(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
                    default=None)
         count = len(rows)
         nfe = rows[-1].get("nfe_spent", sum(int(row.get("nfe", 0)) for row in rows))
-    budget = run.get("budget") or {}
+    budget = record.budget
     name = str(record.path.relative_to(root)) if root and record.path != root else str(record.path)
     return {
         "run": name,
@@ -168,10 +211,26 @@ def list_runs(root: Path | str) -> list[dict[str, Any]]:
     summaries = []
     for folder in find_runs(root):
         try:
+        "status": record.status,
+        "run_error": record.error,
+        "status_line": record.describe_status(),
+        "non_finite": _non_finite_count(record),
             record = load_run(folder, candidates=False)
             if not record.complete:
                 record = load_run(folder)
             summaries.append(run_summary(record, root))
+def _non_finite_count(record: RunRecord) -> int | None:
+    """Candidates whose objective was NaN or infinite (never selected)."""
+    counted = (record.run.get("non_finite") or {}).get("candidates")
+    if isinstance(counted, int):
+        return counted
+    if not record.candidates:
+        return None
+    from noisesearch.finite import FLAG
+
+    return sum("/objective" in (row.get(FLAG) or {}) for row in record.candidates)
+
+
         except RunFolderError as exc:
             summaries.append({"run": str(folder.relative_to(root)), "path": str(folder),
                               "complete": False, "error": str(exc)})

@@ -30,7 +30,7 @@ def print_summary(result: SearchResult) -> None:
     compute = result.usage.model_seconds + result.usage.verifier_seconds
     per_candidate = compute / max(result.usage.candidates, 1)
     rows = [
-        ("first candidate", result.baseline, "baseline", result.nfe_per_candidate, per_candidate),
+        ("no search (first seed)", result.baseline, "baseline", result.nfe_per_candidate, per_candidate),
         (f"best of {result.usage.candidates}", result.best, "best", result.usage.nfe, compute),
     ]
     for title, candidate, key, nfe, seconds in rows:
@@ -45,5 +45,25 @@ def print_summary(result: SearchResult) -> None:
         table.add_row(*cells)
     console = Console()
     console.print(table)
+    for line in notes(result):
+        console.print(line)
     if result.run_dir is not None:
         console.print(f"Results in [bold]{result.run_dir}[/] ({result.seconds:.1f} s in all)")
+
+
+def notes(result: SearchResult) -> list[str]:
+    """What the table cannot show: non-finite scores, and a baseline made apart."""
+    from rich.markup import escape
+
+    lines = []
+    bad = result.non_finite.get("candidates", 0)
+    scores = result.non_finite.get("scores") or {}
+    if bad or scores:
+        per_score = escape(", ".join(f"{name}: {count}" for name, count in scores.items()))
+        lines.append(f"[yellow]Warning:[/] {bad} of {result.usage.candidates} candidates had a "
+                     f"non-finite objective (NaN or infinite) and were never selected; "
+                     f"non-finite scores: {per_score or 'none'}")
+    if result.baseline_origin == "extra":
+        lines.append(f"The no-search baseline was generated apart from the search "
+                     f"({result.usage.baseline_nfe} NFEs, not charged to the budget).")
+    return lines

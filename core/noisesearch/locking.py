@@ -1,0 +1,192 @@
+"""One writer per run folder: a lock file, and no silent writing over a finished run.
+
+``RUN/.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+)
+and holds the writer's pid, host and command. A second ``run``, ``--resume`` or ``report``
+on the folder is refused, naming that process. A lock whose process is gone (same host, pid
+not running) is stale: it is broken under a second ``O_EXCL`` file, so that two processes
+finding the same stale lock cannot both take the folder. A lock from another host is never
+guessed stale: the message says which file to delete once that run is known to be dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from noisesearch.errors import ConfigError, NoiseSearchError
+
+LOCK_FILE = ".lock"
+#: A lock-breaking file older than this belongs to a process that died while breaking.
+BREAK_TIMEOUT_S = 10.0
+#: What a run writes in its folder; ``--overwrite`` removes these and nothing else.
+RUN_FILES = (
+    "run.json", "candidates.jsonl", "best.png", "baseline.png", "grid.png", "scaling.png",
+    "report.html", "replay.png", "best_noise.safetensors",
+)
+RUN_FOLDERS = ("top", "journal")
+
+_held: set[Path] = set()  # folders this process holds, so that nested holders re-enter
+
+
+class FolderInUse(NoiseSearchError):
+    """Another process is writing to this run folder."""
+
+
+def _owner_record() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_lock(folder: Path) -> dict[str, Any] | None:
+    """The record of the process holding ``folder``, or ``None`` if it is not locked."""
+    try:
+        data = json.loads((folder / LOCK_FILE).read_text(encoding="utf-8") or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # being written, or damaged: held by someone unknown
+    return data if isinstance(data, dict) else {}
+
+
+def holder_alive(record: dict[str, Any]) -> bool | None:
+    """Whether the lock's process runs: ``None`` when this host cannot tell (another host)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _try_create(path: Path, record: dict[str, Any]) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+    return True
+
+
+def _break_stale(folder: Path, stale: dict[str, Any]) -> None:
+    """Remove a stale lock, unless another process broke it first and took the folder."""
+    breaker = folder / (LOCK_FILE + ".break")
+    if not _try_create(breaker, _owner_record()):
+        try:
+            if time.time() - breaker.stat().st_mtime > BREAK_TIMEOUT_S:
+                breaker.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return  # someone else is breaking it; the caller tries again
+    try:
+        if read_lock(folder) == stale:  # still the same dead holder
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+    finally:
+        breaker.unlink(missing_ok=True)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    if not record:
+        return "another process (its lock file is being written or is damaged)"
+    command = f" ({record['command']})" if record.get("command") else ""
+    return f"process {record.get('pid')} on {record.get('host')}{command}, since {record.get('started')}"
+
+
+def acquire(folder: Path) -> None:
+    """Take ``folder`` (which must exist) for this process, or raise :class:`FolderInUse`."""
+    for _ in range(20):
+        if _try_create(folder / LOCK_FILE, _owner_record()):
+            return
+        record = read_lock(folder)
+        if record is None:
+            continue  # released in between
+        if record and holder_alive(record) is False:
+            _break_stale(folder, record)
+            continue
+        hint = (f"; if that process is dead, delete {folder / LOCK_FILE}"
+                if record and holder_alive(record) is None else "")
+        raise FolderInUse(f"run folder {str(folder)!r} is in use by {_describe(record)}{hint}")
+    raise FolderInUse(f"could not lock run folder {str(folder)!r}: its lock keeps changing hands")
+
+
+def check_unlocked(folder: Path) -> None:
+    """Refuse early (before weights load) a folder that a live process holds."""
+    record = read_lock(folder) if folder.is_dir() else None
+    live = record is not None and (not record or holder_alive(record) is not False)
+    if live and folder.resolve() not in _held:
+        raise FolderInUse(f"run folder {str(folder)!r} is in use by {_describe(record)}")
+
+
+def release(folder: Path) -> None:
+    record = read_lock(folder)
+    if record and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+
+
+@contextmanager
+def hold(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block; re-entrant within one process."""
+    key = folder.resolve()
+    if key in _held:
+        yield
+        return
+    acquire(folder)
+    _held.add(key)
+    try:
+        yield
+    finally:
+        _held.discard(key)
+        release(folder)
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / "run.json").exists() or (folder / "candidates.jsonl").exists()
+
+
+def check_fresh(folder: Path, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds one, unless ``overwrite``."""
+    if overwrite or not folder.is_dir() or not is_run_folder(folder):
+        return
+    state = _saved_status(folder)
+    what = "a finished run" if state == "complete" else f"a run that did not finish ({state})"
+    resume = "" if state == "complete" else f", `noisesearch run --resume {folder}` to continue it"
+    raise ConfigError(
+        "output", f"{str(folder)!r} holds {what}; pass --overwrite to replace it{resume}, or choose "
+        f"another --output"
+    )
+
+
+def _saved_status(folder: Path) -> str:
+    try:
+        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable run.json"
+    if not isinstance(run, dict):
+        return "no readable run.json"
+    return "complete" if run.get("complete") is True else str(run.get("status") or "incomplete")
+
+
+def clear_run_files(folder: Path) -> None:
+    """Remove what a previous run wrote (and only that): no stale ``top/07.png`` survives."""
+    import shutil
+
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    top = folder / "top"
+    if top.is_dir():
+        for image in top.glob("[0-9][0-9]*.png"):
+            image.unlink()
+        if not any(top.iterdir()):
+            top.rmdir()
+    shutil.rmtree(folder / "journal", ignore_errors=True)
