@@ -77,6 +77,17 @@ _STAR = _star_vertices()
 _STAR_LOW, _STAR_HIGH = _STAR.min(axis=0), _STAR.max(axis=0)
 
 
+def _star_edges() -> np.ndarray:
+    """(10, 3) lines ``a x + b y + c``, one per edge, positive on the centre's side."""
+    start, end = _STAR, np.roll(_STAR, -1, axis=0)
+    a, b = -(end[:, 1] - start[:, 1]), end[:, 0] - start[:, 0]
+    c = -(a * start[:, 0] + b * start[:, 1])
+    return np.stack([a, b, c], axis=1) * np.sign(c)[:, None]
+
+
+_STAR_EDGES = _star_edges()
+
+
 def _inside_star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Whether box points (u, v) in [-1, 1]^2 fall in the star stretched to fill the box.
 
@@ -85,12 +96,9 @@ def _inside_star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """
     x = (u + 1) / 2 * (_STAR_HIGH[0] - _STAR_LOW[0]) + _STAR_LOW[0]
     y = (v + 1) / 2 * (_STAR_HIGH[1] - _STAR_LOW[1]) + _STAR_LOW[1]
-    sector = np.floor((np.arctan2(y, x) + np.pi / 2) / (np.pi / 5)).astype(int) % 10
-    start, end = _STAR[sector], _STAR[(sector + 1) % 10]  # (..., 2) each
-    ex, ey = end[..., 0] - start[..., 0], end[..., 1] - start[..., 1]
-    side = ex * (y - start[..., 1]) - ey * (x - start[..., 0])
-    centre_side = ex * -start[..., 1] - ey * -start[..., 0]
-    return side * centre_side >= 0
+    sector = (np.floor((np.arctan2(y, x) + np.pi / 2) / (np.pi / 5)).astype(int)) % 10
+    a, b, c = _STAR_EDGES[sector].transpose(-1, *range(sector.ndim))  # each like x
+    return a * x + b * y + c >= 0
 
 
 def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -129,7 +137,7 @@ def window_coverage(
     half = extent / 2
     u, v = np.broadcast_arrays((xs[None, :] - cx) / half, (ys[:, None] - cy) / half)
     inside = inside_shape(shape, u, v).astype(np.float32)  # (h*s, w*s)
-    return inside.reshape(h, s, w, s).mean(axis=(1, 3))
+    return inside.reshape(h, s, w, s).sum(axis=(1, 3)) / (s * s)
 
 
 def render(scene: Scene) -> np.ndarray:
