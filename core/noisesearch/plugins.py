@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "noisesearch_builtin.verifiers.ensemble",
     "noisesearch_builtin.verifiers.dino",
     "noisesearch_builtin.verifiers.classifier",
+    "noisesearch_builtin.verifiers.shapes_judge",
     "noisesearch_builtin.search.random_search",
     "noisesearch_builtin.search.zero_order",
     "noisesearch_builtin.search.paths",
