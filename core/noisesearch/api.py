@@ -273,8 +273,24 @@ def search_levels(model: Any, steps: int) -> list[float]:
 def _verdicts(
     evaluator: tuple[str, Any] | None, outcome: EngineResult, condition: Condition
 ) -> dict[str, Any]:
-    """The evaluator's predicted class for the baseline and the best, where it can say."""
-    if evaluator is None or not hasattr(evaluator[1], "predict") or condition.label is None:
+    """The evaluator's word on the baseline and the best, where it can say: its predicted
+    class (an evaluator with ``predict``, label conditions), or its own verdict (an evaluator
+    with ``verdict(image, condition) -> {"predicted": str, "agrees": bool, ...}``, e.g. a
+    prompt judged clause by clause)."""
+    if evaluator is None:
+        return {}
+    pair = [outcome.baseline or outcome.best, outcome.best]
+    verdict = getattr(evaluator[1], "verdict", None)
+    if callable(verdict):
+        found: dict[str, Any] = {"evaluator": evaluator[0]}
+        for key, candidate in zip(("baseline", "best"), pair):
+            said = verdict(candidate.image, condition)
+            if not said:
+                return {}
+            found.update({f"{key}_{name}": value for name, value in said.items()})
+            found[f"{key}_agrees"] = bool(said["agrees"])
+        return found
+    if not hasattr(evaluator[1], "predict") or condition.label is None:
         return {}
     import torch
 

@@ -151,9 +151,9 @@ def _cli_layer(**given: Any) -> dict[str, Any]:
 def _run_command(app: typer.Typer) -> None:
     @app.command()
     def run(
-        model: Optional[str] = typer.Option(None, help="Model name (see `noisesearch models`), or hf:<id-or-folder> for a diffusers pipeline. Default: digits."),  # noqa: E501, UP045
+        model: Optional[str] = typer.Option(None, help="Model name (see `noisesearch models`), or hf:<id-or-folder> for a diffusers pipeline. Default: shapes."),  # noqa: E501, UP045
         label: Optional[str] = typer.Option(None, help="Class label, an index or a class name (class-conditional models); default: drawn from --seed."),  # noqa: E501, UP045
-        prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models)."),  # noqa: UP045
+        prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models). Default: the model's own, where it has one (shapes has one)."),  # noqa: E501, UP045
         prompts_file: Optional[str] = typer.Option(None, help="Text file, one prompt per line (# comments and blank lines skipped): one search per prompt, each in a sub-folder of the output folder."),  # noqa: E501, UP045
         negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt."),  # noqa: UP045
         strategy: Optional[str] = typer.Option(None, help="Search strategy (see `noisesearch strategies`). Default: random."),  # noqa: E501, UP045
@@ -315,7 +315,7 @@ def _show_command(app: typer.Typer) -> None:
             table.add_column(_escape(name), justify="right")
         verdicts = run.get("verdicts") or {}
         if verdicts:
-            table.add_column("judge says", justify="right")
+            table.add_column("judge says", justify="left" if "baseline_clauses" in verdicts else "right")
         shown = (("no search (first seed)", "baseline"), (f"best of {summary['candidates']}", "best"))
         for title, key in shown:
             candidate = run.get(key)
@@ -325,8 +325,9 @@ def _show_command(app: typer.Typer) -> None:
             cells = [title, str(candidate.get("index"))]
             cells += [f"{scores[n]:.4f}" if isinstance(scores.get(n), (int, float)) else "-" for n in names]
             if verdicts:
-                mark = "[green]right[/]" if verdicts.get(f"{key}_agrees") else "[red]wrong[/]"
-                cells.append(f"{verdicts.get(f'{key}_predicted')} ({mark})")
+                from noisesearch.summary import verdict_text
+
+                cells.append(verdict_text(verdicts, key))
             table.add_row(*cells)
         if table.row_count:
             console.print(table)

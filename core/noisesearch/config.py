@@ -28,7 +28,7 @@ class RunConfig:
     default" (a label is then drawn from ``seed``); ``evaluator="none"`` disables it.
     """
 
-    model: str = "digits"
+    model: str = "shapes"
     strategy: str = "random"
     verifiers: list[str] | None = None
     evaluator: str | None = None

@@ -76,7 +76,7 @@ def plan(
     if built_model is None:
         model.check_options(with_device(model, config.model_options, config.device))
     traits = model_traits(model, config.model_options, built_model)
-    condition = _condition(config, model, traits)
+    condition = _checked_condition(model, _condition(config, model, traits), built_model)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
         raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
@@ -102,6 +102,7 @@ def plan(
     config.verifiers = verifier_names
     config.evaluator = evaluator.name if evaluator else NO_EVALUATOR
     config.label = condition.label
+    config.prompt = condition.prompt
     config.steps = steps
     return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output,
                 built_model, dict(built_verifiers or {}))
@@ -132,6 +133,7 @@ MODEL_TRAITS: dict[str, Any] = {
     "default_verifiers": (),
     "default_evaluator": None,
     "default_steps": 20,
+    "default_prompt": None,
 }
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"
@@ -198,12 +200,24 @@ def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condi
             raise IncompatibleError(
                 f"model {model.name!r} is text-conditioned: give it --prompt, not --label"
             )
-        if config.prompt is None:
+        prompt = config.prompt if config.prompt is not None else traits["default_prompt"]
+        if prompt is None:
             raise ConfigError("prompt", f"model {model.name!r} needs a prompt")
-        return Condition(prompt=config.prompt, negative_prompt=config.negative_prompt)
+        return Condition(prompt=prompt, negative_prompt=config.negative_prompt)
     if config.prompt is not None or config.label is not None:
         raise IncompatibleError(f"model {model.name!r} is unconditional: it takes no prompt or label")
     return Condition()
+
+
+def _checked_condition(model: Entry, condition: Condition, built: Any = None) -> Condition:
+    """The model's own check of its condition, before anything loads: a ``check_condition``
+    classmethod (words outside a small vocabulary, counts beyond a limit) raises a
+    :class:`ConfigError`, and may return the condition in canonical form to run instead."""
+    check = getattr(built if built is not None else model.factory, "check_condition", None)
+    if not callable(check):
+        return condition
+    checked = check(condition)
+    return condition if checked is None else checked
 
 
 def _check_verifier_fits(

@@ -219,6 +219,14 @@ def _verdict(verdicts: Mapping[str, Any], key: str) -> str:
         return ""
     agrees = verdicts.get(f"{key}_agrees")
     word, css = ("right", "right") if agrees else ("wrong", "wrong")
+    clauses = verdicts.get(f"{key}_clauses")
+    if clauses:  # a judge that checks a prompt clause by clause
+        items = "".join(
+            f'<li class="{"right" if ok else "wrong"}">{"✓" if ok else "✗"} {html.escape(str(text))}</li>'
+            for text, ok in clauses
+        )
+        return (f'<div class="verdict">judge says<ul class="clauses">{items}</ul>'
+                f'exact match: <span class="{css}">{word}</span></div>')
     predicted = html.escape(str(verdicts[f"{key}_predicted"]))
     return f'<p class="verdict">judge says {predicted} (<span class="{css}">{word}</span>)</p>'
 
@@ -331,6 +339,7 @@ th, td { text-align: left; padding: 2px 10px 2px 0; border-bottom: 1px solid #ee
 table.kv code { white-space: pre-wrap; word-break: break-all; }
 .right { color: #0a7d28; font-weight: 600; } .wrong { color: #c0231b; font-weight: 600; }
 .missing { color: #c0231b; } .warning { color: #c0231b; }
+ul.clauses { list-style: none; margin: 2px 0; padding-left: 0.6em; } ul.clauses li { font-weight: 400; }
 """
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from noisesearch.api import SearchResult
@@ -24,7 +25,8 @@ def print_summary(result: SearchResult) -> None:
     if evaluator:
         table.add_column("judge", justify="right")
         if result.verdicts:
-            table.add_column("judge says", justify="right")
+            clauses = "baseline_clauses" in result.verdicts
+            table.add_column("judge says", justify="left" if clauses else "right")
     table.add_column("NFEs", justify="right")
     table.add_column("compute s", justify="right")
     compute = result.usage.model_seconds + result.usage.verifier_seconds
@@ -38,9 +40,7 @@ def print_summary(result: SearchResult) -> None:
         if evaluator:
             cells.append(f"{candidate.scores[evaluator]:.4f}")
             if result.verdicts:
-                agrees = result.verdicts[f"{key}_agrees"]
-                mark = "[green]right[/]" if agrees else "[red]wrong[/]"
-                cells.append(f"{result.verdicts[f'{key}_predicted']} ({mark})")
+                cells.append(verdict_text(result.verdicts, key))
         cells += [str(nfe), f"{seconds:.2f}"]
         table.add_row(*cells)
     console = Console()
@@ -49,6 +49,20 @@ def print_summary(result: SearchResult) -> None:
         console.print(line)
     if result.run_dir is not None:
         console.print(f"Results in [bold]{result.run_dir}[/] ({result.seconds:.1f} s in all)")
+
+
+def verdict_text(verdicts: Mapping[str, Any], key: str) -> str:
+    """The judge's word on the baseline or the best (``key``), as rich markup for a table cell:
+    its predicted class, right or wrong; or, from a judge that checks a prompt clause by clause
+    (``{key}_clauses``), one clause a line, marked, then whether all of them hold."""
+    from rich.markup import escape
+
+    mark = "[green]right[/]" if verdicts.get(f"{key}_agrees") else "[red]wrong[/]"
+    clauses = verdicts.get(f"{key}_clauses")
+    if clauses:
+        lines = [("[green]✓[/] " if ok else "[red]✗[/] ") + escape(str(text)) for text, ok in clauses]
+        return "\n".join([*lines, f"exact: {mark}"])
+    return f"{escape(str(verdicts.get(f'{key}_predicted')))} ({mark})"
 
 
 def notes(result: SearchResult) -> list[str]:

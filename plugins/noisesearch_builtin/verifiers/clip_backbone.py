@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from noisesearch import devices
+from noisesearch_builtin.quiet import quiet_loading
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +127,8 @@ class ClipBackbone:
         """A ``CLIPModel`` folder (``save_pretrained``) with its tokenizer and image processor."""
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-        self.model = CLIPModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        with quiet_loading(os.path.isdir(folder)):  # a local folder loads in a blink
+            self.model = CLIPModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
         self.model.requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(folder)
         self._context_length = int(self.model.config.text_config.max_position_embeddings)

@@ -53,6 +53,17 @@ class ShapesJudge:
         pixels = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return [judge(image, prompt) for image in pixels]  # (H, W, 3) each
 
+    def verdict(self, image: torch.Tensor, condition: Condition) -> dict[str, Any]:
+        """The judge's word on one image (3, H, W), for the run's table and report: every clause
+        marked (``predicted``, e.g. "✓ two red circles; ✗ a blue square"), exact match
+        (``agrees``), and the clauses as ``[text, satisfied]`` pairs."""
+        (found,) = self.verdicts(image[None], condition)
+        return {
+            "predicted": "; ".join(f"{'✓' if ok else '✗'} {text}" for text, ok in found.clauses),
+            "agrees": bool(found.exact),
+            "clauses": [[text, bool(ok)] for text, ok in found.clauses],
+        }
+
     def score(
         self,
         images: torch.Tensor,

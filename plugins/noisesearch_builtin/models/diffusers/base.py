@@ -33,6 +33,7 @@ from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
 from noisesearch_builtin.models.diffusers import index
+from noisesearch_builtin.quiet import quiet_loading
 
 if TYPE_CHECKING:
     import torch
@@ -90,6 +91,10 @@ class DiffusersModel:
     default_path: ClassVar[str | None] = None
     #: Weights' dtype for ``dtype="auto"`` on CUDA.
     cuda_dtype: ClassVar[str] = "float16"
+    #: Candidates per batch (and images per VAE decode) on a CPU.
+    cpu_batch_size: ClassVar[int] = CPU_BATCH_SIZE
+    #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
+    quiet_loading: ClassVar[bool] = False
 
     # -- traits, before loading ------------------------------------------------------------------
     @classmethod
@@ -198,7 +203,8 @@ class DiffusersModel:
                 kwargs["variant"] = variant
             import diffusers
 
-            self.pipe = getattr(diffusers, name).from_pretrained(self.path, **kwargs)
+            with quiet_loading(self.quiet_loading):
+                self.pipe = getattr(diffusers, name).from_pretrained(self.path, **kwargs)
         self.pipe.set_progress_bar_config(disable=True)
         for module in self._modules().values():
             module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
@@ -311,7 +317,7 @@ class DiffusersModel:
         """
         free = self._free_memory()
         if free is None:
-            return CPU_BATCH_SIZE
+            return self.cpu_batch_size
         if self.cpu_offload:  # the denoiser is not resident yet; it will be while running
             free -= _parameter_bytes(self._denoiser())
         tokens, width = self._activation_size()
@@ -323,7 +329,7 @@ class DiffusersModel:
         """Images per VAE decode: the decoder at full resolution dominates memory (GBs at 1024 px)."""
         free = self._free_memory()
         if free is None:
-            return CPU_BATCH_SIZE
+            return self.cpu_batch_size
         vae = self.pipe.vae
         pixels = self.height * self.width
         per_image = DECODER_FACTOR * pixels * vae.config.block_out_channels[0] * _itemsize(vae.dtype)

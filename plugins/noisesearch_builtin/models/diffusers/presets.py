@@ -9,14 +9,32 @@ guidance; FLUX.1-schnell 4 steps, SD-Turbo and SDXL-Turbo 1).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from noisesearch.errors import ConfigError
 from noisesearch_builtin.models.diffusers.dit import DiTModel
 from noisesearch_builtin.models.diffusers.flux import FluxModel
 from noisesearch_builtin.models.diffusers.pixart import PixArtSigmaModel
 from noisesearch_builtin.models.diffusers.sd3 import StableDiffusion3Model
 from noisesearch_builtin.models.diffusers.sdxl import StableDiffusionXLModel
 from noisesearch_builtin.models.diffusers.stable_diffusion import StableDiffusionModel
+from noisesearch_builtin.shapes import PIPELINE_DIR
+
+if TYPE_CHECKING:
+    from noisesearch import Condition
+
+#: ``shapes``' default guidance scale, measured on the held-out prompt suite by the training
+#: script's guidance sweep (docs/shapes.md); ``--model-opt guidance_scale=...`` overrides it.
+SHAPES_GUIDANCE_SCALE = 4.0
+#: ``shapes``' default DDIM steps per candidate.
+SHAPES_STEPS = 20
+#: ``shapes``' candidates per batch on a CPU: the default search's 16 in one batch (a 32 px
+#: model is far from filling memory; fewer, larger forwards are faster).
+SHAPES_CPU_BATCH_SIZE = 16
+#: What ``noisesearch run`` with no options asks ``shapes`` for: two objects, a count and
+#: colour binding, so that one sample is often wrong and search has room to help.
+SHAPES_DEFAULT_PROMPT = "two red circles and a blue square"
 
 
 class StableDiffusion15(StableDiffusionModel):
@@ -92,8 +110,77 @@ class DiTXL512(DiTModel):
     default_path: ClassVar[str | None] = "facebook/DiT-XL-2-512"
 
 
+class Shapes(StableDiffusionModel):
+    """Embedded 32 px text-to-image model of coloured shapes: a tiny SD pipeline; no download.
+
+    A real ``StableDiffusionPipeline`` (CLIP text encoder, UNet, VAE, DDIM) trained on the shapes
+    world and shipped in the package, run by the same adapter as any SD 1.x pipeline.
+
+    Prompts use the world's small vocabulary ("two red circles and a blue square", "a yellow
+    triangle above a green star"); others are refused before loading, with the words it knows.
+    Searched on ``shapes-clip``, judged by ``shapes-judge`` (exact, rule-based).
+    """
+
+    default_path: ClassVar[str | None] = str(PIPELINE_DIR)
+    default_steps: ClassVar[int] = SHAPES_STEPS
+    default_guidance_scale: ClassVar[float] = SHAPES_GUIDANCE_SCALE
+    default_verifiers: ClassVar[tuple[str, ...]] = ("shapes-clip",)
+    default_evaluator: ClassVar[str | None] = "shapes-judge"
+    default_prompt: ClassVar[str | None] = SHAPES_DEFAULT_PROMPT
+    cpu_batch_size: ClassVar[int] = SHAPES_CPU_BATCH_SIZE
+    quiet_loading: ClassVar[bool] = True
+
+    @classmethod
+    def describe(cls, path: str | None = None, **options: Any) -> dict[str, Any]:
+        if path in (None, cls.default_path) and not (PIPELINE_DIR / "model_index.json").is_file():
+            raise ConfigError(
+                "model",
+                f"the shapes pipeline is missing from {PIPELINE_DIR} (a broken install?); "
+                "reinstall noisesearch, or train it: python -m noisesearch_builtin.shapes.train",
+            )
+        return {**super().describe(path=path, **options), "default_prompt": cls.default_prompt}
+
+    @classmethod
+    def check_condition(cls, condition: Condition) -> Condition:
+        """Parse the prompt with the world's grammar before loading: unknown words (listed with
+        the vocabulary and the closest words), an empty prompt, a count beyond the limit are
+        configuration errors. Runs the canonical caption ("One Circle." -> "a circle")."""
+        from noisesearch_builtin.shapes.grammar import PromptError, parse_prompt
+
+        try:
+            prompt = parse_prompt(condition.prompt or "")
+        except PromptError as error:
+            raise ConfigError("prompt", str(error)) from None
+        negative = condition.negative_prompt
+        if negative:
+            _check_words(negative, "negative_prompt")
+        return replace(condition, prompt=prompt.text)
+
+
+def _check_words(text: str, field: str) -> None:
+    """Every word of ``text`` is in the shapes vocabulary (a negative prompt need not parse)."""
+    import difflib
+    import re
+
+    from noisesearch_builtin.shapes.grammar import VOCABULARY
+
+    words = re.sub(r"[.,;!?]", " ", text.lower()).split()
+    unknown = [w for w in words if w not in VOCABULARY]
+    if unknown:
+        hints = [
+            f"{w!r}" + (f" (did you mean {' / '.join(map(repr, close))}?)" if close else "")
+            for w in unknown
+            for close in [difflib.get_close_matches(w, sorted(VOCABULARY), n=3, cutoff=0.5)]
+        ]
+        raise ConfigError(
+            field, f"the shapes world does not know {', '.join(hints)}. Its vocabulary: "
+            f"{' '.join(sorted(VOCABULARY))}",
+        )
+
+
 #: Preset name (``--model NAME``) -> factory.
 PRESETS: dict[str, type] = {
+    "shapes": Shapes,
     "sd15": StableDiffusion15,
     "sd21": StableDiffusion21,
     "sd-turbo": SDTurbo,
