@@ -168,7 +168,7 @@ def test_an_interrupted_run_still_gets_a_report_and_a_listing(run_dir: Path, tmp
     with (copy / "candidates.jsonl").open("a") as handle:
         handle.write('{"index": 8, "recipe": {"ki')  # killed mid-line
     page = write_report(copy).read_text()
-    assert "incomplete" in page
+    assert "Run interrupted; resume with `noisesearch run --resume" in page
     (listed,) = list_runs(tmp_path)
     assert listed["complete"] is False and listed["candidates"] == 8
     assert listed["best"] == max(json.loads(line)["objective"] for line in

@@ -70,8 +70,8 @@ def test_a_crash_leaves_an_incomplete_run_that_resumes(tmp_path: Path, monkeypat
         return original(self, images, condition, trajectory)
 
     monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        noisesearch.search(label=6, candidates=40, batch_size=8, seed=1, output=str(out))
+    with pytest.raises(noisesearch.NoiseSearchError, match="verifier 'digits-classifier' .*disk on fire"):
+        noisesearch.search(model="digits", label=6, candidates=40, batch_size=8, seed=1, output=str(out))
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] is False and run["status"] == "failed" and "disk on fire" in run["error"]
     assert lines(out / "candidates.jsonl") == 24
@@ -99,14 +99,13 @@ def test_resume_refuses_a_run_whose_configuration_changed(tmp_path: Path, monkey
         raise RuntimeError("stop")
 
     monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash)
-    with pytest.raises(RuntimeError):
-        noisesearch.search(label=2, candidates=16, batch_size=4, output=str(out))
+    with pytest.raises(noisesearch.NoiseSearchError, match="stop"):
+        noisesearch.search(model="digits", label=2, candidates=16, batch_size=4, output=str(out))
     monkeypatch.undo()
     run = json.loads((out / "run.json").read_text())
     run["config"]["batch_size"] = 3  # the journal's calls no longer line up
     (out / "run.json").write_text(json.dumps(run))
     os.sync()
-    from noisesearch.journal import JournalMismatch
-
-    with pytest.raises(JournalMismatch):
+    # The journal's fingerprint names the change before any call is replayed.
+    with pytest.raises(noisesearch.ConfigError, match=r"config\.batch_size \(was 4, now 3\)"):
         resume_run(out)

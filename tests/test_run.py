@@ -52,7 +52,7 @@ def test_the_same_command_twice_gives_identical_scores(tmp_path: Path) -> None:
 def test_run_prints_first_candidate_against_best(tmp_path: Path) -> None:
     result = invoke("run", "-o", str(tmp_path / "r"), "--label", "3")
     assert result.exit_code == 0, result.output
-    assert "first candidate" in result.output and "best of 16" in result.output
+    assert "no search" in result.output and "best of 16" in result.output
     assert "judge says" in result.output
 
 

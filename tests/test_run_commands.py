@@ -37,7 +37,7 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_show_prints_what_ran_and_first_against_best(runs_root: Path) -> None:
     result = invoke("show", str(runs_root / "a"))
     assert result.exit_code == 0, result.output
-    for text in ("digits", "label 1", "random", "complete", "first candidate", "best of 4", "judge says"):
+    for text in ("digits", "label 1", "random", "complete", "no search", "best of 4", "judge says"):
         assert text in result.output
 
 
@@ -65,7 +65,8 @@ def test_runs_lists_every_run_at_any_depth_complete_or_not(runs_root: Path, tmp_
     assert listed[0]["model"] == "digits" and listed[0]["strategy"] == "random"
     assert listed[0]["nfe"] == 80 and listed[1]["candidates"] == 4
     table = invoke("runs", str(root))
-    assert table.exit_code == 0 and "incomplete" in table.output and "nested/b" in table.output
+    assert table.exit_code == 0 and "interrupted" in table.output and "nested/b" in table.output
+    assert "--resume" in table.output
 
 
 def test_runs_in_an_empty_or_missing_folder(tmp_path: Path) -> None:

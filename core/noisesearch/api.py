@@ -30,8 +30,8 @@ from noisesearch.types import Candidate, Condition
 
 if TYPE_CHECKING:
     from noisesearch.engine import Listener
-
     from noisesearch.journal import Journal
+
 
 
 @dataclass
@@ -50,9 +50,9 @@ class SearchResult:
     verdicts: dict[str, Any] = field(default_factory=dict)
     history: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
     strategy_report: dict[str, Any] = field(default_factory=dict)
-
     non_finite: dict[str, Any] = field(default_factory=dict)  # NaN/inf objectives and scores
     baseline_origin: str = "candidate"  # or "extra": see noisesearch.baseline
+
     def summary(self) -> dict[str, Any]:
         """Strict JSON (``noisesearch.finite``): non-finite scores are ``null`` plus a flag."""
         from noisesearch.finite import strict_json
@@ -122,8 +122,8 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
     journal = None
     listeners: list[Listener] = []
     engine = None
-    try:
     held = contextlib.ExitStack()
+    try:
         if write:
             folder = plan.output or results.default_run_dir(
                 DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
@@ -135,7 +135,6 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             _write_status(run_dir, plan, "running")
             listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
         if progress:
-        listeners.append(interrupts.Checkpoint())
             from noisesearch.progress import ProgressBar
 
             listeners.append(ProgressBar(plan.budget.nfe, plan.budget.candidates))
@@ -151,8 +150,8 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             top_k=config.top_k,
             listeners=listeners,
             journal=journal,
-        )
             owners=owners,
+        )
         outcome = engine.run(strategy)
         _close(listeners)
         result = SearchResult(
@@ -168,31 +167,24 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             verdicts=_verdicts(evaluator, outcome, plan.condition),
             history=outcome.history,
             strategy_report=outcome.report,
+            non_finite=outcome.non_finite,
+            baseline_origin=outcome.baseline_origin,
         )
         if run_dir is not None:
             _write_run_dir(result, run_dir, engine, plan)
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
         _close(listeners)
         if run_dir is not None:
-            # A Ctrl-C that a library swallowed (a half-done lazy import) may surface as
-            # another error: it is still an interruption (noisesearch.interrupts).
-            stopped = isinstance(error, KeyboardInterrupt) or interrupts.requested()
-            status = "interrupted" if stopped else "failed"
-            _write_status(run_dir, plan, status, engine.usage if engine else None,
-                          None if stopped else error)
-            if stopped and not isinstance(error, RunInterrupted):
-                raise RunInterrupted(run_dir) from None
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            _write_status(run_dir, plan, status, engine.usage if engine else None, error)
         raise
+    finally:
+        held.close()
     if journal is not None:  # last: until run.json says complete, the journal can resume it
         journal.remove()
     return result
-    finally:
-        held.close()
 
 
-def _close(listeners: list[Listener]) -> None:
-    for listener in listeners:
-        close = getattr(listener, "close", None)
 def _open_journal(folder: Path, plan: Plan, resume: bool, fingerprint: dict[str, Any]) -> Journal:
     """The run's journal, once ``folder`` is locked. A new run clears what a run before it
     left (``--overwrite``; refused without it) and records the fingerprint of its setup;
@@ -225,6 +217,9 @@ def _make_run_folder(folder: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
+def _close(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        close = getattr(listener, "close", None)
         if close is not None:
             close()
 
@@ -244,6 +239,7 @@ def _write_status(
         "status": status,
         "config": plan.config.to_json(),
         "condition": plan.condition.to_json(),
+        "budget": {"candidates": plan.budget.candidates, "nfe": plan.budget.nfe},
     }
     if usage is not None:
         data["usage"] = usage.to_json()
@@ -325,6 +321,8 @@ def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Pl
         "seconds": round(result.seconds, 4),
         "best": result.best.to_json(),
         "baseline": result.baseline.to_json(),
+        "baseline_origin": result.baseline_origin,
+        "non_finite": result.non_finite,
         "verdicts": result.verdicts,
         "strategy_report": result.strategy_report,
         "environment": results.environment(),

@@ -316,7 +316,7 @@ def _show_command(app: typer.Typer) -> None:
         verdicts = run.get("verdicts") or {}
         if verdicts:
             table.add_column("judge says", justify="left" if "baseline_clauses" in verdicts else "right")
-        shown = (("no search (first seed)", "baseline"), (f"best of {summary['candidates']}", "best"))
+        shown = (("no search", "baseline"), (f"best of {summary['candidates']}", "best"))
         for title, key in shown:
             candidate = run.get(key)
             if not candidate:

@@ -47,6 +47,7 @@ class RunConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False  # replace a run already in ``output`` (else refused)
 
     def validate(self) -> None:
         """Check every value that can be checked without plugins; errors name the field."""
@@ -61,7 +62,6 @@ class RunConfig:
         if self.prompt is not None and self.label is not None:
             raise ConfigError("prompt", "give a prompt or a label, not both")
         if self.label is not None and not isinstance(self.label, (int, str)):
-    overwrite: bool = False  # replace a run already in ``output`` (else refused)
             raise ConfigError("label", f"must be a class index or name, got {self.label!r}")
         if isinstance(self.label, int) and self.label < 0:
             raise ConfigError("label", f"must be a non-negative integer, got {self.label!r}")
@@ -169,12 +169,14 @@ def check_config_mapping(data: dict[str, Any], where: str = "configuration") -> 
             "list": isinstance(value, list) and all(isinstance(v, str) for v in value),
             "table": isinstance(value, dict),
             "tables": isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
+            "bool": isinstance(value, bool),
         }[kind]
         if not ok:
             expected = {
                 "str": "a string", "str?": "a string", "int": "an integer", "int?": "an integer",
                 "label": "a class index or name", "list": "a list of names",
                 "table": "a table of options", "tables": "a table of option tables, one per verifier",
+                "bool": "true or false",
             }[kind]
             raise ConfigError(key, f"expected {expected} in {where}, got {value!r}")
 
@@ -211,14 +213,12 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     check_config_mapping(data, where="--set")
-            "bool": isinstance(value, bool),
     return data
 
 
 def merge_config(*layers: dict[str, Any]) -> dict[str, Any]:
     """Later layers win; option tables merge key by key (a file's ``[model_options]`` and a
     ``--model-opt`` both apply)."""
-                "bool": "true or false",
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():

@@ -120,6 +120,14 @@ def acquire(folder: Path) -> None:
     raise FolderInUse(f"could not lock run folder {str(folder)!r}: its lock keeps changing hands")
 
 
+def held_by_others(folder: Path) -> bool:
+    """Whether another process (alive, or on another host) holds ``folder``'s lock."""
+    record = read_lock(folder) if folder.is_dir() else None
+    if record is None or folder.resolve() in _held:
+        return False
+    return not record or holder_alive(record) is not False
+
+
 def check_unlocked(folder: Path) -> None:
     """Refuse early (before weights load) a folder that a live process holds."""
     record = read_lock(folder) if folder.is_dir() else None

@@ -50,10 +50,9 @@ class RunRecord:
         saved = self.run.get("status")
         if saved in ("failed", "interrupted"):
             return str(saved)
-        from noisesearch.locking import holder_alive, read_lock
+        from noisesearch.locking import held_by_others
 
-        lock = read_lock(self.path)
-        return "running" if lock is not None and holder_alive(lock) is not False else "interrupted"
+        return "running" if held_by_others(self.path) else "interrupted"
 
     @property
     def error(self) -> str | None:
@@ -200,25 +199,14 @@ def run_summary(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
         "budget_candidates": budget.get("candidates"),
         "best": best,
         "complete": record.complete,
-        "created": (run.get("environment") or {}).get("created"),
-    }
-
-
-def list_runs(root: Path | str) -> list[dict[str, Any]]:
-    """:func:`run_summary` of every run folder under ``root``; an unreadable folder is
-    listed with its error rather than hiding the others."""
-    root = Path(root)
-    summaries = []
-    for folder in find_runs(root):
-        try:
         "status": record.status,
         "run_error": record.error,
         "status_line": record.describe_status(),
         "non_finite": _non_finite_count(record),
-            record = load_run(folder, candidates=False)
-            if not record.complete:
-                record = load_run(folder)
-            summaries.append(run_summary(record, root))
+        "created": (run.get("environment") or {}).get("created"),
+    }
+
+
 def _non_finite_count(record: RunRecord) -> int | None:
     """Candidates whose objective was NaN or infinite (never selected)."""
     counted = (record.run.get("non_finite") or {}).get("candidates")
@@ -231,6 +219,17 @@ def _non_finite_count(record: RunRecord) -> int | None:
     return sum("/objective" in (row.get(FLAG) or {}) for row in record.candidates)
 
 
+def list_runs(root: Path | str) -> list[dict[str, Any]]:
+    """:func:`run_summary` of every run folder under ``root``; an unreadable folder is
+    listed with its error rather than hiding the others."""
+    root = Path(root)
+    summaries = []
+    for folder in find_runs(root):
+        try:
+            record = load_run(folder, candidates=False)
+            if not record.complete:
+                record = load_run(folder)
+            summaries.append(run_summary(record, root))
         except RunFolderError as exc:
             summaries.append({"run": str(folder.relative_to(root)), "path": str(folder),
                               "complete": False, "error": str(exc)})

@@ -32,7 +32,7 @@ def print_summary(result: SearchResult) -> None:
     compute = result.usage.model_seconds + result.usage.verifier_seconds
     per_candidate = compute / max(result.usage.candidates, 1)
     rows = [
-        ("no search (first seed)", result.baseline, "baseline", result.nfe_per_candidate, per_candidate),
+        ("no search", result.baseline, "baseline", result.nfe_per_candidate, per_candidate),
         (f"best of {result.usage.candidates}", result.best, "best", result.usage.nfe, compute),
     ]
     for title, candidate, key, nfe, seconds in rows:
