@@ -1,0 +1,52 @@
+"""Smoke checks of ``benchmarks/diffusers_throughput.py --tiny``: every arm runs on the CPU, the
+JSON holds rates, ratios with spread and the section statuses, and the time budget skips cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diffusers_throughput.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("diffusers_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_exhausted_skips_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    assert _script().main(["--tiny", "--budget", "0", "--out", str(out), "--work", str(tmp_path)]) == 0
+    data = json.loads(out.read_text())
+    for key in ("dit", "sd15"):
+        assert data["models"][key]["main"]["status"].startswith("skipped")
+    assert data["notes"] and not list(tmp_path.glob("throughput-*"))  # the work folder is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["dit", "sd15"])  # a label pipeline and a prompt pipeline
+def test_tiny_runs_every_arm(tmp_path: Path, model: str) -> None:
+    out = tmp_path / "t.json"
+    argv = ["--tiny", "--models", model, "--reps", "2", "--compile-reps", "2", "--candidates", "4",
+            "--loop-candidates", "1", "--steps", "2", "--out", str(out), "--work", str(tmp_path)]
+    assert _script().main(argv) == 0
+    data = json.loads(out.read_text())
+    main, compiled = data["models"][model]["main"], data["models"][model]["compile"]
+    assert main["status"] == "done" and compiled["status"] == "done"
+    assert main["cold_search"]["usage"]["candidates"] == 4  # one batch through hf:<folder>
+    assert main["reps"] == 2
+    for arm in ("raw", "hand", "search", "loop"):
+        assert len(main["arms"][arm]["rates"]) == 2 and min(main["arms"][arm]["rates"]) > 0
+    assert main["arms"]["search"]["nfe"] == 4 * main["nfe_per_candidate"]
+    search_raw = main["ratios"]["search/raw"]
+    assert search_raw["min"] <= search_raw["median"] <= search_raw["max"] and search_raw["target"] == 0.9
+    assert compiled["backend"] == "eager" and len(compiled["ratios"]["compiled/eager"]["values"]) == 2
