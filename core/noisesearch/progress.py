@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from noisesearch.engine import Usage
+from noisesearch.finite import is_finite
 from noisesearch.types import Candidate
 
 
@@ -40,7 +41,8 @@ class ProgressBar:
 
     def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None:
         for candidate in candidates:
-            if self.best is None or candidate.objective > self.best:
+            finite = is_finite(candidate.objective)  # NaN and infinities are never "best"
+            if finite and (self.best is None or candidate.objective > self.best):
                 self.best = candidate.objective
         seconds = usage.model_seconds + usage.verifier_seconds
         fields: dict[str, Any] = {
