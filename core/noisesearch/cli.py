@@ -290,7 +290,7 @@ def _show_command(app: typer.Typer) -> None:
         budget = record.budget
         for key, value in (
             ("run", str(record.path)),
-            ("status", record.describe_status()),
+            ("status", record.status),
             ("model", summary["model"]),
             ("condition", describe_condition(run.get("condition"))),
             ("strategy", summary["strategy"]),
@@ -307,6 +307,8 @@ def _show_command(app: typer.Typer) -> None:
                 style = "red" if key == "status" and record.status in ("failed", "interrupted") else ""
                 facts.add_row(key, Text(str(value), style=style))
         console.print(facts)
+        if record.status in ("failed", "interrupted"):  # whole, unwrapped: it holds a command
+            console.print(Text(record.describe_status(), style="red"), soft_wrap=True)
         names = [n for n in (record.config.get("verifiers") or []) + [record.evaluator] if n]
         table = Table()
         table.add_column("")
