@@ -6,6 +6,7 @@ call, so tests and long-lived processes start clean.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -40,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "noisesearch_builtin.search.paths",
     "noisesearch_builtin.search.smc",
     "noisesearch_builtin.search.pruning",
+    "noisesearch_builtin.search.stochastic",
 )
 
 #: Which external plugins load: unset = all installed; empty = none;
@@ -54,7 +56,8 @@ _REGISTER_HOOKS = {
 
 
 class PluginLoadWarning(UserWarning):
-    """A third-party plugin failed to import; the rest keeps working."""
+    """A third-party plugin failed to load (an import error, a misspelt hook, a hook that
+    raised) and was skipped; the rest keeps working."""
 
 
 class PluginError(NoiseSearchError):
@@ -129,7 +132,11 @@ def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str]) -> N
                 stacklevel=2,
             )
             continue
-        _register(pm, plugin, ep.name)
+        try:
+            _register(pm, plugin, ep.name)
+        except PluginError as exc:  # a misspelt hook or argument: skip it, as an import error
+            reason = "it " + str(exc).removeprefix(f"plugin {ep.name!r} ")
+            skip_plugin(pm, ep.name, reason, registered=False)
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -137,10 +144,44 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(_describe_validation_error(exc, name)) from None
+    unknown = [caller.name for caller in pm.get_hookcallers(plugin) or [] if not caller.has_spec()]
+    if unknown:
+        pm.unregister(plugin)
+        close = difflib.get_close_matches(unknown[0], _hook_names(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PluginError(
+            f"plugin {name!r} implements {unknown[0]!r}, which is not a noisesearch hook{hint}. "
+            f"Known hooks: {', '.join(_hook_names())}."
+        )
+
+
+def _hook_names() -> list[str]:
+    return [hook for hook in dir(hookspecs) if hook.startswith("register_")]
+
+
+def distribution_of(plugin_name: str) -> str:
+    """The distribution that installed an entry-point plugin, for messages."""
+    for ep in metadata.entry_points(group=PROJECT_NAME):
+        if ep.name == plugin_name and ep.dist is not None:
+            return ep.dist.name
+    return "unknown"
+
+
+def skip_plugin(pm: pluggy.PluginManager, name: str, reason: str, registered: bool = True) -> None:
+    """Warn that a third-party plugin is skipped (as one that fails to import is), and drop it
+    from ``pm`` so that nothing else of it runs."""
+    if registered and pm.get_plugin(name) is not None:
+        pm.unregister(name=name)
+    warnings.warn(
+        f"plugin {name!r} (distribution {distribution_of(name)!r}) was skipped: {reason} "
+        f"Fix or uninstall it, or choose the plugins to load with {LOAD_PLUGINS_ENV}=NAME,...",
+        PluginLoadWarning,
+        stacklevel=3,
+    )
 
 
 def _describe_validation_error(exc: pluggy.PluginValidationError, name: str | None) -> str:
-    hooks = ", ".join(hook for hook in dir(hookspecs) if hook.startswith("register_"))
+    hooks = ", ".join(_hook_names())
     return f"plugin {name or exc.plugin!r} breaks the hook contract: {exc}. Known hooks: {hooks}."
 
 
@@ -161,15 +202,32 @@ class Registries:
 def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
     """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name."""
     pm = pm or get_plugin_manager()
-    registries = Registries(Registry("model"), Registry("verifier"), Registry("strategy"))
+    # Each plugin registers into registries of its own first: a third-party hook that raises
+    # (or registers a bad name or factory) is skipped whole, with a warning, and the rest work.
+    staged: list[tuple[str, str, Registry]] = []
+    skipped: set[str] = set()
     for kind, hook_name in _REGISTER_HOOKS.items():
-        registry = registries.of(kind)
         caller = getattr(pm.hook, hook_name)
         # Registration order (built-ins first: get_hookimpls() lists them that way), calling
         # each plugin with its own `register` so that a duplicate name can name both plugins.
         for impl in caller.get_hookimpls():
+            plugin = impl.plugin_name
+            own = Registry(kind)
             function: Callable[..., None] = impl.function
-            function(register=registry.bind(impl.plugin_name))
+            try:
+                function(register=own.bind(plugin))
+            except Exception as exc:
+                if plugin in DEFAULT_PLUGINS:
+                    raise
+                skip_plugin(pm, plugin, f"its {hook_name} hook raised {type(exc).__name__}: {exc}.")
+                skipped.add(plugin)
+                continue
+            staged.append((kind, plugin, own))
+    registries = Registries(Registry("model"), Registry("verifier"), Registry("strategy"))
+    for kind, plugin, own in staged:
+        if plugin not in skipped:
+            for entry in own:
+                registries.of(kind).add(entry.name, entry.factory, plugin, entry.description)
     return registries
 
 
