@@ -37,7 +37,7 @@ def run(budgets: list[int], seeds: int, labels: list[int], strategies: list[str]
         for label in labels:
             winners = []
             for seed in range(seeds):
-                result = noisesearch.search(
+                result = noisesearch.search(model="digits",
                     label=label, strategy=strategy, budget_nfe=budget, seed=seed, write=False,
                     registries=registries,
                 )
@@ -66,7 +66,7 @@ def baseline(seeds: int, labels: list[int]) -> dict:
     """One sample per search (no search at all): what the model gives on its own."""
     registries = build_registries()
     hits = [
-        noisesearch.search(label=label, candidates=1, seed=seed, write=False,
+        noisesearch.search(model="digits", label=label, candidates=1, seed=seed, write=False,
                            registries=registries).verdicts["best_agrees"]
         for label in labels for seed in range(seeds)
     ]

@@ -141,7 +141,8 @@ def test_command_line_beats_set_beats_file_and_option_tables_merge(tmp_path: Pat
 
 
 def test_cli_options_override_the_file_and_defaults_do_not(tmp_path: Path) -> None:
-    path = write(tmp_path / "run.toml", 'label = 2\ncandidates = 3\nseed = 7\nsolver = "heun"\nsteps = 4\n')
+    path = write(tmp_path / "run.toml",
+                 'model = "digits"\nlabel = 2\ncandidates = 3\nseed = 7\nsolver = "heun"\nsteps = 4\n')
     out = tmp_path / "r"
     result = invoke("run", "--config", str(path), "--candidates", "2", "--set", "seed=9", "-o", str(out),
                     "--json")
@@ -154,7 +155,7 @@ def test_cli_options_override_the_file_and_defaults_do_not(tmp_path: Path) -> No
 
 def test_run_json_repeats_the_run_with_identical_scores(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    result = invoke("run", "-o", str(first), "-q", "--seed", "3", "--candidates", "6",
+    result = invoke("run", "--model", "digits", "-o", str(first), "-q", "--seed", "3", "--candidates", "6",
                     "--set", "model_options.guidance_scale=2.0")
     assert result.exit_code == 0, result.output
     again = tmp_path / "again"
@@ -166,6 +167,7 @@ def test_run_json_repeats_the_run_with_identical_scores(tmp_path: Path) -> None:
 
 
 def test_a_run_json_never_sends_the_repeat_into_the_original_folder(tmp_path: Path) -> None:
-    run_json = {"schema_version": 1, "config": {**RunConfig(label=1).to_json(), "output": str(tmp_path)}}
+    config = RunConfig(model="digits", label=1).to_json()
+    run_json = {"schema_version": 1, "config": {**config, "output": str(tmp_path)}}
     data = load_config_file(write(tmp_path / "run.json", json.dumps(run_json)))
     assert "output" not in data and data["label"] == 1

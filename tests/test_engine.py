@@ -53,7 +53,7 @@ def test_an_ensemble_objective_is_ranked_over_the_whole_pool() -> None:
     import noisesearch
 
     members = ["digits-classifier", "digits-evaluator"]
-    result = noisesearch.search(
+    result = noisesearch.search(model="digits",
         label=4, candidates=48, batch_size=5, top_k=3, write=False, evaluator="none",
         verifiers=["ensemble"], verifier_options={"ensemble": {"members": members}},
     )
@@ -105,7 +105,7 @@ def test_resume_after_an_out_of_memory_halving_batches_as_the_run_did(tmp_path, 
     with pytest.raises(PluginFailed, match="verifier 'digits-evaluator' .*RuntimeError: power cut"):
         noisesearch.search(model="digits", label=3, candidates=20, batch_size=8, output=str(out))
     resumed = resume_run(out)
-    reference = noisesearch.search(label=3, candidates=20, batch_size=4, write=False)
+    reference = noisesearch.search(model="digits", label=3, candidates=20, batch_size=4, write=False)
     assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
 
 
@@ -126,8 +126,8 @@ def test_trajectory_verifiers_are_refused_with_strategies_that_resample(tmp_path
     registries.verifiers.add("needs-trajectory", NeedsTrajectory, "test")
     for strategy in ("paths", "smc", "pruning"):
         with pytest.raises(noisesearch.IncompatibleError, match="trajectory"):
-            noisesearch.search(strategy=strategy, verifiers=["needs-trajectory"], write=False,
+            noisesearch.search(model="digits", strategy=strategy, verifiers=["needs-trajectory"], write=False,
                                registries=registries)
-    result = noisesearch.search(strategy="zero-order", verifiers=["needs-trajectory"], write=False,
-                                registries=registries, candidates=5)
+    result = noisesearch.search(model="digits", strategy="zero-order", verifiers=["needs-trajectory"],
+                                write=False, registries=registries, candidates=5)
     assert result.usage.candidates == 5

@@ -28,7 +28,8 @@ def invoke(*args: str):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "run"
-    result = invoke("run", "-o", str(out), "-q", "--label", "3", "--candidates", "8", "--top-k", "6")
+    result = invoke("run", "--model", "digits", "-o", str(out), "-q", "--label", "3", "--candidates", "8",
+                    "--top-k", "6")
     assert result.exit_code == 0, result.output
     return out
 

@@ -16,7 +16,7 @@ import noisesearch
 from noisesearch.api import resume_run
 
 CLI = str(Path(sys.executable).with_name("noisesearch"))
-ARGS = ["run", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2", "--strategy", "random"]
+ARGS = ["run", "--model", "digits", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2", "--strategy", "random"]
 
 
 def lines(path: Path) -> int:
@@ -78,14 +78,14 @@ def test_a_crash_leaves_an_incomplete_run_that_resumes(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
     resumed = resume_run(out)
-    reference = noisesearch.search(label=6, candidates=40, batch_size=8, seed=1, write=False)
+    reference = noisesearch.search(model="digits", label=6, candidates=40, batch_size=8, seed=1, write=False)
     assert resumed.best.recipe == reference.best.recipe
     assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
     assert resumed.usage.nfe == reference.usage.nfe
 
 
 def test_resume_refuses_a_complete_run(tmp_path: Path) -> None:
-    noisesearch.search(label=1, candidates=2, output=str(tmp_path / "done"))
+    noisesearch.search(model="digits", label=1, candidates=2, output=str(tmp_path / "done"))
     with pytest.raises(noisesearch.ConfigError, match="complete"):
         resume_run(tmp_path / "done")
 

@@ -26,7 +26,8 @@ def invoke(*args: str):
 def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     for name, label in (("a", "1"), ("nested/b", "2")):
-        result = invoke("run", "-o", str(root / name), "-q", "--label", label, "--candidates", "4")
+        result = invoke("run", "--model", "digits", "-o", str(root / name), "-q", "--label", label,
+                        "--candidates", "4")
         assert result.exit_code == 0, result.output
     return root
 
@@ -79,12 +80,12 @@ def test_runs_in_an_empty_or_missing_folder(tmp_path: Path) -> None:
 
 
 def test_quiet_prints_nothing_and_json_prints_only_json(tmp_path: Path) -> None:
-    quiet = invoke("run", "-o", str(tmp_path / "q"), "-q", "--candidates", "2")
+    quiet = invoke("run", "--model", "digits", "-o", str(tmp_path / "q"), "-q", "--candidates", "2")
     assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
-    as_json = invoke("run", "-o", str(tmp_path / "j"), "--json", "--candidates", "2")
+    as_json = invoke("run", "--model", "digits", "-o", str(tmp_path / "j"), "--json", "--candidates", "2")
     assert as_json.exit_code == 0 and as_json.stderr == ""
     assert json.loads(as_json.stdout)["usage"]["candidates"] == 2
-    failed = invoke("run", "-o", str(tmp_path / "e"), "-q", "--candidates", "0")
+    failed = invoke("run", "--model", "digits", "-o", str(tmp_path / "e"), "-q", "--candidates", "0")
     assert failed.exit_code == 2 and failed.stdout == "" and "candidates:" in failed.stderr
 
 
@@ -147,7 +148,7 @@ def test_a_prompts_file_runs_one_search_per_prompt_in_safe_sub_folders(
 def test_a_prompts_file_on_the_class_conditional_digits_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "prompts.txt"
     path.write_text("a cat\n")
-    result = invoke("run", "--prompts-file", str(path), "-o", str(tmp_path / "out"))
+    result = invoke("run", "--model", "digits", "--prompts-file", str(path), "-o", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert "class-conditional: give it --label, not --prompt" in result.output
     assert not (tmp_path / "out").exists()

@@ -165,7 +165,7 @@ def test_smc_potentials_reweight_negative_scores(potential: str) -> None:
 
 
 def test_smc_reports_ess_and_resampled_particles_diverge() -> None:
-    result = noisesearch.search(label=5, strategy="smc", budget_nfe=400, write=False,
+    result = noisesearch.search(model="digits", label=5, strategy="smc", budget_nfe=400, write=False,
                                 strategy_options={"particles": 8, "ess_threshold": 1.0})
     ess = result.strategy_report["ess"]
     assert ess and all(1.0 <= entry["ess"] <= 8.0 + 1e-9 for entry in ess)
@@ -225,7 +225,7 @@ def test_no_strategy_ever_exceeds_its_nfe_budget(
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_replay_regenerates_the_best_bit_for_bit(strategy: str, tmp_path: Path) -> None:
     out = tmp_path / strategy
-    noisesearch.search(label=2, strategy=strategy, budget_nfe=500, seed=4, output=str(out))
+    noisesearch.search(model="digits", label=2, strategy=strategy, budget_nfe=500, seed=4, output=str(out))
     outcome = replay_run(out)
     assert outcome.identical, outcome.max_abs_diff
     assert outcome.score == outcome.recorded_score
@@ -238,14 +238,16 @@ def test_cli_never_reports_more_nfes_than_the_budget(strategy: str, tmp_path: Pa
 
     from noisesearch.cli import build_app
 
-    result = CliRunner().invoke(build_app(), ["run", "--strategy", strategy, "--budget-nfe", "250",
-                                              "--json", "-o", str(tmp_path / "r")])
+    result = CliRunner().invoke(build_app(), ["run", "--model", "digits", "--strategy", strategy,
+                                              "--budget-nfe", "250", "--json", "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["usage"]["nfe"] <= 250
 
 
 def test_bad_strategy_options_name_the_field() -> None:
     with pytest.raises(noisesearch.ConfigError, match="zero-order.cosine"):
-        noisesearch.search(strategy="zero-order", strategy_options={"cosine": 1.5}, write=False)
+        noisesearch.search(model="digits", strategy="zero-order", strategy_options={"cosine": 1.5},
+                           write=False)
     with pytest.raises(noisesearch.ConfigError, match="paths.backward"):
-        noisesearch.search(strategy="paths", strategy_options={"forward": 0.3, "backward": 0.2}, write=False)
+        noisesearch.search(model="digits", strategy="paths",
+                           strategy_options={"forward": 0.3, "backward": 0.2}, write=False)
