@@ -27,6 +27,7 @@ samples (random search).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 from noisesearch import ConfigError, hookimpl
@@ -89,7 +90,9 @@ class SearchOverPaths:
         spans, level = [], self.start_level
         while level > end_level + 1e-9:
             up = min(level + self.forward, 1.0)
-            down = max(level + self.forward - self.backward, end_level)
+            down = level + self.forward - self.backward
+            if down <= end_level + 1e-9:  # snap: 0.11 + 0.78 - 0.81 is 5.55e-17, not 0
+                down = end_level
             spans.append((level, up, down))
             level = down
         return spans
@@ -135,7 +138,12 @@ class SearchOverPaths:
 
 
 def _top(scores: list[float], k: int) -> list[int]:
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+    """The ``k`` best rows; NaN and infinite scores rank below every finite one."""
+    def key(i: int) -> tuple[bool, float, int]:
+        finite = math.isfinite(scores[i])
+        return (not finite, -scores[i] if finite else 0.0, i)
+
+    return sorted(range(len(scores)), key=key)[:k]
 
 
 @hookimpl

@@ -397,6 +397,14 @@ class VariancePreservingModel(DiffusersModel):
         (abar = alphas_cumprod[0]); a final level equal to the last step's is dropped (that DDIM
         step would not move). E.g. SD's "leading" spacing at 4 steps: t = 751, 501, 251, 1 and
         levels 0.752, 0.502, 0.252, 0.002, 0.001.
+
+        Each step goes to the next listed timestep. Diffusers' ``DDIMScheduler.step`` goes from
+        ``t`` to ``t - T // steps`` whatever the spacing: the same for "leading" spacing and for
+        "trailing" when ``steps`` divides ``T``, so there the two agree to float rounding. Under
+        "linspace" (PixArt's configuration) diffusers lands between listed timesteps and then
+        evaluates the network at the next listed one as if it were there; we keep the sample on
+        the grid the network is evaluated at. The images differ (about 3/255 on PixArt-Sigma);
+        ``tests/test_baseline.py`` pins both cases.
         """
         from diffusers import DDIMScheduler
 
