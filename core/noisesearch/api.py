@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from noisesearch import interrupts
 from noisesearch.config import RunConfig
 from noisesearch.engine import Engine, EngineResult, Scorer, Usage
-from noisesearch.errors import ConfigError
+from noisesearch.errors import ConfigError, RunInterrupted
 from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are public here too
     DEFAULT_OUTPUT_ROOT,
     NO_EVALUATOR,
@@ -134,6 +135,7 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             run_dir = folder
             _write_status(run_dir, plan, "running")
             listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
+        listeners.append(interrupts.Checkpoint())
         if progress:
             from noisesearch.progress import ProgressBar
 
@@ -175,8 +177,14 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
         _close(listeners)
         if run_dir is not None:
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            _write_status(run_dir, plan, status, engine.usage if engine else None, error)
+            # A Ctrl-C that a library swallowed (a half-done lazy import) may surface as
+            # another error: it is still an interruption (noisesearch.interrupts).
+            stopped = isinstance(error, KeyboardInterrupt) or interrupts.requested()
+            status = "interrupted" if stopped else "failed"
+            _write_status(run_dir, plan, status, engine.usage if engine else None,
+                          None if stopped else error)
+            if stopped and not isinstance(error, RunInterrupted):
+                raise RunInterrupted(run_dir) from None
         raise
     finally:
         held.close()
@@ -251,6 +259,7 @@ def _write_status(
 def resume_run(run_dir: Path, progress: bool = False, registries: Registries | None = None) -> SearchResult:
     """Continue an interrupted run in its own folder (``noisesearch run --resume RUN``)."""
     run_dir = Path(run_dir)
+    _check_run_json(run_dir)
     checked, run = plan_saved_run(run_dir, registries)
     if run.get("complete"):
         raise ConfigError("resume", f"the run in {run_dir} is complete; nothing to resume")
@@ -416,6 +425,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     from noisesearch import recipes, results
 
     run_dir = Path(run_dir)
+    _check_run_json(run_dir)
     checked, run = plan_saved_run(run_dir, registries)
     if not run.get("complete"):
         raise ConfigError("replay", f"the run in {run_dir} is not complete; finish it first with "
@@ -423,9 +433,18 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     saved_path = run_dir / "best_noise.safetensors"
     if not saved_path.is_file():
         raise ConfigError("replay", f"{saved_path} is missing; the run folder is damaged")
-    saved = results.load_best(saved_path)
+    best = run.get("best")
+    recipe = best.get("recipe") if isinstance(best, dict) else None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("start"), dict):
+        raise ConfigError("replay", f"{run_dir / 'run.json'} records no recipe of its best "
+                          f"candidate (\"best\": {{\"recipe\": ...}}); the file is damaged")
+    try:
+        saved = results.load_best(saved_path)
+        saved["image"], saved["noise"]  # noqa: B018 - both must be there
+    except Exception as exc:  # truncated, a pickle, or any other non-safetensors file
+        raise ConfigError("replay", f"{saved_path} is not a readable safetensors file of this "
+                          f"run ({type(exc).__name__}: {exc}); the run folder is damaged") from None
     model = checked.build_model()
-    recipe = run["best"]["recipe"]
     noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
     prepared = model.prepare(checked.condition)
     with torch.inference_mode():
@@ -451,6 +470,15 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
         score=score,
         recorded_score=recorded_score,
     )
+
+
+def _check_run_json(run_dir: Path) -> None:
+    """Refuse a run.json this version cannot read (a newer schema, not UTF-8, a damaged
+    table) with the same message as ``noisesearch show``."""
+    from noisesearch.runs import RUN_JSON, read_run_json
+
+    if (run_dir / RUN_JSON).is_file():
+        read_run_json(run_dir / RUN_JSON)
 
 
 def _replayed_score(checked: Plan, image: Any, run: dict[str, Any]) -> tuple[float | None, float | None]:

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from noisesearch import __version__
+from noisesearch import __version__, interrupts
 from noisesearch.errors import ConfigError, NoiseSearchError
 from noisesearch.plugins import build_registries, get_plugin_manager, plugin_infos
 
 if TYPE_CHECKING:
     from noisesearch.api import SearchResult
     from noisesearch.config import RunConfig
+    from noisesearch.planning import Plan
 
 KIND_COMMANDS = {"models": "model", "verifiers": "verifier", "strategies": "strategy"}
 
@@ -30,7 +31,12 @@ def user_errors() -> Iterator[None]:
     into a hint to resume and exit code 130."""
     try:
         yield
-    except NoiseSearchError as exc:
+    except Exception as exc:
+        if interrupts.requested():  # Ctrl-C that a library turned into another error
+            _interrupted(exc)
+            raise typer.Exit(130) from None
+        if not isinstance(exc, NoiseSearchError):
+            raise
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(getattr(exc, "exit_code", 2)) from None  # 1: a run that failed
     except KeyboardInterrupt as exc:
@@ -40,6 +46,7 @@ def user_errors() -> Iterator[None]:
 
 def _interrupted(exc: BaseException) -> None:
     """What Ctrl-C leaves: the run folder to resume, when one was created."""
+    _state["told"] = True
     run_dir = getattr(exc, "run_dir", None)
     if run_dir is None:
         typer.echo("Interrupted before a run folder was created; nothing to resume.", err=True)
@@ -143,8 +150,8 @@ def _cli_layer(**given: Any) -> dict[str, Any]:
     must not override a configuration file."""
     layer = {key: value for key, value in given.items() if value is not None}
     label = layer.get("label")
-    if isinstance(label, str) and label.strip().isdigit():
-        layer["label"] = int(label)
+    if isinstance(label, str) and label.strip().isascii() and label.strip().isdigit():
+        layer["label"] = int(label)  # "3" is an index; "³" or "٣" is not (str.isdigit says yes)
     return layer
 
 
@@ -177,6 +184,7 @@ def _run_command(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --output (its files are removed first); without it, such a folder is refused."),  # noqa: E501
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
         as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Check everything (names, options, devices, budget, output folder), print the plan as JSON, and stop: nothing is loaded or written."),  # noqa: E501
     ) -> None:
         """Search for better samples: generate candidates, score them, keep the best."""
         from noisesearch.config import config_from_mapping, load_config_file, merge_config, parse_set
@@ -200,7 +208,12 @@ def _run_command(app: typer.Typer) -> None:
                 ),
             ))
             config = config_from_mapping(merge_config(*layers))
-            outcomes = _run_searches(config, prompts_file, progress=not quiet and not as_json)
+            plans = _plan_searches(config, prompts_file)
+            if dry_run:
+                described = [_describe_plan(checked) for checked in plans]
+                _print_json(described if prompts_file else described[0])
+                return
+            outcomes = [run_plan(checked, progress=not quiet and not as_json) for checked in plans]
         if as_json:
             summaries = [result.summary() for result in outcomes]
             _print_json(summaries if prompts_file else summaries[0])
@@ -227,16 +240,37 @@ def _resume(run_dir: str, quiet: bool, as_json: bool) -> None:
         print_summary(result)
 
 
-def _run_searches(config: RunConfig, prompts_file: str | None, progress: bool) -> list[SearchResult]:
+def run_plan(checked: Plan, progress: bool) -> SearchResult:
+    from noisesearch.api import run_plan as run
+
+    return run(checked, progress=progress)
+
+
+def _describe_plan(checked: Plan) -> dict[str, Any]:
+    """What ``run --dry-run`` prints: the effective configuration and what it resolved to."""
+    return {
+        "config": checked.config.to_json(),
+        "condition": checked.condition.to_json(),
+        "model": checked.model.name,
+        "verifiers": [entry.name for entry in checked.verifiers],
+        "evaluator": checked.evaluator.name if checked.evaluator else None,
+        "strategy": checked.strategy.name,
+        "steps": checked.steps,
+        "budget": {"candidates": checked.budget.candidates, "nfe": checked.budget.nfe},
+        "output": str(checked.output) if checked.output else None,
+    }
+
+
+def _plan_searches(config: RunConfig, prompts_file: str | None) -> list[Plan]:
     """One search, or one per prompt of a prompts file, each in a sub-folder of the output
     folder; every prompt is planned (checked) before the first one runs."""
     import copy
     from pathlib import Path
 
-    from noisesearch.api import DEFAULT_OUTPUT_ROOT, plan, run_plan
+    from noisesearch.api import DEFAULT_OUTPUT_ROOT, plan
 
     if prompts_file is None:
-        return [run_plan(plan(config, build_registries(_plugin_manager())), progress=progress)]
+        return [plan(config, build_registries(_plugin_manager()))]
     from noisesearch.config import read_prompts
     from noisesearch.names import safe_name
     from noisesearch.results import default_run_dir
@@ -253,7 +287,7 @@ def _run_searches(config: RunConfig, prompts_file: str | None, progress: bool) -
         one.prompt = prompt
         one.output = str(root / f"{number:03d}-{safe_name(prompt)}")
         plans.append(plan(one, build_registries(_plugin_manager())))
-    return [run_plan(checked, progress=progress) for checked in plans]
+    return plans
 
 
 def _show_command(app: typer.Typer) -> None:
@@ -486,15 +520,78 @@ def build_app() -> typer.Typer:
     _show_command(app)
     _report_command(app)
     _runs_command(app)
+    from noisesearch.bench.cli import register as register_bench
+
+    register_bench(app)
     try:
         _state["manager"] = get_plugin_manager()
-        _plugin_manager().hook.register_commands(app=app)
+        _add_plugin_commands(app)
     except NoiseSearchError as exc:
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     return app
 
 
+def _command_name(info: Any) -> str:
+    """The name typer gives a registered command (``CommandInfo``) or group (``TyperInfo``)."""
+    from typer.main import get_command_name
+
+    if getattr(info, "name", None):
+        return str(info.name)
+    callback = getattr(info, "callback", None)
+    if callback is not None:
+        return get_command_name(callback.__name__)
+    instance = getattr(info, "typer_instance", None)
+    return str(getattr(getattr(instance, "info", None), "name", None) or "")
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    """Each plugin's ``register_commands``, one at a time: a hook that raises skips that
+    plugin with a warning (every command would fail otherwise), and a command named like a
+    built-in one is dropped with a warning instead of silently replacing ours."""
+    import warnings
+
+    from noisesearch.plugins import DEFAULT_PLUGINS, PluginLoadWarning, distribution_of, skip_plugin
+
+    manager = _plugin_manager()
+    listed = (app.registered_commands, app.registered_groups)
+    builtin = {_command_name(info) for infos in listed for info in infos}
+    for impl in manager.hook.register_commands.get_hookimpls():
+        before = [len(infos) for infos in listed]
+        try:
+            impl.function(app=app)
+        except Exception as exc:
+            for infos, count in zip(listed, before):
+                del infos[count:]
+            if impl.plugin_name in DEFAULT_PLUGINS:
+                raise
+            skip_plugin(manager, impl.plugin_name,
+                        f"its register_commands hook raised {type(exc).__name__}: {exc}.")
+            continue
+        for infos, count in zip(listed, before):
+            for info in [info for info in infos[count:] if _command_name(info) in builtin]:
+                infos.remove(info)
+                warnings.warn(
+                    f"plugin {impl.plugin_name!r} (distribution "
+                    f"{distribution_of(impl.plugin_name)!r}) adds a command "
+                    f"{_command_name(info)!r}, which is a built-in command; the plugin's "
+                    f"command was left out",
+                    PluginLoadWarning, stacklevel=2,
+                )
+
+
 def main() -> None:
-    _show_plugin_warnings_briefly()
-    build_app()()
+    """The console script's body (see :mod:`noisesearch.console`, which guards the imports)."""
+    try:
+        interrupts.install()
+        _show_plugin_warnings_briefly()
+        app = build_app()
+    except KeyboardInterrupt as exc:  # while the plugins load
+        _interrupted(exc)
+        sys.exit(130)
+    try:
+        app()
+    except SystemExit as exc:  # typer turns a Ctrl-C outside a command's own handling into 130
+        if exc.code == 130 and interrupts.requested() and not _state.get("told"):
+            typer.echo("Interrupted.", err=True)
+        raise

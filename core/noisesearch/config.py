@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,19 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|meta|(cuda|xpu|hpu|npu)(:\d+)?")
 
 #: Candidates searched when neither budget is given.
 DEFAULT_CANDIDATES = 16
+
+#: Upper bounds that catch a typo (an extra zero, a pasted number) before it becomes a run
+#: that never ends or an overflow deep in torch. Papers search up to ~10^4 candidates and use
+#: up to ~10^3 steps; these leave two orders of magnitude above that.
+LIMITS: dict[str, int] = {
+    "candidates": 1_000_000,
+    "budget_nfe": 1_000_000_000,
+    "steps": 10_000,
+    "batch_size": 65_536,
+    "top_k": 10_000,
+}
+#: Seeds are hashed into 63-bit torch seeds; larger ones are almost surely a mistake.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -51,12 +65,18 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every value that can be checked without plugins; errors name the field."""
-        for name in ("candidates", "budget_nfe", "steps", "batch_size", "top_k"):
+        for name, limit in LIMITS.items():
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+            if value is not None and value > limit:
+                raise ConfigError(name, f"{value} is more than this tool allows ({limit:,})")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
+        if self.seed > MAX_SEED:
+            raise ConfigError("seed", f"must be at most 2**63 - 1, got {self.seed}")
         if self.solver not in SOLVERS:
             raise ConfigError("solver", f"must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.prompt is not None and self.label is not None:
@@ -71,6 +91,9 @@ class RunConfig:
             )
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier")
+        if self.output is not None and not str(self.output).strip():
+            raise ConfigError("output", "is empty; give a folder, or leave it out for the default")
+        check_finite([self.model_options, self.verifier_options, self.strategy_options])
 
     def effective_candidates(self) -> int | None:
         if self.candidates is None and self.budget_nfe is None:
@@ -79,6 +102,19 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_finite(value: Any, where: str = "") -> None:
+    """Refuse NaN and infinities anywhere in a configuration (JSON and TOML both spell them):
+    a NaN guidance scale or step size would run and silently produce noise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(where or "configuration", f"must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite(item, where)
 
 
 def check_output_writable(path: Path) -> None:
@@ -121,12 +157,18 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError("--config", f"{path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict) and "schema_version" in data and isinstance(data.get("config"), dict):
+        if isinstance(data, dict) and "schema_version" in data:  # a run.json
+            if not isinstance(data.get("config"), dict):
+                raise ConfigError("--config", f"{path}: its \"config\" is not a table of RunConfig "
+                                  f"fields; is it a run.json written by noisesearch?")
             data = {k: v for k, v in data["config"].items() if k != "output"}
     else:
         data = _parse_toml(text, path)
@@ -179,6 +221,7 @@ def check_config_mapping(data: dict[str, Any], where: str = "configuration") -> 
                 "bool": "true or false",
             }[kind]
             raise ConfigError(key, f"expected {expected} in {where}, got {value!r}")
+        check_finite(value, key)
 
 
 def parse_set(pairs: list[str]) -> dict[str, Any]:

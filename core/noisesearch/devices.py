@@ -31,6 +31,35 @@ def resolve_device(device: str | None) -> torch.device:
         raise ConfigError("device", f"not a torch device: {device!r} ({exc})") from None
 
 
+def check_device(device: str | None, field: str = "device") -> None:
+    """Refuse a device this machine does not have, before anything loads or is written:
+    ``cuda`` without a GPU, ``cuda:99`` beyond the GPUs there are, ``meta`` (no data)."""
+    if device in (None, "auto"):
+        return
+    resolved = resolve_device(str(device))
+    import torch
+
+    kind = resolved.type
+    if kind == "meta":
+        raise ConfigError(field, "'meta' tensors hold no data: a search cannot run there; "
+                          "use cpu, cuda[:N] or auto")
+    if kind == "cpu":
+        return
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(field, "this machine has no MPS (Apple GPU) device; use cpu or auto")
+        return
+    backend = getattr(torch, kind, None)
+    available = backend is not None and getattr(backend, "is_available", lambda: False)()
+    count = backend.device_count() if available else 0
+    if count == 0:
+        raise ConfigError(field, f"this machine has no {kind} device (torch sees none); "
+                          f"use cpu or auto")
+    if resolved.index is not None and resolved.index >= count:
+        raise ConfigError(field, f"{device!r}: this machine has {count} {kind} device(s), "
+                          f"numbered 0..{count - 1}")
+
+
 def resolve_dtype(
     dtype: str | None, device: torch.device | str, accelerator_dtype: str = "float16"
 ) -> torch.dtype:

@@ -64,3 +64,12 @@ class BudgetExhausted(NoiseSearchError):
     Strategies normally check `SearchContext.remaining_nfe` first; the engine raises this
     instead of ever exceeding the budget.
     """
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run whose folder exists: ``run_dir`` is where to resume it. A
+    ``KeyboardInterrupt``, so that code catching Ctrl-C keeps working."""
+
+    def __init__(self, run_dir: object) -> None:
+        self.run_dir = run_dir
+        super().__init__(f"interrupted; resume with `noisesearch run --resume {run_dir}`")

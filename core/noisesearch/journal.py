@@ -31,6 +31,28 @@ class JournalMismatch(NoiseSearchError):
     the code or the plugins changed since the run was interrupted."""
 
 
+class JournalDamaged(NoiseSearchError):
+    """A journal entry that cannot be read (truncated, overwritten, not safetensors). Entries
+    are written atomically, so this is damage from outside; nothing is resumed from it."""
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """An entry's metadata, read from its header only; checks the file is whole."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["meta"])
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not a JSON object")
+        return meta
+    except Exception as exc:  # safetensors, JSON or key errors: the file is not ours
+        raise JournalDamaged(
+            f"resuming: journal entry {path} is damaged ({type(exc).__name__}: {exc}). Delete "
+            f"it and the entries numbered after it to recompute those calls, or start a new run."
+        ) from None
+
+
 class Journal:
     """Reads back the calls of an interrupted run, then records the new ones."""
 
@@ -51,6 +73,7 @@ class Journal:
         entries = []
         while len(entries) in found:
             entries.append(found[len(entries)])
+            _read_meta(entries[-1][1])  # refuse a damaged journal before any work
         return entries
 
     @property
@@ -59,18 +82,13 @@ class Journal:
 
     def next_batch_size(self) -> int | None:
         """The engine's batch size when the next recorded call was made."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._entries[self.index][1]), framework="pt") as handle:
-            return json.loads((handle.metadata() or {})["meta"]).get("batch_size")
+        return _read_meta(self._entries[self.index][1]).get("batch_size")
 
     def read(self, kind: str, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
         recorded_kind, path = self._entries[self.index]
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["meta"])
+        meta = _read_meta(path)
         if recorded_kind != kind or meta.get("rows") != rows:
             raise JournalMismatch(
                 f"resuming: call {self.index} is a {kind} of {rows} rows, but the run recorded a "

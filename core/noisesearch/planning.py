@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from noisesearch.accounting import Budget
-from noisesearch.config import RunConfig, check_output_writable
+from noisesearch.config import RunConfig, check_output_writable, config_from_mapping
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.plugins import Registries, build_registries
 from noisesearch.registry import Entry, verifier_requirements
@@ -75,6 +75,7 @@ def plan(
     model = registries.models.get(config.model)
     if built_model is None:
         model.check_options(with_device(model, config.model_options, config.device))
+        _check_devices(config)
     traits = model_traits(model, config.model_options, built_model)
     condition = _checked_condition(model, _condition(config, model, traits), built_model)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
@@ -97,6 +98,7 @@ def plan(
         raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
     steps = config.steps or traits["default_steps"]
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
+    _check_budget(budget, steps, config.solver)
     output = Path(config.output) if config.output else None
     check_output_writable(output or DEFAULT_OUTPUT_ROOT)
     config.verifiers = verifier_names
@@ -251,6 +253,41 @@ def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunCon
             )
 
 
+def _check_budget(budget: Budget, steps: int, solver: str) -> None:
+    """A budget that cannot pay for one candidate, or a search that would never end, is
+    refused here, before any folder exists. One candidate costs at least ``steps`` NFEs
+    (DDIM), ``2 * steps - 1`` with Heun (its last step may be an Euler step)."""
+    from noisesearch.config import LIMITS
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 < steps <= LIMITS["steps"]:
+        raise ConfigError("steps", f"must be a positive integer up to {LIMITS['steps']:,}, got {steps!r}")
+    least = steps if solver == "ddim" else 2 * steps - 1
+    if budget.nfe is not None and budget.nfe < least:
+        raise ConfigError("budget_nfe", f"{budget.nfe} NFEs cannot pay for one candidate: each "
+                          f"costs at least {least} ({steps} steps of {solver}); give at least "
+                          f"{least}, or fewer --steps")
+    if budget.candidates is not None and budget.nfe is None:
+        cost = budget.candidates * least
+        if cost > LIMITS["budget_nfe"]:
+            raise ConfigError("candidates", f"{budget.candidates:,} candidates x {least} NFEs is "
+                              f"{cost:,} denoiser evaluations, more than this tool runs in one "
+                              f"search ({LIMITS['budget_nfe']:,}); lower --candidates or --steps")
+
+
+def _check_devices(config: RunConfig) -> None:
+    """Every device named (``--device`` and ``device`` options) exists on this machine."""
+    from noisesearch.devices import check_device
+
+    named = [("device", config.device), ("model_options.device", config.model_options.get("device"))]
+    named += [(f"verifier_options.{name}.device", options.get("device"))
+              for name, options in config.verifier_options.items() if isinstance(options, dict)]
+    for field_name, device in named:
+        if device is not None:
+            if not isinstance(device, str):
+                raise ConfigError(field_name, f"expected a device such as cpu or cuda, got {device!r}")
+            check_device(device, field_name)
+
+
 def with_device(entry: Entry, options: dict[str, Any], device: str | None) -> dict[str, Any]:
     if device is not None and entry.accepts("device") and "device" not in options:
         return {**options, "device": device}
@@ -266,11 +303,13 @@ def plan_saved_run(run_dir: Path, registries: Registries | None = None) -> tuple
     if not path.is_file():
         raise ConfigError("run", f"{run_dir} holds no run.json; is it a run folder?")
     try:
-        run = json.loads(path.read_text())
+        run = json.loads(path.read_text(encoding="utf-8"))
         saved = run["config"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ConfigError("run", f"{path} is not a run.json written by noisesearch") from None
+    if not isinstance(saved, dict):
+        raise ConfigError("run", f"{path}: its \"config\" is not a table; the file is damaged")
     fields = set(RunConfig.__dataclass_fields__)
-    config = RunConfig(**{k: v for k, v in saved.items() if k in fields})
+    config = config_from_mapping({k: v for k, v in saved.items() if k in fields})
     config.output = str(run_dir)
     return plan(config, registries), run

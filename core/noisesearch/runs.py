@@ -116,6 +116,8 @@ def read_run_json(path: Path) -> dict[str, Any]:
         raise RunFolderError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise RunFolderError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
@@ -126,6 +128,12 @@ def read_run_json(path: Path) -> dict[str, Any]:
             f"{path}: schema version {version} is newer than this noisesearch reads "
             f"({SCHEMA_VERSION}); upgrade noisesearch"
         )
+    for key in ("config", "condition", "usage", "budget", "best", "baseline", "environment"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise RunFolderError(
+                f"{path}: its {key!r} is a {type(data[key]).__name__}, not a table; the file was "
+                f"damaged or not written by noisesearch"
+            )
     return data
 
 
@@ -134,7 +142,10 @@ def read_candidates(path: Path) -> list[dict[str, Any]]:
     was killed while writing) is dropped, a broken line elsewhere is an error."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

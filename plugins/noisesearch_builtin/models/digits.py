@@ -18,15 +18,45 @@ if TYPE_CHECKING:
     from noisesearch.registry import Register
 
 
-def load_network(path: Any, network_class: type, device: str) -> Any:
-    """Build ``network_class`` from the config stored in a safetensors file and load it."""
+def weights_config(path: Any, field: str = "weights") -> dict[str, Any]:
+    """The network config stored in a safetensors file's header; a clear error for a missing
+    file, a folder, or anything that is not safetensors (a pickle is refused, never loaded)."""
+    from pathlib import Path
+
     from safetensors import safe_open
+
+    from noisesearch import ConfigError
+
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ConfigError(field, f"expected the path of a .safetensors file, got {path!r}")
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(field, f"{str(path)!r} {what}; give a .safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            config = json.loads((handle.metadata() or {}).get("config", "{}"))
+    except Exception as exc:  # truncated, text, a pickle: safetensors reads the header only
+        raise ConfigError(field, f"{str(path)!r} is not a safetensors file ({type(exc).__name__}: "
+                          f"{exc}); pickled weights are not loaded") from None
+    if not isinstance(config, dict):
+        raise ConfigError(field, f"{str(path)!r} has no network config in its header")
+    return config
+
+
+def load_network(path: Any, network_class: type, device: str, field: str = "weights") -> Any:
+    """Build ``network_class`` from the config stored in a safetensors file and load it."""
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as handle:
-        config = json.loads((handle.metadata() or {}).get("config", "{}"))
-    network = network_class(**config)
-    network.load_state_dict(load_file(str(path)))
+    from noisesearch import ConfigError
+
+    config = weights_config(path, field)
+    try:
+        network = network_class(**config)
+        network.load_state_dict(load_file(str(path)))
+    except (TypeError, RuntimeError, ValueError) as exc:  # another network's weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(field, f"{str(path)!r} does not hold {network_class.__name__} weights "
+                          f"({type(exc).__name__}: {first})") from None
     return network.to(device).eval()
 
 
@@ -61,6 +91,13 @@ class DigitsModel:
         self.null_label = NUM_CLASSES
         self.schedule = RectifiedFlow()
         self.latent_shape = (64,)  # a flattened 8x8 image in [-1, 1], ink = +1
+
+    @classmethod
+    def describe(cls, weights: str | None = None, **options: Any) -> dict[str, Any]:
+        """Planning: a ``weights`` file is checked (header only) before anything loads."""
+        if weights is not None:
+            weights_config(weights)
+        return {}
 
     def prepare(self, condition: Condition) -> int:
         return int(condition.label)
