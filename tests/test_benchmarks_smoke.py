@@ -37,7 +37,8 @@ def test_budget_exhausted_skips_every_section(tmp_path: Path) -> None:
 def test_tiny_runs_every_arm(tmp_path: Path, model: str) -> None:
     out = tmp_path / "t.json"
     argv = ["--tiny", "--models", model, "--reps", "2", "--compile-reps", "2", "--candidates", "4",
-            "--loop-candidates", "1", "--steps", "2", "--out", str(out), "--work", str(tmp_path)]
+            "--loop-candidates", "1", "--steps", "2", "--budget", "3600", "--out", str(out),
+            "--work", str(tmp_path)]
     assert _script().main(argv) == 0
     data = json.loads(out.read_text())
     main, compiled = data["models"][model]["main"], data["models"][model]["compile"]
