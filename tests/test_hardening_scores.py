@@ -167,3 +167,22 @@ def test_every_candidate_non_finite_fails_with_exit_1_and_keeps_the_folder(
     run = strict_load((out / "run.json").read_text())
     assert run["status"] == "failed" and "non-finite" in run["error"]
     assert len((out / "candidates.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("strategy", ["zero-order", "paths", "smc", "pruning"])
+def test_every_strategy_steers_away_from_non_finite_scores(
+    flaky: str, strategy: str, tmp_path: Path
+) -> None:
+    """Strategies rank their own proposals too (pivots, paths, particles, survivors): NaN and
+    infinities must neither win there nor turn weights into NaN."""
+    out = tmp_path / strategy
+    result = noisesearch.search(
+        model="digits", label=6, strategy=strategy, budget_nfe=240, batch_size=4, verifiers=["flaky"],
+        evaluator="none", output=str(out), registries=build_registries(get_plugin_manager()),
+    )
+    assert result.top and all(math.isfinite(c.objective) for c in result.top)
+    if strategy == "zero-order":  # its first pivot (index 0) scored NaN: a finite one replaced it
+        rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+        assert max(len(row["recipe"]["start"].get("moves", [])) for row in rows) >= 2
+    if strategy == "smc":
+        assert all(math.isfinite(step["ess"]) for step in result.strategy_report["ess"])

@@ -100,9 +100,15 @@ class EarlyPruning:
         for j, grid in enumerate(stages[:-1]):
             states = context.solve(states, grid)
             scores = context.score(context.predict(states))
-            ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+            ranked = sorted(range(len(scores)), key=lambda i: _rank_key(scores[i], i))
             states = states.select(ranked[: sizes[j + 1]])
         context.finish(context.solve(states, stages[-1]))
+
+
+def _rank_key(score: float, i: int) -> tuple[bool, float, int]:
+    """Best first; NaN and infinite scores rank below every finite one (never kept over one)."""
+    finite = math.isfinite(score)
+    return (not finite, -score if finite else 0.0, i)
 
 
 @hookimpl

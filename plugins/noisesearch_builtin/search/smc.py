@@ -122,7 +122,7 @@ class SequentialMonteCarlo:
             states = context.solve(states, [start, levels[i + 1]])
             if i not in scoring:
                 continue
-            rewards = context.score(context.predict(states))
+            rewards = finite_rewards(context.score(context.predict(states)))
             log_w, previous = self._reweight(log_w, previous, rewards)
             ess = effective_sample_size(log_w)
             resampled = ess < self.ess_threshold * k
@@ -151,6 +151,14 @@ class SequentialMonteCarlo:
         return [
             w + lam * (c - (0.0 if p is None else p)) for w, c, p in zip(log_w, current, previous)
         ], current
+
+
+def finite_rewards(rewards: list[float]) -> list[float]:
+    """NaN and infinite rewards (a failing verifier) become the worst finite one: such a
+    particle is never favoured, and the weights stay numbers."""
+    finite = [r for r in rewards if math.isfinite(r)]
+    floor = min(finite) if finite else 0.0
+    return [r if math.isfinite(r) else floor for r in rewards]
 
 
 def effective_sample_size(log_weights: list[float]) -> float:

@@ -15,6 +15,7 @@ draws fewer neighbours, so that every affordable sample is spent: ``floor(budget
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from noisesearch import ConfigError, hookimpl
@@ -83,10 +84,10 @@ class ZeroOrderSearch:
             noises = [neighbour_noise(pivot_noise, seed, self.cosine) for seed in seeds]
             challengers = context.evaluate(recipes, torch.stack(noises))
             done += 1
-            leader = max(range(count), key=lambda i: challengers[i].objective)
-            if not self.pivot_competes or challengers[leader].objective > pivot.objective:
+            leader = max(range(count), key=lambda i: _rank(challengers[i].objective))
+            if not self.pivot_competes or _rank(challengers[leader].objective) > _rank(pivot.objective):
                 pivot, pivot_noise = challengers[leader], noises[leader]
-            if challengers[leader].objective > best_score:
+            if _rank(challengers[leader].objective) > _rank(best_score):
                 best_score, stale = challengers[leader].objective, 0
             else:
                 stale += 1
@@ -95,7 +96,7 @@ class ZeroOrderSearch:
                 if fresh is None:
                     return
                 pivot, pivot_noise, stale = fresh, fresh_noise, 0
-                best_score = max(best_score, fresh.objective)
+                best_score = max(best_score, fresh.objective, key=_rank)
 
     @staticmethod
     def _new_pivot(context: SearchContext) -> tuple[Candidate | None, torch.Tensor | None]:
@@ -106,6 +107,11 @@ class ZeroOrderSearch:
         recipe = seed_recipe(context.seeds(1)[0])
         noise = initial_noise(recipe, context.latent_shape)
         return context.evaluate([recipe], noise[None])[0], noise
+
+
+def _rank(objective: float) -> tuple[bool, float]:
+    """Larger is better; a NaN or infinite objective ranks below every finite one."""
+    return (True, objective) if math.isfinite(objective) else (False, 0.0)
 
 
 @hookimpl
