@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "search",
+    "bench",
     "Budget",
     "SearchContext",
     "Trajectories",
@@ -45,12 +46,14 @@ __all__ = [
 if TYPE_CHECKING:
     from noisesearch.accounting import Budget
     from noisesearch.api import search
+    from noisesearch.bench import bench
     from noisesearch.config import RunConfig
     from noisesearch.context import SearchContext, Trajectories
 
 #: Public names loaded on first use, so that ``import noisesearch`` stays cheap.
 _LAZY = {
     "search": "noisesearch.api",
+    "bench": "noisesearch.bench",
     "Budget": "noisesearch.accounting",
     "SearchContext": "noisesearch.context",
     "Trajectories": "noisesearch.context",

@@ -73,3 +73,18 @@ def register_commands(app: typer.Typer) -> None:
     :param app: the root :class:`typer.Typer` application; add commands with
         ``@app.command()`` or sub-applications with ``app.add_typer(...)``.
     """
+
+
+@hookspec
+def register_executors(register: Register) -> None:
+    """Register bench executors (``noisesearch bench --executor NAME``).
+
+    Called when a bench picks its executor. The local in-process executor is the core's own;
+    others (the Ray executor, ``noisesearch[ray]``) come from plugins.
+
+    :param register: call ``register(name, factory)`` once per executor. ``factory(**options)``
+        returns an object with ``run(cells, on_row)`` and ``close()``
+        (:class:`noisesearch.bench.executors.Executor`). Import heavy or optional packages
+        inside the factory, and raise :class:`noisesearch.errors.ConfigError` naming the
+        extra to install when one is missing.
+    """

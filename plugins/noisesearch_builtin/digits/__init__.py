@@ -12,6 +12,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 FLOW_WEIGHTS = WEIGHTS_DIR / "digits_flow.safetensors"
 CLASSIFIER_WEIGHTS = WEIGHTS_DIR / "digits_classifier.safetensors"
 EVALUATOR_WEIGHTS = WEIGHTS_DIR / "digits_evaluator.safetensors"
+#: The bench's prompt suite for the digits model: every label (``noisesearch bench``).
+SUITE_FILE = Path(__file__).parent / "suite.txt"
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8

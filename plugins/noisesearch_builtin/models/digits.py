@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import Condition, hookimpl
 from noisesearch.sampling import RectifiedFlow
+from noisesearch_builtin.digits import SUITE_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,8 @@ class DigitsModel:
     default_verifiers: ClassVar[tuple[str, ...]] = ("digits-classifier",)
     default_evaluator: ClassVar[str | None] = "digits-evaluator"
     preferred_batch_size: ClassVar[int] = 256
+    #: The bench's suite for this model (``noisesearch bench --prompts model``): every label.
+    prompt_suite: ClassVar[str] = str(SUITE_FILE)
 
     def __init__(
         self, guidance_scale: float = 1.0, device: str = "cpu", weights: str | None = None

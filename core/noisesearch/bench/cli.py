@@ -1,0 +1,67 @@
+"""The ``noisesearch bench`` command: a grid from a TOML file and/or options, then
+:func:`noisesearch.bench.runner.run_bench`. Argument parsing and printing only."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` to the application (called by ``noisesearch.cli.build_app``)."""
+
+    @app.command()
+    def bench(
+        grid_file: Optional[str] = typer.Argument(None, metavar="[GRID.toml]", help="A bench grid file; options below override its keys."),  # noqa: E501, UP045
+        model: Optional[list[str]] = typer.Option(None, help="Model (repeat for several). Default: digits."),  # noqa: UP045
+        strategy: Optional[list[str]] = typer.Option(None, help="Strategy NAME or NAME:KEY=VALUE,KEY=VALUE (repeat). Default: random."),  # noqa: E501, UP045
+        budget: Optional[list[int]] = typer.Option(None, help="NFE budget (repeat). Default: 40, 80, 160."),  # noqa: E501, UP045
+        verifier: Optional[list[str]] = typer.Option(None, help="Searched-on verifier (repeat; an ensemble counts as one). Default: the model's."),  # noqa: E501, UP045
+        evaluator: Optional[list[str]] = typer.Option(None, help="Held-out evaluator (repeat); never searched on. Default: the model's."),  # noqa: E501, UP045
+        prompts: Optional[str] = typer.Option(None, help="Suite: 'model' (the model's own), 'geneval-style', 'drawbench:FILE', or a suite FILE."),  # noqa: E501, UP045
+        per_category: Optional[int] = typer.Option(None, help="At most this many conditions per suite category."),  # noqa: E501, UP045
+        limit: Optional[int] = typer.Option(None, help="At most this many conditions, spread over the categories."),  # noqa: E501, UP045
+        seed: Optional[list[int]] = typer.Option(None, help="Seed (repeat). Default: 0."),  # noqa: UP045
+        steps: Optional[int] = typer.Option(None, help="Solver steps per sample (default: the model's)."),  # noqa: UP045
+        solver: Optional[str] = typer.Option(None, help="ddim or heun."),  # noqa: UP045
+        batch_size: Optional[int] = typer.Option(None, help="Candidates per batch (default: the model's)."),  # noqa: E501, UP045
+        device: Optional[str] = typer.Option(None, help="torch device."),  # noqa: UP045
+        threads: Optional[int] = typer.Option(None, help="torch threads per worker (results are bit-exact for a given count)."),  # noqa: E501, UP045
+        baseline: Optional[list[str]] = typer.Option(None, help="Baselines to run (repeat): default, more-steps, stochastic. Default: all."),  # noqa: E501, UP045
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="Bench folder (default: noisesearch-bench/<model>-<grid hash>, so re-running continues)."),  # noqa: E501, UP045
+        executor: str = typer.Option("local", help="local (in this process) or ray (noisesearch[ray])."),
+        address: Optional[str] = typer.Option(None, help="Ray: join this cluster (default: start a local one and shut it down)."),  # noqa: E501, UP045
+        workers: Optional[int] = typer.Option(None, help="Ray: model-holding actors (default: one per GPU, else 2 CPU slots)."),  # noqa: E501, UP045
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    ) -> None:
+        """Measure inference-time scaling: strategies x NFE budgets x verifiers over a prompt
+        suite, with held-out evaluators and verifier-free baselines at the same NFEs."""
+        from noisesearch.bench.grid import grid_from_mapping, load_grid_file
+        from noisesearch.bench.runner import run_bench
+        from noisesearch.cli import user_errors
+
+        given: dict[str, Any] = {
+            "models": model, "strategies": strategy, "budgets": budget, "verifiers": verifier,
+            "evaluators": evaluator, "prompts": prompts, "per_category": per_category,
+            "limit": limit, "seeds": seed, "steps": steps, "solver": solver,
+            "batch_size": batch_size, "device": device, "threads": threads,
+            "baselines": baseline, "output": output,
+        }
+        options = {k: v for k, v in {"address": address, "workers": workers}.items() if v is not None}
+        with user_errors():
+            data = load_grid_file(grid_file) if grid_file else {}
+            data.update({k: v for k, v in given.items() if v})
+            grid = grid_from_mapping(data, where=grid_file or "the command line")
+            try:
+                result = run_bench(grid, executor, options, progress=not quiet)
+            except KeyboardInterrupt:
+                typer.echo("Interrupted. Finished cells are kept; run the same command again to "
+                           "continue the bench.", err=True)
+                raise typer.Exit(130) from None
+        if not quiet:
+            typer.echo(f"{len(result.rows)} cells ({result.ran} run now, {len(result.failed)} failed) "
+                       f"in {result.seconds:.1f} s")
+            typer.echo(f"wrote {result.folder / 'summary.md'} and {result.folder / 'report.html'}")
+        if result.failed:
+            raise typer.Exit(1)

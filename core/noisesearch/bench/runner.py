@@ -1,0 +1,229 @@
+"""``bench()``: expand a grid into cells (checking everything before any model loads), run
+the cells that are not finished yet, and write the bench folder's tables, plots and report."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noisesearch.bench import store
+from noisesearch.bench.cells import Cell, cell_key, make_cell
+from noisesearch.bench.grid import BenchGrid
+from noisesearch.bench.suites import check_items, load_suite, subset
+from noisesearch.errors import ConfigError, UnknownNameError
+
+DEFAULT_BENCH_ROOT = Path("noisesearch-bench")
+BENCH_JSON = "bench.json"
+
+
+@dataclass
+class BenchResult:
+    """A finished bench: its folder and one row per cell, in grid order."""
+
+    folder: Path
+    rows: list[dict[str, Any]]
+    ran: int  # cells run by this call (the others were finished before)
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row.get("status") != "ok"]
+
+
+def one_sample_nfe(steps: int, solver: str) -> int:
+    """NFEs of one sample at ``steps`` steps (Heun's last step to clean is an Euler step)."""
+    return steps if solver == "ddim" else 2 * steps - 1
+
+
+def more_steps_for(budget: int, solver: str) -> int:
+    """The most steps one sample can take within ``budget`` NFEs."""
+    return budget if solver == "ddim" else (budget + 1) // 2
+
+
+def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
+    """Every cell of the grid, in its canonical order (model, condition, seed, budget,
+    verifier, strategy, then the baselines), each planned: bad input fails here."""
+    from noisesearch.config import RunConfig
+    from noisesearch.planning import NO_EVALUATOR, model_traits, plan
+
+    grid.validate()
+    root = Path(grid.output) if grid.output else default_folder(grid)
+    cells: list[Cell] = []
+    for model_name in grid.models:
+        probe = RunConfig(model=model_name, model_options=dict(grid.model_options.get(model_name, {})))
+        from noisesearch.planning import _expand_model_prefix
+
+        _expand_model_prefix(probe)
+        entry = _get(registries.models, probe.model, "models")
+        traits = model_traits(entry, probe.model_options)
+        verifiers = grid.verifiers or list(traits["default_verifiers"])[:1]
+        evaluators = grid.evaluators or ([traits["default_evaluator"]] if traits["default_evaluator"] else [])
+        if not verifiers:
+            raise ConfigError("verifiers", f"model {model_name!r} has no default verifier: name one")
+        if not evaluators or NO_EVALUATOR in evaluators:
+            raise ConfigError("evaluators", f"name at least one held-out evaluator for {model_name!r}")
+        for name in verifiers:
+            _get(registries.verifiers, name, "verifiers")
+        for name in evaluators:
+            _get(registries.verifiers, name, "evaluators")
+        both = set(verifiers) & set(evaluators)
+        if both:
+            raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
+                              "evaluator must be held out, or it cannot show verifier hacking")
+        for spec in grid.strategies:  # built once here: option values are checked, no weights
+            _get(registries.strategies, spec.name, "strategies").create(**spec.options)
+        steps = grid.steps or traits["default_steps"]
+        cost = one_sample_nfe(steps, grid.solver)
+        for budget in grid.budgets:
+            if budget < cost:
+                raise ConfigError("budgets", f"{budget} NFEs is below one sample's cost for "
+                                  f"{model_name!r} ({cost} NFEs: {steps} steps, {grid.solver})")
+        source = grid.prompts
+        items = subset(load_suite(source, getattr(entry.factory, "prompt_suite", None), model_name),
+                       grid.per_category, grid.limit)
+        check_items(items, traits["conditioning"], model_name, source)
+        evaluator_options = {n: grid.verifier_options.get(n, {}) for n in evaluators}
+        base = {
+            "model": model_name, "model_options": dict(grid.model_options.get(model_name, {})),
+            "evaluator": evaluators[0], "solver": grid.solver, "batch_size": grid.batch_size,
+            "top_k": grid.top_k, "device": grid.device,
+        }
+
+        def add(config: dict[str, Any], strategy: str, kind: str, verifier: str | None,
+                budget: int | None, condition: dict[str, Any], evaluators: list[str] = evaluators,
+                evaluator_options: dict[str, Any] = evaluator_options) -> None:
+            used = [*config["verifiers"], evaluators[0]]
+            config["verifier_options"] = {n: grid.verifier_options[n] for n in used
+                                          if n in grid.verifier_options}
+            cells.append(make_cell(root, config, strategy, kind, verifier, budget, condition,
+                                   evaluators, evaluator_options, grid.threads))
+
+        for item in items:
+            condition = item.to_json()
+            given = {"prompt": item.prompt} if item.prompt is not None else {"label": item.label}
+            for seed in grid.seeds:
+                common = {**base, **given, "seed": seed}
+                if "default" in grid.baselines:
+                    add({**common, "strategy": "random", "candidates": 1, "steps": steps,
+                         "verifiers": list(verifiers)}, "baseline:default", "baseline", None, None, condition)
+                for budget in grid.budgets:
+                    for verifier in verifiers:
+                        for spec in grid.strategies:
+                            add({**common, "strategy": spec.name, "strategy_options": dict(spec.options),
+                                 "budget_nfe": budget, "steps": steps, "verifiers": [verifier]},
+                                spec.label, "search", verifier, budget, condition)
+                    if "more-steps" in grid.baselines:
+                        add({**common, "strategy": "random", "candidates": 1,
+                             "steps": more_steps_for(budget, grid.solver), "verifiers": list(verifiers)},
+                            "baseline:more-steps", "baseline", None, budget, condition)
+                    if "stochastic" in grid.baselines:
+                        add({**common, "strategy": "stochastic", "budget_nfe": budget, "steps": steps,
+                             "verifiers": list(verifiers)},
+                            "baseline:stochastic", "baseline", None, budget, condition)
+    keys = [cell.key for cell in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("grid", "two cells of the grid are the same search (repeated seeds, "
+                          "budgets or prompts?)")
+    for cell in cells:  # every combination checked now, before anything loads
+        plan(RunConfig(**copy.deepcopy(cell.config)), registries)
+    return cells
+
+
+def _get(registry: Any, name: str, field: str) -> Any:
+    try:
+        return registry.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(field, str(exc)) from None
+
+
+def default_folder(grid: BenchGrid) -> Path:
+    """Same grid, same folder: re-running a command continues its bench."""
+    from noisesearch.names import safe_token
+
+    identity = {k: v for k, v in grid.to_json().items() if k != "output"}
+    return DEFAULT_BENCH_ROOT / f"{safe_token(grid.models[0])}-{cell_key(identity)[:10]}"
+
+
+def run_bench(
+    grid: BenchGrid,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
+    progress: bool = False,
+    registries: Any = None,
+) -> BenchResult:
+    """Run every unfinished cell of ``grid`` and write the bench folder (docs/bench.md)."""
+    from noisesearch.bench.executors import make_executor
+    from noisesearch.plugins import build_registries, get_plugin_manager
+
+    started = time.perf_counter()
+    pm = get_plugin_manager()
+    registries = registries or build_registries(pm)
+    cells = expand(grid, registries)
+    runner = make_executor(executor, {"threads": grid.threads, **(executor_options or {})}, pm)
+    folder = Path(grid.output) if grid.output else default_folder(grid)
+    folder.mkdir(parents=True, exist_ok=True)
+    from noisesearch.results import write_json
+
+    write_json(folder / BENCH_JSON, {"grid": grid.to_json(), "executor": executor,
+                                      "cells": [cell.key for cell in cells]})
+    done = store.read_rows(folder / store.RESULTS_JSONL)
+    todo = [cell for cell in cells if done.get(cell.key, {}).get("status") != "ok"]
+    appender = store.RowAppender(folder / store.RESULTS_JSONL)
+    count = {"n": 0}
+
+    def on_row(row: dict[str, Any]) -> None:
+        appender.append(row)
+        count["n"] += 1
+        if progress:
+            what = row.get("prompt") if row.get("prompt") is not None else f"label {row.get('label')}"
+            status = "ok" if row["status"] == "ok" else f"FAILED: {row.get('error')}"
+            print(f"[{count['n']}/{len(todo)}] {row['strategy']} nfe={row['budget']} {what} "
+                  f"seed={row['seed']}: {status} ({row.get('seconds')} s)", file=sys.stderr, flush=True)
+
+    if progress and len(todo) < len(cells):
+        print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished in {folder}",
+              file=sys.stderr)
+    try:
+        runner.run(todo, on_row)
+    finally:
+        appender.close()
+        runner.close()
+    rows = finish(folder, cells)
+    return BenchResult(folder, rows, count["n"], time.perf_counter() - started)
+
+
+def finish(folder: Path, cells: list[Cell]) -> list[dict[str, Any]]:
+    """Rewrite the tables in grid order and draw the summary, plots and report."""
+    from noisesearch.bench.outputs import write_outputs
+
+    found = store.read_rows(folder / store.RESULTS_JSONL)
+    rows = [found[cell.key] for cell in cells if cell.key in found]
+    store.write_final(folder, rows)
+    write_outputs(folder, rows)
+    return rows
+
+
+def bench(grid: BenchGrid | dict[str, Any] | None = None, *, executor: str = "local",
+          executor_options: dict[str, Any] | None = None, progress: bool = False,
+          **fields: Any) -> BenchResult:
+    """Run a bench from a :class:`BenchGrid`, or its fields as keywords, e.g.
+    ``bench(models=["digits"], strategies=["random", "paths"], budgets=[40, 80], seeds=[0, 1])``.
+    Re-running the same grid skips finished cells."""
+    from noisesearch.bench.grid import grid_from_mapping
+
+    if grid is None:
+        grid = grid_from_mapping(fields, where="bench()")
+    elif isinstance(grid, dict):
+        grid = grid_from_mapping({**grid, **fields}, where="bench()")
+    elif fields:
+        raise ConfigError("bench()", "pass either a BenchGrid or keyword fields, not both")
+    return run_bench(grid, executor, executor_options, progress)
+
+
+def load_bench_json(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / BENCH_JSON).read_text())

@@ -1,0 +1,1 @@
+"""Bench executors beyond the core's local one (``noisesearch bench --executor NAME``)."""

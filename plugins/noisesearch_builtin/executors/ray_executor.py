@@ -1,0 +1,140 @@
+"""The Ray executor of ``noisesearch bench`` (``pip install 'noisesearch[ray]'``).
+
+Placement: one model-holding actor per GPU (or per CPU slot without GPUs), each running many
+cells with a :class:`noisesearch.bench.cells.CellRunner`, so a model loads once per actor.
+``address`` joins an existing cluster; without it a local one starts on this machine
+(127.0.0.1) and is shut down at the end. Actors restart when their process dies and their
+cells are retried (at-least-once); the driver keeps one row per cell key, so a retry never
+duplicates a row, and a retried cell rewrites its run folder from scratch.
+
+Cells write their run folders where their configuration says: on a multi-node cluster the
+bench folder must be on a filesystem that every node mounts at the same path.
+Ray is imported only when this executor is built: the core never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from noisesearch import ConfigError, hookimpl
+
+INSTALL_HINT = "the Ray executor needs Ray: pip install 'noisesearch[ray]'"
+#: Cells in flight per actor: one running, one queued, to hide the driver's round trip.
+IN_FLIGHT = 2
+
+
+class _Worker:
+    """The actor: a CellRunner that keeps its models between cells."""
+
+    def __init__(self, threads: int | None) -> None:
+        from noisesearch.bench.cells import CellRunner
+
+        self.runner = CellRunner(threads)
+
+    def run(self, cell: Any) -> dict[str, Any]:
+        return self.runner.run(cell)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RayExecutor:
+    """Runs cells on Ray actors; see the module docstring.
+
+    :param address: a cluster to join (``ray://...`` or ``auto``); default: start a local one.
+    :param workers: model-holding actors (default: one per GPU, else ``num_cpus``).
+    :param threads: torch threads per actor.
+    :param num_cpus: CPUs of a local cluster started here.
+    :param gpus_per_worker: GPUs each actor takes (default: 1 where the cluster has GPUs, else
+        0); a fraction shares a GPU between small models, 1 gives a large one a whole GPU.
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None,
+                 threads: int | None = None, num_cpus: int = 2,
+                 gpus_per_worker: float | None = None) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise ConfigError("executor", INSTALL_HINT) from None
+        if workers is not None and workers < 1:
+            raise ConfigError("workers", f"must be at least 1, got {workers}")
+        self.ray = ray
+        self.address = address
+        self.workers = workers
+        self.threads = threads
+        self.num_cpus = num_cpus
+        self.gpus_per_worker = gpus_per_worker
+        self.actors: list[Any] = []
+        self._started_cluster = False
+
+    def start(self) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+                self._started_cluster = True
+        if self.actors:
+            return
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        count = self.workers or (int(gpus / per_gpu) if per_gpu else max(1, self.num_cpus))
+        actor_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Worker)
+        self.actors = [actor_class.options(num_cpus=1, num_gpus=per_gpu).remote(self.threads)
+                       for _ in range(count)]
+
+    def pids(self) -> list[int]:
+        """The actors' process ids (tests kill one to check recovery)."""
+        return [self.ray.get(actor.pid.remote()) for actor in self.actors]
+
+    def run(self, cells: Sequence[Any], on_row: Any) -> None:
+        from noisesearch.bench.cells import base_row
+
+        self.start()
+        ray = self.ray
+        queue = list(cells)
+        in_flight: dict[Any, tuple[Any, Any]] = {}
+        written: set[str] = set()
+
+        def submit(actor: Any) -> None:
+            cell = queue.pop(0)
+            in_flight[actor.run.remote(cell)] = (actor, cell)
+
+        for _ in range(IN_FLIGHT):
+            for actor in self.actors:
+                if queue:
+                    submit(actor)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                actor, cell = in_flight.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayError as error:  # retries exhausted: record it, go on
+                    row = base_row(cell)
+                    row.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+                if row["key"] not in written:
+                    written.add(row["key"])
+                    on_row(row)
+                if queue:
+                    submit(actor)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(actor)
+        self.actors = []
+        if self._started_cluster:
+            self.ray.shutdown()
+            self._started_cluster = False
+
+
+@hookimpl
+def register_executors(register: Any) -> None:
+    register("ray", RayExecutor)

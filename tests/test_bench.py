@@ -1,0 +1,205 @@
+"""`noisesearch bench` on the embedded digits model: grid checks, suites, outputs, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import noisesearch
+from noisesearch.bench import store
+from noisesearch.bench.cells import TIMING_COLUMNS
+from noisesearch.bench.grid import BenchGrid, StrategySpec, grid_from_mapping
+from noisesearch.bench.runner import expand, run_bench
+from noisesearch.bench.suites import check_items, parse_suite, subset
+from noisesearch.cli import build_app
+from noisesearch.errors import ConfigError
+from noisesearch.plugins import build_registries
+
+BENCH_FILES = {"bench.json", "results.jsonl", "results.csv", "summary.md", "report.html",
+               "scaling-digits-evaluator.png", "hacking.png", "runs"}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def small_grid(output: Path, **changes) -> BenchGrid:
+    fields = dict(models=["digits"], strategies=[StrategySpec("random"), StrategySpec("paths")],
+                  budgets=[40], seeds=[0], limit=2, output=str(output), threads=1)
+    fields.update(changes)
+    return BenchGrid(**fields)
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Rows without timing columns and the folder they were written to."""
+    return [{k: v for k, v in row.items() if k not in (*TIMING_COLUMNS, "run_dir")} for row in rows]
+
+
+# -- the grid is checked before any model loads ---------------------------------------------------
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--strategy", "randon"], "strategies"),
+    (["--verifier", "digits-evaluator"], "evaluators"),
+    (["--evaluator", "no-such-judge"], "evaluators"),
+    (["--model", "digitz"], "models"),
+    (["--budget", "10"], "budgets"),
+    (["--strategy", "paths:backward=0.1"], "paths.backward"),
+    (["--baseline", "oracle"], "baselines"),
+])
+def test_bad_grids_exit_2_naming_the_field_and_create_nothing(args: list[str], field: str,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = invoke("bench", "--model", "digits", "-o", str(out), *args)
+    assert result.exit_code == 2, result.output
+    assert f"Error: {field}" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_a_grid_file_is_read_and_unknown_keys_are_refused(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text('models = ["digits"]\nbudgets = [40, 80]\nseeds = [0, 1]\n'
+                    '[[strategies]]\nname = "paths"\noptions = {children = 1}\nlabel = "paths-c1"\n')
+    from noisesearch.bench.grid import load_grid_file
+
+    parsed = grid_from_mapping(load_grid_file(grid))
+    assert parsed.strategies[0].label == "paths-c1" and parsed.strategies[0].options == {"children": 1}
+    grid.write_text('models = ["digits"]\nbudget = [40]\n')
+    result = invoke("bench", str(grid), "-o", str(tmp_path / "b"))
+    assert result.exit_code == 2 and "budget: unknown key" in result.output
+
+
+def test_cells_cover_strategies_and_the_three_baselines_with_stable_keys(tmp_path: Path) -> None:
+    registries = build_registries()
+    grid = small_grid(tmp_path / "a", budgets=[40, 80], seeds=[0, 1])
+    cells = expand(grid, registries)
+    labels = {cell.strategy for cell in cells}
+    assert labels == {"random", "paths", "baseline:default", "baseline:more-steps", "baseline:stochastic"}
+    # 2 conditions x 2 seeds x (1 default + 2 budgets x (2 strategies + 2 budgeted baselines))
+    assert len(cells) == 2 * 2 * (1 + 2 * 4)
+    more = [cell for cell in cells if cell.strategy == "baseline:more-steps"]
+    assert {(cell.budget, cell.config["steps"]) for cell in more} == {(40, 40), (80, 80)}
+    assert len({cell.key for cell in cells}) == len(cells)
+    again = expand(small_grid(tmp_path / "b", budgets=[40, 80], seeds=[0, 1]), registries)
+    assert [cell.key for cell in again] == [cell.key for cell in cells]  # the folder is no part of it
+
+
+# -- suites -----------------------------------------------------------------------------------------
+
+def test_suite_files_skip_blanks_and_comments_and_keep_categories() -> None:
+    items = parse_suite("# made by hand\n\n# animals\na cat\n  \na dog\n# vehicles\na bus\n", "s.txt")
+    assert [(i.prompt, i.category, i.line) for i in items] == [
+        ("a cat", "animals", 4), ("a dog", "animals", 6), ("a bus", "vehicles", 8)]
+    assert [i.prompt for i in subset(items, None, 2)] == ["a cat", "a bus"]  # spread over categories
+    assert [i.prompt for i in subset(items, 1, None)] == ["a cat", "a bus"]
+
+
+def test_a_label_on_a_text_model_and_a_prompt_on_a_label_model_name_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="line 2: a label"):
+        check_items(parse_suite("a cat\nlabel:3\n", "s.txt"), "prompt", "sd", "s.txt")
+    suite = tmp_path / "mine.txt"
+    suite.write_text("# digits I care about\nlabel:3\n\na photo of a seven\n")
+    out = tmp_path / "bench"
+    result = invoke("bench", "--model", "digits", "--prompts", str(suite), "-o", str(out))
+    assert result.exit_code == 2 and "line 4: a prompt" in result.output
+    assert not out.exists()
+
+
+def test_shipped_suites_parse() -> None:
+    from noisesearch.bench.suites import NAMED_SUITES, read_suite_file
+
+    geneval = read_suite_file(NAMED_SUITES["geneval-style"])
+    assert len(geneval) >= 24 and len({i.category for i in geneval}) == 6
+    assert all(i.prompt for i in geneval)
+    from noisesearch_builtin.models.digits import DigitsModel
+
+    labels = read_suite_file(DigitsModel.prompt_suite)
+    assert sorted(i.label for i in labels) == list(range(10))
+
+
+def test_a_drawbench_csv_copy_loads_with_its_categories(tmp_path: Path) -> None:
+    from noisesearch.bench.suites import load_suite
+
+    copy = tmp_path / "drawbench.csv"
+    copy.write_text('Prompts,Category\n"A red colored car.",Colors\n"Two cats and one dog.",Counting\n')
+    items = load_suite(f"drawbench:{copy}", None, "sd")
+    assert [(i.prompt, i.category) for i in items] == [("A red colored car.", "Colors"),
+                                                       ("Two cats and one dog.", "Counting")]
+
+
+# -- running, outputs, failures and resume ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_bench_writes_its_folder_and_an_interrupted_one_ends_the_same(tmp_path: Path) -> None:
+    whole = run_bench(small_grid(tmp_path / "whole"))
+    assert not whole.failed
+    folder = whole.folder
+    assert {p.name for p in folder.iterdir()} >= BENCH_FILES
+    assert len(whole.rows) == 2 * (1 + 2 + 2)
+    row = whole.rows[1]
+    assert row["status"] == "ok" and row["nfe"] <= 40
+    assert set(row["scores"]) == {"digits-classifier", "digits-evaluator"}
+    assert (Path(row["run_dir"]) / "run.json").is_file()
+    summary = (folder / "summary.md").read_text()
+    assert "baseline:stochastic" in summary and "±" in summary
+    csv_lines = (folder / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(whole.rows) and "score:digits-evaluator" in csv_lines[0]
+
+    # The same bench interrupted after 3 cells (with a half-written 4th line), then re-run.
+    cut = tmp_path / "cut"
+    run_bench(small_grid(cut))
+    lines = (cut / "results.jsonl").read_text().splitlines()
+    (cut / "results.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
+    resumed = run_bench(small_grid(cut))
+    assert resumed.ran == len(whole.rows) - 3
+    assert comparable(resumed.rows) == comparable(whole.rows)
+    again = run_bench(small_grid(cut))
+    assert again.ran == 0 and comparable(again.rows) == comparable(whole.rows)
+    assert len((cut / "results.jsonl").read_text().splitlines()) == len(whole.rows)
+
+    # Each cell is an ordinary run folder.
+    run_dir = Path(whole.rows[1]["run_dir"])
+    assert invoke("show", str(run_dir)).exit_code == 0
+    assert invoke("replay", str(run_dir)).exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_recorded_and_the_bench_goes_on(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from noisesearch_builtin.search.paths import SearchOverPaths
+
+    def broken(self, context):  # noqa: ANN001, ANN202 - a strategy that crashes mid-search
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(SearchOverPaths, "run", broken)
+    out = tmp_path / "bench"
+    result = invoke("bench", "--model", "digits", "--strategy", "random", "--strategy", "paths",
+                    "--budget", "40", "--limit", "1", "--baseline", "default", "-o", str(out), "-q")
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["strategy"], r["status"]) for r in rows] == [
+        ("baseline:default", "ok"), ("random", "ok"), ("paths", "failed")]
+    assert "out of memory" in rows[2]["error"]
+    assert "Failed cells" in (out / "summary.md").read_text()
+    monkeypatch.undo()  # fixed: the re-run runs only the failed cell
+    rerun = run_bench(grid_from_mapping({"models": ["digits"], "strategies": ["random", "paths"],
+                                         "budgets": [40], "limit": 1, "baselines": ["default"],
+                                         "output": str(out)}))
+    assert rerun.ran == 1 and not rerun.failed and len(rerun.rows) == 3
+
+
+def test_the_public_api_names_bench() -> None:
+    assert callable(noisesearch.bench)
+    assert "bench" in noisesearch.__all__
+
+
+def test_store_ignores_a_half_written_line_and_keeps_the_last_row_per_key(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a", "status": "failed"}\n{"key": "a", "status": "ok"}\n{"key": "b", "st')
+    assert {k: r["status"] for k, r in store.read_rows(path).items()} == {"a": "ok"}
+    appender = store.RowAppender(path)
+    appender.append({"key": "b", "status": "ok"})
+    appender.close()
+    assert path.read_text().splitlines()[-1] == '{"key": "b", "status": "ok"}'
