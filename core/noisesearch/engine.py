@@ -115,9 +115,8 @@ class Engine:
         self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, solver)
         self._prepared: Any = None
         self._draws = 0
-        self.selection = Selection(
-            self.top_k, lambda c: plain.is_plain(c.recipe, derive_seed(self.seed, 0), self.levels)
-        )
+        first = derive_seed(seed, 0)  # the baseline: the plain sample of this seed (baseline.py)
+        self.selection = Selection(self.top_k, lambda c: plain.is_plain(c.recipe, first, self.levels))
         self._all = self.selection.all  # every candidate, without images (for pooled ranks)
         self._history: list[tuple[int, float, dict[str, float]]] = []
 
@@ -150,9 +149,11 @@ class Engine:
         top = self._final_top()
         if not top:
             raise self.selection.nothing_selectable(self.scorer.objective_name)
-        baseline, origin = self._baseline()
+        # The searched candidate that is exactly the plain first sample, or else one made apart.
+        found = self.selection.baseline
+        baseline = found or plain.generate(self, derive_seed(self.seed, 0))
         return EngineResult(top, baseline, self.usage, self._history, self.report,
-                            self.selection.non_finite(), origin)
+                            self.selection.non_finite(), plain.FROM_SEARCH if found else plain.EXTRA)
 
     def next_seeds(self, n: int) -> list[int]:
         seeds = [derive_seed(self.seed, self._draws + i) for i in range(n)]
@@ -439,13 +440,6 @@ class Engine:
                 shape = tuple(self.model.latent_shape)
                 candidate.noise = rec.initial_noise(candidate.recipe["start"], shape, "cpu", self.dtype)
         return ranked
-
-    def _baseline(self) -> tuple[Candidate, str]:
-        """The plain sample of the run's first seed: the searched candidate that is exactly
-        that, or else made apart (``noisesearch.baseline``)."""
-        if self.selection.baseline is not None:
-            return self.selection.baseline, plain.FROM_SEARCH
-        return plain.generate(self, derive_seed(self.seed, 0)), plain.EXTRA
 
     def regenerate(self, candidate: Candidate) -> None:
         """Recompute a candidate's image from its recipe (exact: see ``noisesearch.recipes``)."""
