@@ -84,7 +84,9 @@ def condition_slug(condition: Condition) -> str:
     return "unconditional"
 
 
-def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: bool = False) -> SearchResult:
+def run_plan(
+    plan: Plan, progress: bool = False, write: bool = True, resume: bool = False, report: bool = True
+) -> SearchResult:
     """Build the plugins of a checked plan, search, and write the run directory.
 
     While the search runs, ``run.json`` says it is incomplete and every expensive engine call
@@ -173,7 +175,7 @@ def run_plan(plan: Plan, progress: bool = False, write: bool = True, resume: boo
             baseline_origin=outcome.baseline_origin,
         )
         if run_dir is not None:
-            _write_run_dir(result, run_dir, engine, plan)
+            _write_run_dir(result, run_dir, engine, plan, report)
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
         _close(listeners)
         if run_dir is not None:
@@ -309,7 +311,11 @@ def _verdicts(
     }
 
 
-def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Plan) -> None:
+def _write_run_dir(
+    result: SearchResult, run_dir: Path, engine: Engine, plan: Plan, report: bool = True
+) -> None:
+    """Everything a run folder holds; ``report=False`` leaves out report.html and scaling.png
+    (``noisesearch report RUN`` draws them later), which a bench of many cells skips."""
     from noisesearch import results
 
     model = engine.model
@@ -363,7 +369,8 @@ def _write_run_dir(result: SearchResult, run_dir: Path, engine: Engine, plan: Pl
         "writing": round(time.perf_counter() - writing, 4),
     }
     results.write_json(run_dir / "run.json", run_json)
-    write_report(run_dir)
+    if report:
+        write_report(run_dir)
 
 
 def search(

@@ -31,6 +31,7 @@ class Cell:
     evaluators: list[str]
     evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None
+    report: bool = False  # draw the cell's report.html (`noisesearch report RUN` can, later)
 
     @property
     def run_dir(self) -> str:
@@ -57,6 +58,7 @@ def make_cell(
     evaluators: list[str],
     evaluator_options: dict[str, dict[str, Any]],
     threads: int | None,
+    report: bool = False,
 ) -> Cell:
     from noisesearch.names import safe_name
 
@@ -69,7 +71,7 @@ def make_cell(
     name = safe_name(f"{strategy}-nfe{budget or 'default'}-{what}-s{config['seed']}", max_length=60)
     config = {**config, "output": str(root / "runs" / f"{name}-{key[:10]}")}
     return Cell(key, config, strategy, kind, verifier, budget, condition, int(config["seed"]),
-                evaluators, evaluator_options, threads)
+                evaluators, evaluator_options, threads, report)
 
 
 class CellRunner:
@@ -120,7 +122,7 @@ class CellRunner:
             entry.name: self._verifier(entry.name, config.verifier_options.get(entry.name, {}), config.device)
             for entry in [*checked.verifiers, *([checked.evaluator] if checked.evaluator else [])]
         }
-        result = run_plan(checked, write=True)
+        result = run_plan(checked, write=True, report=cell.report)
         scores = dict(result.best.scores)
         image = result.best.image
         for name in cell.evaluators:

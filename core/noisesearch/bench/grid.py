@@ -71,6 +71,7 @@ class BenchGrid:
     device: str | None = None
     threads: int | None = None  # torch threads per worker; results are bit-exact per count
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    cell_reports: bool = False  # each cell's report.html + scaling.png (~0.5 s a cell on a CPU)
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: str | None = None

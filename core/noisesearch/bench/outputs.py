@@ -233,13 +233,14 @@ def report_html(folder: Path, rows: list[dict[str, Any]], entries: list[dict[str
         parts += [f"<li>{esc(row['strategy'])} nfe={row.get('budget')}: {esc(str(row.get('error')))}</li>"
                   for row in failed]
         parts.append("</ul>")
-    parts.append("<h2>Cells</h2><p>Each cell is an ordinary run folder (<code>noisesearch show</code>, "
-                 "<code>replay</code> and <code>report</code> work on it).</p><ul>")
+    parts.append("<h2>Cells</h2><p>Each cell is an ordinary run folder: <code>noisesearch show</code>, "
+                 "<code>replay</code> and <code>report</code> (which draws its report.html) work on "
+                 "it.</p><ul>")
     for row in rows[:2000]:
         link = _relative(folder, row.get("run_dir"))
         what = row.get("prompt") if row.get("prompt") is not None else f"label {row.get('label')}"
-        parts.append(f"<li><a href='{esc(link)}/report.html'>{esc(row['strategy'])} "
-                     f"nfe={row.get('budget')} {esc(str(what))} seed={row['seed']}</a></li>")
+        parts.append(f"<li><code>{esc(link)}</code>: {esc(row['strategy'])} "
+                     f"nfe={row.get('budget')} {esc(str(what))} seed={row['seed']}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts)
 

@@ -101,7 +101,7 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
             config["verifier_options"] = {n: grid.verifier_options[n] for n in used
                                           if n in grid.verifier_options}
             cells.append(make_cell(root, config, strategy, kind, verifier, budget, condition,
-                                   evaluators, evaluator_options, grid.threads))
+                                   evaluators, evaluator_options, grid.threads, grid.cell_reports))
 
         for item in items:
             condition = item.to_json()
