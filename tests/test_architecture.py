@@ -62,3 +62,32 @@ def test_core_imports_only_point_down() -> None:
                 violations.append(f"{path.stem} (row {rank[path.stem]}) imports {imported} "
                                   f"(row {rank[imported]})")
     assert not violations, violations
+
+
+def test_the_bench_package_stands_between_cli_and_api() -> None:
+    """``noisesearch/bench/`` imports api.py and the rows below it, never cli.py or console.py;
+    ``bench/cli.py`` (the command itself) belongs to the CLI layer."""
+    rank = {name: i for i, layer in enumerate(documented_layers()) for name in layer}
+    violations = []
+    for path in (CORE / "bench").glob("*.py"):
+        if path.name == "cli.py":
+            continue
+        for imported in runtime_imports(path):
+            if imported.startswith("noisesearch_"):
+                violations.append(f"bench/{path.name} imports the plugin package {imported}")
+            elif imported in rank and rank[imported] > rank["api"]:
+                violations.append(f"bench/{path.name} imports {imported}, above api.py")
+    assert not violations, violations
+
+
+def test_no_core_module_imports_ray() -> None:
+    """Ray is an optional extra (``noisesearch[ray]``): only the plugin executor imports it."""
+    importers = []
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.append(str(path.relative_to(CORE)))
+    assert not importers, importers
