@@ -92,11 +92,18 @@ def save_tiny_dino(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
     return folder
 
 
-def save_tiny_transformers_clip(folder: Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE) -> Path:
+def save_tiny_transformers_clip(
+    folder: Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE, as_processor: bool = False
+) -> Path:
     """A tiny transformers ``CLIPModel`` with its tokenizer (CLIP's BPE, cut down) and image
-    processor, ``save_pretrained`` to ``folder``: the layout of the shipped ``shapes`` CLIP."""
+    processor, ``save_pretrained`` to ``folder``: the layout of the shipped ``shapes`` CLIP.
+
+    :param as_processor: save one ``CLIPProcessor`` (transformers 5 writes its image settings to
+        ``processor_config.json``, as the shapes training script does) instead of the image
+        processor and tokenizer apart (``preprocessor_config.json``); mean and std are then 0.5.
+    """
     from diffusers_tiny import clip_tokenizer
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
@@ -114,10 +121,15 @@ def save_tiny_transformers_clip(folder: Path, seed: int = 0, image_size: int = T
         projection_dim=TINY_EMBED_DIM,
     )
     CLIPModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-    ).save_pretrained(folder)
+    geometry = {
+        "size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size},
+    }
+    if as_processor:
+        processor = CLIPImageProcessor(**geometry, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    else:
+        tokenizer.save_pretrained(folder)
+        CLIPImageProcessor(**geometry).save_pretrained(folder)
     return folder
 
 

@@ -85,6 +85,18 @@ def test_clip_score_is_the_cosine_transformers_gives_by_hand(folder: Path, fresh
     torch.testing.assert_close(scores, image @ text[0], atol=1e-5, rtol=1e-5)
 
 
+def test_a_folder_saved_as_one_clip_processor_loads_its_image_settings(
+    tmp_path: Path, fresh_cache: None
+) -> None:
+    folder = save_tiny_transformers_clip(tmp_path / "clip", seed=1, as_processor=True)
+    images = quantised_images(2)
+    backbone = clip_backbone.load_clip(str(folder), None, "cpu", "float32")
+    torch.testing.assert_close(backbone.preprocess(images), images * 2 - 1)  # mean = std = 0.5
+    image, text = by_hand(folder, images, [PROMPT])
+    scores = ClipScore(model=str(folder), device="cpu").score(images, Condition(prompt=PROMPT))
+    torch.testing.assert_close(scores, image @ text[0], atol=1e-5, rtol=1e-5)
+
+
 def test_images_of_another_size_are_resized_and_cropped_like_the_image_processor(
     folder: Path, fresh_cache: None
 ) -> None:
