@@ -12,6 +12,7 @@ returning local paths or hub ids.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
@@ -45,6 +46,7 @@ def plugin_distribution(plugin: str) -> tuple[str, str | None]:
     return plugin, None
 
 
+@functools.cache  # read once per process (a bench plans many runs)
 def _version(distribution: str) -> str | None:
     try:
         return metadata.version(distribution)
