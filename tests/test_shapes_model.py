@@ -27,7 +27,7 @@ from noisesearch.planning import plan
 from noisesearch.sampling import draw_noise, solve
 from noisesearch_builtin.models.diffusers.presets import SHAPES_DEFAULT_PROMPT, Shapes
 from noisesearch_builtin.models.diffusers.stable_diffusion import StableDiffusionModel
-from noisesearch_builtin.shapes import PIPELINE_DIR
+from noisesearch_builtin.shapes import PIPELINE_DIR, PROMPTS_FILE
 from noisesearch_builtin.shapes.grammar import load_suite, parse_prompt
 from noisesearch_builtin.shapes.world import IMAGE_SIZE, MAX_COUNT
 
@@ -68,6 +68,7 @@ def test_a_prompt_runs_in_the_grammars_canonical_form() -> None:
 
 
 def test_every_prompt_of_the_held_out_suite_passes_the_models_check() -> None:
+    assert Path(Shapes.prompt_suite) == PROMPTS_FILE  # the bench's --suite model
     for prompt in load_suite():
         assert Shapes.check_condition(Condition(prompt=prompt.text)).prompt == prompt.text
 

@@ -19,7 +19,7 @@ from noisesearch_builtin.models.diffusers.pixart import PixArtSigmaModel
 from noisesearch_builtin.models.diffusers.sd3 import StableDiffusion3Model
 from noisesearch_builtin.models.diffusers.sdxl import StableDiffusionXLModel
 from noisesearch_builtin.models.diffusers.stable_diffusion import StableDiffusionModel
-from noisesearch_builtin.shapes import PIPELINE_DIR
+from noisesearch_builtin.shapes import PIPELINE_DIR, PROMPTS_FILE
 
 if TYPE_CHECKING:
     from noisesearch import Condition
@@ -127,6 +127,8 @@ class Shapes(StableDiffusionModel):
     default_verifiers: ClassVar[tuple[str, ...]] = ("shapes-clip",)
     default_evaluator: ClassVar[str | None] = "shapes-judge"
     default_prompt: ClassVar[str | None] = SHAPES_DEFAULT_PROMPT
+    #: The held-out suite (GenEval's six categories), the bench's ``--suite model``.
+    prompt_suite: ClassVar[str] = str(PROMPTS_FILE)
     cpu_batch_size: ClassVar[int] = SHAPES_CPU_BATCH_SIZE
     quiet_loading: ClassVar[bool] = True
 
