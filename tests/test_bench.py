@@ -203,3 +203,29 @@ def test_store_ignores_a_half_written_line_and_keeps_the_last_row_per_key(tmp_pa
     appender.append({"key": "b", "status": "ok"})
     appender.close()
     assert path.read_text().splitlines()[-1] == '{"key": "b", "status": "ok"}'
+
+
+# -- the verifier-free stochastic baseline ------------------------------------------------------------
+
+def test_the_stochastic_baseline_spends_its_formula_and_finishes_one_sample() -> None:
+    from noisesearch.engine import Budget, Engine, Scorer, SearchContext
+    from noisesearch.testing import BrightnessVerifier, GaussianModel, run_strategy
+    from noisesearch_builtin.search.stochastic import StochasticSampler
+
+    strategy = StochasticSampler(paths=2, children=3)
+    run = run_strategy(strategy, Budget(nfe=100_000), steps=20, batch_size=5)
+    assert len(run.candidates) == 1
+    model = GaussianModel()
+    engine = Engine(model, noisesearch.Condition(), Scorer({"v": BrightnessVerifier()}), Budget(),
+                    model.schedule.levels(20))
+    assert run.usage.nfe == strategy.nfe_cost(SearchContext(engine), 2)
+
+
+def test_the_stochastic_baseline_winner_does_not_depend_on_the_verifier() -> None:
+    import torch
+
+    runs = [noisesearch.search(model="digits", label=4, strategy="stochastic", budget_nfe=200,
+                               verifiers=[name], evaluator="none", write=False)
+            for name in ("digits-classifier", "digits-evaluator")]
+    assert torch.equal(runs[0].best.image, runs[1].best.image)
+    assert runs[0].usage.nfe > 20 * 2  # it re-noised along the way: more than two plain samples

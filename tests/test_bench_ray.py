@@ -19,7 +19,7 @@ from noisesearch.plugins import build_registries
 
 def grid(output: Path) -> BenchGrid:
     return BenchGrid(models=["digits"], strategies=[StrategySpec("random"), StrategySpec("smc")],
-                     budgets=[40, 80], seeds=[0], limit=2, baselines=["default", "stochastic"],
+                     budgets=[40, 80], seeds=[0], limit=1, baselines=["default", "stochastic"],
                      output=str(output), threads=1)
 
 
