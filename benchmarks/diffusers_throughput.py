@@ -487,13 +487,15 @@ def loop_arm(bench: Bench, candidates: int, seed: int) -> Callable[[], int]:
     if "max_sequence_length" in spec.options:
         kwargs["max_sequence_length"] = spec.options["max_sequence_length"]
     verifier = bench.verifiers[bench.verifier_name]
-    for name, module in model._modules().items():  # the adapter parks text encoders off the GPU
-        if name.startswith("text_encoder"):
-            module.to(model.device)
+    encoders = [m for name, m in model._modules().items() if name.startswith("text_encoder")]
+    for module in encoders:  # the adapter parks text encoders off the GPU between encodings
+        module.to(model.device)
     vae_dtype = pipe.vae.dtype  # the adapter may run the VAE in float32 (force_upcast); the
     network_dtype = bench.network.dtype  # pipelines decode in the network's dtype: so do we here
 
     def work() -> int:
+        for module in encoders:  # no-op unless something moved them since the setup
+            module.to(model.device)
         pipe.vae.to(network_dtype)
         best = []
         for i in range(candidates):
@@ -639,13 +641,14 @@ def run_main_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: 
                    f"{entry['cold_search']['seconds']} s")
         del cold
         _free()
-    warmups = {
-        "raw": raw_arm(bench, bench.network, 1),
-        "hand": hand_arm(bench, spec.batch, 0),
-        "search": search_arm(bench, spec.batch, 0, 0),
-        "loop": loop_arm(bench, 1, 0),
+    warmups: dict[str, Callable[[], Callable[[], int]]] = {  # each set up just before it runs
+        "raw": lambda: raw_arm(bench, bench.network, 1),
+        "hand": lambda: hand_arm(bench, spec.batch, 0),
+        "search": lambda: search_arm(bench, spec.batch, 0, 0),
+        "loop": lambda: loop_arm(bench, 1, 0),
     }
-    for name, work in warmups.items():
+    for name, setup in warmups.items():
+        work = setup()
         begin = time.perf_counter()
         work()
         _sync()
@@ -741,11 +744,13 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("diffusers", "transformers", "open_clip"):
+    from importlib import metadata
+
+    for name in ("diffusers", "transformers", "open_clip_torch", "huggingface_hub"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception as error:  # noqa: BLE001 - reported, not fatal here
-            versions[name] = f"unavailable: {error}"
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     meta: dict[str, Any] = {"argv": sys.argv, "versions": versions, "device": args.device,
                             "targets": {"search/raw": SEARCH_TARGET, "compiled/eager": COMPILE_TARGET},
                             "budget_s": args.budget, "tiny": args.tiny,
