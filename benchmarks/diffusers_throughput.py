@@ -25,9 +25,10 @@ with one template for DiT's labels) and the LAION aesthetic MLP (random) as the 
 Models: DiT-XL/2 256 px fp16, SD 1.5 512 px fp16 (UNet 860 M, CLIP ViT-L text encoder, SD's VAE),
 and, when asked for (``--models ... flux``), the FLUX.1-dev transformer at 1024 px in bf16 (12 B
 parameters, eager only; its T5 is one layer of the real width). FLUX is not written to disk
-(24 GB): its search is planned as the ``flux-dev`` preset (traits only, no download) and runs the
-model built in memory. FLUX does not fit in the default 8-minute budget with the two others: run
-it on its own.
+(24 GB): its search arm runs the model built in memory through ``noisesearch.search(model=<built
+model>)`` (else planned as the ``flux-dev`` preset, which needs the hub), and is skipped with a
+note when neither works offline. FLUX does not fit in the default 8-minute budget with the two
+others: run it on its own.
 
 The script keeps to ``--budget`` seconds: each section has a time limit, runs as many repetitions
 as fit, and the sections that no longer fit are skipped with a note. ``--out`` JSON is rewritten
@@ -458,7 +459,12 @@ def run_search(bench: Bench, candidates: int, seed: int, output: Path, reuse: bo
         options["label"] = GOLDEN_RETRIEVER
     else:
         options["prompt"] = PROMPT
-    # A model in memory only (FLUX) is planned as its preset, whose traits need no download.
+    if bench.folder is None and _search_takes_built_models():  # a model in memory only (FLUX)
+        import noisesearch
+
+        return noisesearch.search(model=bench.model, registries=bench.registries,
+                                  built_verifiers=bench.verifiers, **options)
+    # Else a model in memory only is planned as its preset (whose traits may need the hub).
     name = f"hf:{bench.folder}" if bench.folder is not None else bench.spec.preset
     model_options = {"dtype": bench.spec.dtype, **bench.spec.options}
     checked = plan(RunConfig(model=name, model_options=model_options, **options), bench.registries)
@@ -524,6 +530,14 @@ def _adapter(spec: Spec) -> type:
 
 def _adapter_options(spec: Spec) -> dict[str, Any]:
     return {k: v for k, v in spec.options.items() if k in ("height", "width", "max_sequence_length")}
+
+
+def _search_takes_built_models() -> bool:
+    import inspect
+
+    import noisesearch
+
+    return "built_verifiers" in inspect.signature(noisesearch.search).parameters
 
 
 def build_verifiers(spec: Spec, tiny: bool, device: str, work: Path) -> tuple[str, dict[str, Any], dict]:
@@ -625,9 +639,13 @@ def run_main_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: 
     """raw, hand, search, loop: one untimed warm-up each, then interleaved repetitions."""
     spec = bench.spec
     section_start = time.perf_counter()
-    entry["search_model"] = (f"plan(hf:{bench.folder.name}) + run_plan" if bench.folder is not None
-                             else f"plan({spec.preset}) + run_plan")
-    entry["search_model"] += ", reusing the loaded model and verifiers (cold: loads the folder)"
+    if bench.folder is not None:
+        entry["search_model"] = (f"plan(hf:{bench.folder.name}) + run_plan, reusing the loaded model "
+                                 "and verifiers (the cold search loads the folder)")
+    elif _search_takes_built_models():
+        entry["search_model"] = "search(model=<built model>, built_verifiers=...)"
+    else:
+        entry["search_model"] = f"plan({spec.preset}) + run_plan, reusing the model built in memory"
     arms: dict[str, Arm] = {"raw": Arm(), "hand": Arm(), "search": Arm(), "loop": Arm()}
     entry["arms"] = {}
 
@@ -647,10 +665,19 @@ def run_main_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: 
         "search": lambda: search_arm(bench, spec.batch, 0, 0),
         "loop": lambda: loop_arm(bench, 1, 0),
     }
+    from noisesearch.errors import NoiseSearchError
+
     for name, setup in warmups.items():
         work = setup()
         begin = time.perf_counter()
-        work()
+        try:
+            work()
+        except NoiseSearchError as error:
+            if name != "search" or bench.folder is not None:
+                raise
+            entry["search_skipped"] = f"a model in memory only could not be searched: {error}"
+            report.note(f"{spec.key}: {entry['search_skipped']}")
+            continue
         _sync()
         entry.setdefault("warmup_s", {})[name] = round(time.perf_counter() - begin, 2)
     report.log(f"{spec.name}: warm-ups {entry['warmup_s']}")
@@ -666,14 +693,15 @@ def run_main_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: 
         begin = time.perf_counter()
         timed(arms["raw"], raw_arm(bench, bench.network, spec.raw_calls))
         timed(arms["hand"], hand_arm(bench, spec.candidates, rep + 1))
-        timed(arms["search"], search_arm(bench, spec.candidates, rep + 1, rep + 1))
-        result = bench.last_search  # type: ignore[attr-defined]
-        extra = arms["search"].extra
-        for key, value in (("engine_s", result.seconds), ("model_s", result.usage.model_seconds),
-                           ("verifier_s", result.usage.verifier_seconds)):
-            extra.setdefault(key, []).append(round(value, 4))
-        extra["nfe"] = int(result.usage.nfe)  # the rate counts these: the candidates searched
-        extra["uncounted_nfe"] = int(result.usage.final_nfe + result.usage.baseline_nfe)
+        if "search_skipped" not in entry:
+            timed(arms["search"], search_arm(bench, spec.candidates, rep + 1, rep + 1))
+            result = bench.last_search  # type: ignore[attr-defined]
+            extra = arms["search"].extra
+            for key, value in (("engine_s", result.seconds), ("model_s", result.usage.model_seconds),
+                               ("verifier_s", result.usage.verifier_seconds)):
+                extra.setdefault(key, []).append(round(value, 4))
+            extra["nfe"] = int(result.usage.nfe)  # the rate counts these: the candidates searched
+            extra["uncounted_nfe"] = int(result.usage.final_nfe + result.usage.baseline_nfe)
         timed(arms["loop"], loop_arm(bench, spec.loop_candidates, rep + 1))
         rep_seconds = time.perf_counter() - begin
         entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
