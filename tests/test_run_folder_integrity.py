@@ -191,3 +191,15 @@ def test_resume_refuses_changed_weights_without_reading_them(tmp_path: Path, mon
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     resumed = resume_run(out)
     assert resumed.usage.candidates == 16
+
+
+def test_a_damaged_fingerprint_is_refused_not_ignored(tmp_path: Path) -> None:
+    from noisesearch.journal import FINGERPRINT, Journal, JournalMismatch
+
+    journal = Journal(tmp_path / "journal")
+    for damaged in ("{", "[1, 2]"):
+        (tmp_path / "journal" / FINGERPRINT).write_text(damaged)
+        with pytest.raises(JournalMismatch, match="is damaged"):
+            Journal(tmp_path / "journal", resume=True).recorded_fingerprint()
+    journal.record_fingerprint({"config": {"seed": 0}})
+    assert Journal(tmp_path / "journal", resume=True).recorded_fingerprint() == {"config": {"seed": 0}}

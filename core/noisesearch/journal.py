@@ -117,9 +117,11 @@ class Journal:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         except (OSError, ValueError) as exc:
             raise JournalMismatch(f"resuming: {path} is damaged ({exc}); start a new run instead") from None
-        return data if isinstance(data, dict) else None
+        return data
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

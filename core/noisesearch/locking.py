@@ -100,7 +100,8 @@ def _describe(record: dict[str, Any]) -> str:
     if not record:
         return "another process (its lock file is being written or is damaged)"
     command = f" ({record['command']})" if record.get("command") else ""
-    return f"process {record.get('pid')} on {record.get('host')}{command}, since {record.get('started')}"
+    since = f", since {record['started']}" if record.get("started") else ""
+    return f"process {record.get('pid')} on {record.get('host')}{command}{since}"
 
 
 def acquire(folder: Path) -> None:
