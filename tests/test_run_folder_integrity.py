@@ -203,3 +203,37 @@ def test_a_damaged_fingerprint_is_refused_not_ignored(tmp_path: Path) -> None:
             Journal(tmp_path / "journal", resume=True).recorded_fingerprint()
     journal.record_fingerprint({"config": {"seed": 0}})
     assert Journal(tmp_path / "journal", resume=True).recorded_fingerprint() == {"config": {"seed": 0}}
+
+
+@pytest.mark.slow
+def test_two_real_processes_cannot_write_one_folder(tmp_path: Path) -> None:
+    """The issue's case: a second run into a folder in use corrupted it silently, and resuming
+    it then said "complete". Now the second is refused naming the first, which goes on."""
+    import signal
+    import time
+
+    cli = str(Path(sys.executable).with_name("noisesearch"))
+    out = tmp_path / "run"
+    args = ["run", "--model", "digits", "--label", "3", "-q", "--batch-size", "4", "-o", str(out)]
+    first = subprocess.Popen([cli, *args, "--candidates", "2000"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "candidates.jsonl").exists() or not (out / "candidates.jsonl").read_text():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never got going"
+            time.sleep(0.05)
+        second = subprocess.run([cli, *args, "--candidates", "4", "--overwrite"], capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+        resumed = subprocess.run([cli, "run", "--resume", str(out), "-q"], capture_output=True,
+                                 text=True, timeout=120)
+        assert resumed.returncode == 2 and f"process {first.pid}" in resumed.stderr
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+        assert first.returncode == 130, stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(len(rows)))  # one writer, in order
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not (out / LOCK_FILE).exists()
