@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def bench(
-        grid_file: Optional[str] = typer.Argument(None, metavar="[GRID.toml]", help="A bench grid file; options below override its keys."),  # noqa: E501, UP045
+        grid_file: Optional[str] = typer.Argument(None, metavar="GRID.toml", help="A bench grid file; options below override its keys."),  # noqa: E501, UP045
         model: Optional[list[str]] = typer.Option(None, help="Model (repeat for several). Default: digits."),  # noqa: UP045
         strategy: Optional[list[str]] = typer.Option(None, help="Strategy NAME or NAME:KEY=VALUE,KEY=VALUE (repeat). Default: random."),  # noqa: E501, UP045
         budget: Optional[list[int]] = typer.Option(None, help="NFE budget (repeat). Default: 40, 80, 160."),  # noqa: E501, UP045
