@@ -229,3 +229,63 @@ def test_the_stochastic_baseline_winner_does_not_depend_on_the_verifier() -> Non
             for name in ("digits-classifier", "digits-evaluator")]
     assert torch.equal(runs[0].best.image, runs[1].best.image)
     assert runs[0].usage.nfe > 20 * 2  # it re-noised along the way: more than two plain samples
+
+
+@pytest.mark.slow
+def test_the_bench_report_renders_in_headless_chromium_and_is_self_contained(tmp_path: Path) -> None:
+    import re
+
+    from test_report import CHECK_SCRIPT, chromium, headless
+
+    from noisesearch.report import CSP
+
+    result = run_bench(small_grid(tmp_path / "bench", strategies=[StrategySpec("random")], limit=1,
+                                  baselines=["default", "more-steps"]))
+    page = (result.folder / "report.html").read_text()
+    assert CSP in page and "http://" not in page and "https://" not in page
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    browser = chromium()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace(CSP, CSP + "; script-src 'unsafe-inline'")
+                     .replace("</body>", CHECK_SCRIPT + "</body>"))
+    dom = headless(browser, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom",
+                   probe.as_uri())
+    body = re.search(r"<body([^>]*)>", dom.stdout)
+    assert body and 'data-checked="yes"' in body.group(1), dom.stderr[-2000:]
+    attributes = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', body.group(1)))
+    assert attributes["data-images"] == "2" and attributes["data-broken"] == ""
+    assert dom.stdout.count("<tr class=") == 3  # random, and the two baselines, at 40 NFEs
+
+
+@pytest.mark.slow
+def test_a_bench_killed_midway_and_rerun_ends_with_the_same_results(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = str(Path(sys.executable).parent / "noisesearch")  # the console script, as a user runs it
+    args = [command, "bench", "--model", "digits", "--strategy", "random", "--strategy", "paths",
+            "--budget", "40", "--budget", "80", "--limit", "2", "--threads", "1", "-q"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert subprocess.run([*args, "-o", str(whole)], capture_output=True, timeout=300).returncode == 0
+    process = subprocess.Popen([*args, "-o", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    results = killed / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 4:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the bench finished before it could be killed"
+    done_before = len(results.read_text().splitlines())
+    rerun = subprocess.run([*args, "-o", str(killed)], capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    expected = [json.loads(line) for line in (whole / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(expected) > done_before
+    assert comparable(rows) == comparable(expected)

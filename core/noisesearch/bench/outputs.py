@@ -214,7 +214,10 @@ def report_html(folder: Path, rows: list[dict[str, Any]], entries: list[dict[str
              f"{len(rows) - len(failed)} finished, {len(failed)} failed.</p>"]
     for name in pictures:
         data = base64.b64encode((folder / name).read_bytes()).decode()
-        parts.append(f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,{data}'>")
+        title = ("Verifier hacking: the searched verifier against the held-out evaluator"
+                 if name == HACKING_PNG else "Evaluator score against NFEs")
+        parts.append(f"<h2>{esc(title)}</h2><p><code>{esc(name)}</code></p>"
+                     f"<img alt='{esc(name)}' src='data:image/png;base64,{data}'>")
     parts.append("<h2>Summary</h2><table id='summary'><tr><th>verifier</th><th>evaluator</th>"
                  "<th>strategy</th><th>NFEs</th><th>n</th><th>evaluator</th><th>verifier</th>"
                  "<th>accuracy</th></tr>")
