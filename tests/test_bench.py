@@ -289,3 +289,12 @@ def test_a_bench_killed_midway_and_rerun_ends_with_the_same_results(tmp_path: Pa
     expected = [json.loads(line) for line in (whole / "results.jsonl").read_text().splitlines()]
     assert len(rows) == len(expected) > done_before
     assert comparable(rows) == comparable(expected)
+
+
+def test_resources_are_declared_per_model_of_the_grid() -> None:
+    grid = grid_from_mapping({"models": ["digits"], "resources": {"digits": {"num_cpus": 1}}})
+    assert grid.resources == {"digits": {"num_cpus": 1}}
+    with pytest.raises(ConfigError, match="resources"):
+        grid_from_mapping({"models": ["digits"], "resources": {"flux-dev": {"num_gpus": 1}}})
+    with pytest.raises(ConfigError, match="resources"):
+        grid_from_mapping({"models": ["digits"], "resources": {"digits": {"gpus": 1}}})

@@ -32,6 +32,7 @@ class Cell:
     evaluator_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None
     report: bool = False  # draw the cell's report.html (`noisesearch report RUN` can, later)
+    resources: dict[str, float] = field(default_factory=dict)  # what a worker holding its model takes
 
     @property
     def run_dir(self) -> str:
@@ -59,6 +60,7 @@ def make_cell(
     evaluator_options: dict[str, dict[str, Any]],
     threads: int | None,
     report: bool = False,
+    resources: dict[str, float] | None = None,
 ) -> Cell:
     from noisesearch.names import safe_name
 
@@ -71,7 +73,7 @@ def make_cell(
     name = safe_name(f"{strategy}-nfe{budget or 'default'}-{what}-s{config['seed']}", max_length=60)
     config = {**config, "output": str(root / "runs" / f"{name}-{key[:10]}")}
     return Cell(key, config, strategy, kind, verifier, budget, condition, int(config["seed"]),
-                evaluators, evaluator_options, threads, report)
+                evaluators, evaluator_options, threads, report, dict(resources or {}))
 
 
 class CellRunner:

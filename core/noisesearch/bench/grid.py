@@ -13,6 +13,8 @@ from noisesearch.errors import ConfigError, UnknownNameError
 #: The baselines every bench runs beside its strategies, at the same NFEs (docs/bench.md).
 BASELINES = ("default", "more-steps", "stochastic")
 DEFAULT_BUDGETS = (40, 80, 160)
+#: What a model-holding worker may declare it needs (Ray's actor options).
+RESOURCE_KEYS = ("num_gpus", "num_cpus", "memory")
 
 
 @dataclass
@@ -73,6 +75,8 @@ class BenchGrid:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     cell_reports: bool = False  # each cell's report.html + scaling.png (~0.5 s a cell on a CPU)
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per model, what one worker holding it takes (Ray): ``{"flux-dev": {"num_gpus": 1}}``.
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: str | None = None
 
@@ -101,6 +105,13 @@ class BenchGrid:
         if both:
             raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
                               "evaluator must be held out, or it cannot show verifier hacking")
+        for model, needs in self.resources.items():
+            if model not in self.models:
+                raise ConfigError("resources", f"{model!r} is not one of the grid's models {self.models}")
+            for key, value in needs.items():
+                if key not in RESOURCE_KEYS or not isinstance(value, (int, float)) or value < 0:
+                    raise ConfigError("resources", f"{model}.{key}={value!r}: use non-negative "
+                                      f"numbers for {', '.join(RESOURCE_KEYS)}")
         labels = [spec.label for spec in self.strategies]
         if len(set(labels)) != len(labels):
             raise ConfigError("strategies", f"two strategies share a label: {labels}; set 'label'")
@@ -130,7 +141,7 @@ def grid_from_mapping(data: dict[str, Any], where: str = "grid") -> BenchGrid:
         if key == "strategies":
             entries = value if isinstance(value, list) else [value]
             value = [_strategy_entry(entry, where) for entry in entries]
-        if key in ("model_options", "verifier_options") and not (
+        if key in ("model_options", "verifier_options", "resources") and not (
             isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
         ):
             raise ConfigError(key, f"expected a table of option tables by name in {where}")

@@ -96,12 +96,14 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
 
         def add(config: dict[str, Any], strategy: str, kind: str, verifier: str | None,
                 budget: int | None, condition: dict[str, Any], evaluators: list[str] = evaluators,
-                evaluator_options: dict[str, Any] = evaluator_options) -> None:
+                evaluator_options: dict[str, Any] = evaluator_options,
+                resources: dict[str, float] | None = grid.resources.get(model_name)) -> None:
             used = [*config["verifiers"], evaluators[0]]
             config["verifier_options"] = {n: grid.verifier_options[n] for n in used
                                           if n in grid.verifier_options}
             cells.append(make_cell(root, config, strategy, kind, verifier, budget, condition,
-                                   evaluators, evaluator_options, grid.threads, grid.cell_reports))
+                                   evaluators, evaluator_options, grid.threads, grid.cell_reports,
+                                   resources))
 
         for item in items:
             condition = item.to_json()

@@ -46,7 +46,8 @@ class RayExecutor:
     """Runs cells on Ray actors; see the module docstring.
 
     :param address: a cluster to join (``ray://...`` or ``auto``); default: start a local one.
-    :param workers: model-holding actors (default: one per GPU, else ``num_cpus``).
+    :param workers: model-holding actors per model (default: as many as the cluster fits with
+        each model's declared ``resources``; else one per GPU, else one per CPU).
     :param threads: torch threads per actor.
     :param num_cpus: CPUs of a local cluster started here.
     :param gpus_per_worker: GPUs each actor takes (default: 1 where the cluster has GPUs, else
@@ -72,31 +73,57 @@ class RayExecutor:
         self._started_cluster = False
 
     def start(self) -> None:
+        """Join or start the cluster (actors are made per model, in :meth:`run`)."""
         ray = self.ray
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
-                self._started_cluster = True
-        if self.actors:
+        if ray.is_initialized():
             return
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
-        count = self.workers or (int(gpus / per_gpu) if per_gpu else max(1, self.num_cpus))
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
+            self._started_cluster = True
+
+    def _spawn(self, resources: dict[str, float]) -> None:
+        """Actors for one model: its declared resources (a cell's ``resources``), else one GPU
+        each where the cluster has GPUs, else one CPU slot each."""
+        ray = self.ray
+        self._kill_actors()
+        cluster = ray.cluster_resources()
+        gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
+        default_gpus = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        options = {"num_cpus": 1, "num_gpus": default_gpus, **resources}
+        if self.workers:
+            count = self.workers
+        elif options["num_gpus"]:
+            count = max(1, int(gpus / options["num_gpus"]))
+        else:
+            count = max(1, int(cpus / max(options["num_cpus"], 1e-9)))
         actor_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [actor_class.options(num_cpus=1, num_gpus=per_gpu).remote(self.threads)
-                       for _ in range(count)]
+        self.actors = [actor_class.options(**options).remote(self.threads) for _ in range(count)]
 
     def pids(self) -> list[int]:
         """The actors' process ids (tests kill one to check recovery)."""
         return [self.ray.get(actor.pid.remote()) for actor in self.actors]
 
     def run(self, cells: Sequence[Any], on_row: Any) -> None:
+        """Cells in order of their models: one pool of actors per model (so a model's workers
+        take what it declares, and GPU memory is freed before the next model), each actor
+        serving many cells."""
+        self.start()
+        groups: list[list[Any]] = []
+        for cell in cells:
+            if groups and _same_model(groups[-1][0], cell):
+                groups[-1].append(cell)
+            else:
+                groups.append([cell])
+        for group in groups:
+            self._spawn(dict(group[0].resources))
+            self._dispatch(group, on_row)
+
+    def _dispatch(self, cells: Sequence[Any], on_row: Any) -> None:
         from noisesearch.bench.cells import base_row
 
-        self.start()
         ray = self.ray
         queue = list(cells)
         in_flight: dict[Any, tuple[Any, Any]] = {}
@@ -125,14 +152,22 @@ class RayExecutor:
                 if queue:
                     submit(actor)
 
-    def close(self) -> None:
+    def _kill_actors(self) -> None:
         for actor in self.actors:
             with contextlib.suppress(Exception):  # already gone
                 self.ray.kill(actor)
         self.actors = []
+
+    def close(self) -> None:
+        self._kill_actors()
         if self._started_cluster:
             self.ray.shutdown()
             self._started_cluster = False
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    keys = ("model", "model_options", "device")
+    return [a.config.get(k) for k in keys] == [b.config.get(k) for k in keys] and a.resources == b.resources
 
 
 @hookimpl
