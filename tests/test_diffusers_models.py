@@ -418,7 +418,28 @@ def test_hf_describes_each_family_from_its_json_files(
     assert model_traits(entry, {"path": str(tiny("flux"))})["default_steps"] == 30
 
 
-def test_presets_plan_without_network_and_fill_in_the_papers_steps(registries: Registries) -> None:
+def _cache_model_index(cache: Path, repo_id: str, class_name: str) -> None:
+    """``model_index.json`` of ``repo_id`` in a hub cache laid out as huggingface_hub does."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+
+
+def test_presets_plan_without_network_and_fill_in_the_papers_steps(
+    registries: Registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the local hub cache alone (a preset's model_index.json is read, so that one neither
+    cached nor reachable fails while planning: tests/test_loading_safety.py)."""
+    from huggingface_hub import constants
+
+    for name, pipeline in (("flux-dev", "FluxPipeline"), ("pixart-sigma", "PixArtSigmaPipeline"),
+                           ("flux-schnell", "FluxPipeline"), ("dit-xl-256", "DiTPipeline")):
+        _cache_model_index(tmp_path, PRESETS[name].default_path, pipeline)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert _plan(registries, model="flux-dev", prompt=PROMPT).steps == 30
     assert _plan(registries, model="pixart-sigma", prompt=PROMPT).steps == 30
     assert _plan(registries, model="flux-schnell", prompt=PROMPT).steps == 4

@@ -128,6 +128,14 @@ def check_output_writable(path: Path) -> None:
         raise ConfigError("output", f"{existing} exists and is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError("output", f"cannot write in {existing}")
+    if existing != path:  # root passes os.access everywhere: try making (and removing) a folder
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".noisesearch-probe-", dir=existing))
+        except OSError as exc:
+            raise ConfigError("output", f"cannot create a folder in {existing}: "
+                              f"{exc.strerror or exc}") from None
 
 
 # -- configuration files and overrides ---------------------------------------------------------

@@ -76,7 +76,8 @@ def plan(
     if built_model is None:
         model.check_options(with_device(model, config.model_options, config.device))
         _check_devices(config)
-    traits = model_traits(model, config.model_options, built_model)
+    # The device too: a model checks options that depend on it (CPU offload) before loading.
+    traits = model_traits(model, with_device(model, config.model_options, config.device), built_model)
     condition = _checked_condition(model, _condition(config, model, traits), built_model)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:

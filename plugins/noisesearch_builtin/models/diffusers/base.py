@@ -70,6 +70,8 @@ COMMON_PARAMS = """
 :param cpu_offload: keep weights on the CPU and move each network to the device while it runs
     (diffusers' enable_model_cpu_offload; needs accelerate): slower, far less device memory.
 :param variant: weight-file variant to load, e.g. "fp16" (diffusers' ``variant``).
+:param use_safetensors: load only safetensors weights (the default). Pickled weights (``.bin``)
+    can run code when loaded: a folder that has only those is refused unless this is false.
 """
 
 
@@ -105,9 +107,53 @@ class DiffusersModel:
         hub id reads ``model_index.json`` through the hub cache.
         """
         path = cls._resolve_path(path)
-        if path != cls.default_path:
-            cls.check_pipeline(path)
+        if path != cls.default_path or not index.is_local(path):
+            cls.check_pipeline(path)  # a preset's hub id too: not cached and no network fails here
+        cls.check_before_loading(path, **options)
         return cls._traits(path)
+
+    @classmethod
+    def check_before_loading(
+        cls,
+        path: str,
+        height: int | None = None,
+        width: int | None = None,
+        device: str | None = None,
+        cpu_offload: bool | None = None,
+        variant: str | None = None,
+        use_safetensors: bool = True,
+        **options: Any,
+    ) -> None:
+        """The option checks that need only JSON and file names: image size against the
+        pipeline's VAE (and patch) multiple, CPU offload without an accelerator, a weight
+        variant or safetensors weights the folder does not have."""
+        multiple = cls._size_multiple(path)
+        for field, value in (("height", height), ("width", width)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(field, f"must be a positive number of pixels, got {value!r}")
+            if multiple and value % multiple:
+                raise ConfigError(field, f"must be a multiple of {multiple} for {path!r}, got {value}")
+        if cpu_offload and resolve_device(device).type == "cpu":
+            raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device, "
+                              "and this run is on the CPU")
+        if index.is_local(path):
+            index.check_local_weights(path, variant, use_safetensors)
+
+    @classmethod
+    def _size_multiple(cls, path: str) -> int | None:
+        """Height and width must be multiples of this: the VAE's downscaling (times the
+        patch size of transformer families); ``None`` where the JSON cannot be read."""
+        vae = index.read_json(path, "vae/config.json", required=False)
+        channels = (vae or {}).get("block_out_channels")
+        if not isinstance(channels, list) or not channels:
+            return None
+        return 2 ** (len(channels) - 1) * cls._patch_multiple(path)
+
+    @classmethod
+    def _patch_multiple(cls, path: str) -> int:
+        return 1
 
     @classmethod
     def _traits(cls, path: str) -> dict[str, Any]:
@@ -162,7 +208,9 @@ class DiffusersModel:
         dtype: str = "auto",
         cpu_offload: bool = False,
         variant: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
+        self.use_safetensors = bool(use_safetensors)
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
         self._setup(height, width)
 
@@ -199,12 +247,18 @@ class DiffusersModel:
                 name = self.check_pipeline(self.path)
             self.weights_dtype = resolve_dtype(dtype, self.device, self.cuda_dtype)
             kwargs: dict[str, Any] = {_dtype_keyword(): self.weights_dtype, **self._load_kwargs()}
+            kwargs["use_safetensors"] = getattr(self, "use_safetensors", True)
+            if not index.is_local(self.path) and index.hub_unreachable():
+                kwargs["local_files_only"] = True  # planning found it cached: skip the retries
             if variant:
                 kwargs["variant"] = variant
             import diffusers
 
-            with quiet_loading(self.quiet_loading):
-                self.pipe = getattr(diffusers, name).from_pretrained(self.path, **kwargs)
+            try:
+                with quiet_loading(self.quiet_loading):
+                    self.pipe = getattr(diffusers, name).from_pretrained(self.path, **kwargs)
+            except (OSError, ValueError) as exc:  # missing files, no network, wrong variant
+                raise ConfigError("path", _loading_error(self.path, exc, kwargs)) from None
         self.pipe.set_progress_bar_config(disable=True)
         for module in self._modules().values():
             module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
@@ -434,6 +488,29 @@ class VariancePreservingModel(DiffusersModel):
         if self.clip_sample is not None:
             x0 = x0.clamp(-self.clip_sample, self.clip_sample)
         return x0
+
+
+def transformer_patch(path: str) -> int:
+    """The transformer's ``patch_size`` from its config.json (1 where it cannot be read)."""
+    config = index.read_json(path, "transformer/config.json", required=False) or {}
+    patch = config.get("patch_size")
+    return patch if isinstance(patch, int) and patch > 0 else 1
+
+
+def _loading_error(path: str, exc: BaseException, kwargs: dict[str, Any]) -> str:
+    """One paragraph for a pipeline that ``from_pretrained`` could not load."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    hint = ""
+    if "safetensors" in str(exc) and kwargs.get("use_safetensors"):
+        hint = (" Only safetensors weights are loaded by default; if you trust this pipeline's "
+                "pickled (.bin) weights, pass --model-opt use_safetensors=false.")
+    elif kwargs.get("variant") and "variant" in str(exc):
+        hint = f" Leave out --model-opt variant={kwargs['variant']} to load the default weights."
+    elif not index.is_local(path):
+        hint = (" For a hub id the files must be downloadable now, or all in the local cache "
+                "(HF_HUB_OFFLINE=1 then uses only the cache).")
+    return f"cannot load the pipeline {path!r}: {type(exc).__name__}: {first}.{hint}"
 
 
 def scheduler_like(scheduler_class: type, config: Any) -> Any:

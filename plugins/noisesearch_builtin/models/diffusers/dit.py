@@ -79,8 +79,10 @@ class DiTModel(VariancePreservingModel):
         dtype: str = "auto",
         cpu_offload: bool = False,
         variant: str | None = None,
+        use_safetensors: bool = True,
     ) -> None:
-        super().__init__(path, guidance_scale, None, None, device, dtype, cpu_offload, variant)
+        super().__init__(path, guidance_scale, None, None, device, dtype, cpu_offload, variant,
+                         use_safetensors)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()

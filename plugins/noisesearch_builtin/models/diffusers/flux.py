@@ -62,6 +62,10 @@ class FluxModel(FlowModel):
         self.true_cfg_scale = float(true_cfg_scale)
         super().__init__(**options)  # the options every diffusers model takes
 
+    @classmethod
+    def _patch_multiple(cls, path: str) -> int:
+        return 2  # latents are packed in 2x2 patches
+
     def _setup(self, height: int | None, width: int | None) -> None:
         import torch
 

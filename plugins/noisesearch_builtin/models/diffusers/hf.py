@@ -72,6 +72,7 @@ def hf_pipeline(
     dtype: str | None = None,
     cpu_offload: bool | None = None,
     variant: str | None = None,
+    use_safetensors: bool | None = None,
     **options: Any,
 ) -> DiffusersModel:
     """A diffusers pipeline by hub id or folder (--model hf:<id-or-folder>); adapter from model_index.json.
@@ -90,10 +91,13 @@ def hf_pipeline(
     :param dtype: weights' dtype (float32, float16, bfloat16 or "auto").
     :param cpu_offload: diffusers' model CPU offload (needs accelerate).
     :param variant: weight-file variant to load, e.g. "fp16".
+    :param use_safetensors: load only safetensors weights (default true); false also loads
+        pickled ``.bin`` weights, which can run code: only for pipelines you trust.
     """
     given = {
         "guidance_scale": guidance_scale, "height": height, "width": width, "device": device,
         "dtype": dtype, "cpu_offload": cpu_offload, "variant": variant,
+        "use_safetensors": use_safetensors,
     }
     options = {**{k: v for k, v in given.items() if v is not None}, **options}
     adapter = adapter_for(path)

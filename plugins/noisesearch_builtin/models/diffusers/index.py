@@ -60,10 +60,24 @@ def read_json(path: str, filename: str, required: bool = True) -> dict[str, Any]
 
 def _read_hub_json(repo_id: str, filename: str, required: bool) -> dict[str, Any] | None:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import RemoteEntryNotFoundError
     except ImportError as exc:  # pragma: no cover - huggingface_hub comes with diffusers
         raise ConfigError(_FIELD, f"reading hub id {repo_id!r} needs huggingface_hub: {exc}") from None
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):  # in the local cache: no network needed to plan
+        return _parse(Path(cached), repo_id)
+    unreachable = hub_unreachable()
+    if unreachable:  # fail in seconds, not after huggingface_hub's ~30 s of retries
+        if not required:
+            return None
+        raise ConfigError(
+            _FIELD,
+            f"{repo_id!r} is not a local folder, its {filename} is not in the local hub cache, and "
+            f"the hub cannot be reached ({unreachable}). Download it where there is a network "
+            f"(`hf download {repo_id}`) and point HF_HOME at that cache (HF_HUB_OFFLINE=1 then "
+            f"uses only the cache), or give a local folder.",
+        )
     try:
         local = hf_hub_download(repo_id, filename)
     except RemoteEntryNotFoundError:  # the repository exists but lacks the file
@@ -82,6 +96,76 @@ def _read_hub_json(repo_id: str, filename: str, required: bool) -> dict[str, Any
             f"HF_HUB_OFFLINE=1 is set.",
         ) from None
     return _parse(Path(local), repo_id)
+
+
+_REACHABILITY: dict[str, str | None] = {}
+#: Seconds to wait for the hub's host to accept a connection before calling it unreachable.
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached now (one TCP connection, at most
+    ``HUB_PROBE_SECONDS``, once per process), or ``None`` if it can, or if we cannot tell
+    (``HF_HUB_OFFLINE``, which huggingface_hub handles itself; a proxy)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    if "result" in _REACHABILITY:
+        return _REACHABILITY["result"]
+    result = None
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if not any(os.environ.get(name) for name in proxies):
+        url = urlparse(constants.ENDPOINT)
+        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+        except OSError as exc:
+            result = f"{host}: {exc.strerror or exc}"
+    _REACHABILITY["result"] = result
+    return result
+
+
+#: Weight files that are pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_local_weights(path: str, variant: str | None, use_safetensors: bool) -> None:
+    """Before loading a local pipeline folder: every component with weights has them in the
+    requested ``variant``, and as safetensors unless ``use_safetensors`` is false."""
+    folder = Path(path).expanduser()
+    index = read_json(path, "model_index.json") or {}
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        sub = folder / component
+        if not sub.is_dir():
+            continue
+        names = [file.name for file in sub.iterdir() if file.is_file()]
+        safe = [name for name in names if name.endswith(".safetensors")]
+        pickled = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+        if not safe and not pickled:
+            continue  # a tokenizer, a scheduler: no weights
+        if variant:
+            safe = [name for name in safe if f".{variant}." in name]
+            pickled = [name for name in pickled if f".{variant}." in name]
+            if not safe and not pickled:
+                raise ConfigError(
+                    "variant", f"{path!r} has no {variant!r} weights in {component}/ (files named "
+                    f"*.{variant}.safetensors); leave out variant to load the default weights",
+                )
+        if use_safetensors and not safe:
+            raise ConfigError(
+                "use_safetensors",
+                f"{path!r}: {component}/ has only pickled weights ({pickled[0]}), which can run "
+                f"code when loaded. Convert them to safetensors (pipeline.save_pretrained(folder) "
+                f"writes safetensors), or, only if you trust them, pass "
+                f"--model-opt use_safetensors=false.",
+            )
 
 
 def _parse(file: Path, path: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from noisesearch_builtin.models.diffusers.base import VariancePreservingModel
+from noisesearch_builtin.models.diffusers.base import VariancePreservingModel, transformer_patch
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +53,10 @@ class PixArtSigmaModel(VariancePreservingModel):
         self.max_sequence_length = int(max_sequence_length)
         self.clean_caption = bool(clean_caption)
         super().__init__(**options)  # the options every diffusers model takes
+
+    @classmethod
+    def _patch_multiple(cls, path: str) -> int:
+        return transformer_patch(path)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from noisesearch_builtin.models.diffusers.base import transformer_patch
 from noisesearch_builtin.models.diffusers.flow import FlowModel
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ class StableDiffusion3Model(FlowModel):
     ) -> None:
         self.max_sequence_length = int(max_sequence_length)
         super().__init__(**options)  # the options every diffusers model takes
+
+    @classmethod
+    def _patch_multiple(cls, path: str) -> int:
+        return transformer_patch(path)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()
