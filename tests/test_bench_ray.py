@@ -70,6 +70,9 @@ def test_ray_rows_equal_local_rows_and_a_killed_worker_is_retried(tmp_path: Path
     def on_row(row: dict) -> None:
         ray_rows.append(row)
         if not killed:  # kill one worker while it holds cells: they must be retried
+            import ray
+
+            assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
             pid = executor.pids()[0]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)

@@ -167,6 +167,9 @@ def run_bench(
     registries = registries or build_registries(pm)
     cells = expand(grid, registries)
     runner = make_executor(executor, {"threads": grid.threads, **(executor_options or {})}, pm)
+    start = getattr(runner, "start", None)
+    if callable(start):  # join or start a cluster before anything is written
+        start()
     folder = Path(grid.output) if grid.output else default_folder(grid)
     folder.mkdir(parents=True, exist_ok=True)
     from noisesearch.results import write_json

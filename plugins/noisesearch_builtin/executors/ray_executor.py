@@ -21,6 +21,7 @@ from typing import Any
 from noisesearch import ConfigError, hookimpl
 
 INSTALL_HINT = "the Ray executor needs Ray: pip install 'noisesearch[ray]'"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Cells in flight per actor: one running, one queued, to hide the driver's round trip.
 IN_FLIGHT = 2
 
@@ -71,6 +72,8 @@ class RayExecutor:
         self.gpus_per_worker = gpus_per_worker
         self.actors: list[Any] = []
         self._started_cluster = False
+        self._saved_env: str | None = None
+        self._saved_flag = True
 
     def start(self) -> None:
         """Join or start the cluster (actors are made per model, in :meth:`run`)."""
@@ -78,10 +81,14 @@ class RayExecutor:
         if ray.is_initialized():
             return
         if self.address:
-            ray.init(address=self.address, log_to_driver=False)
+            try:
+                ray.init(address=self.address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError("address", f"cannot join the Ray cluster at {self.address!r}: "
+                                  f"{exc}") from None
         else:
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+            self._loopback(True)
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
             self._started_cluster = True
 
     def _spawn(self, resources: dict[str, float]) -> None:
@@ -163,6 +170,28 @@ class RayExecutor:
         if self._started_cluster:
             self.ray.shutdown()
             self._started_cluster = False
+            self._loopback(False)
+
+    def _loopback(self, on: bool) -> None:
+        """Keep a cluster started here on 127.0.0.1. Ray registers a node under this machine's
+        network address even when told 127.0.0.1, except in the loopback mode it uses on macOS
+        and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): set it for this process and the
+        processes Ray starts, and restore it afterwards."""
+        import os
+
+        from ray._private import ray_constants
+
+        if on:
+            self._saved_env = os.environ.get(LOOPBACK_ENV)
+            self._saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+            os.environ[LOOPBACK_ENV] = "0"
+            ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time; ray is imported already
+        else:
+            if self._saved_env is None:
+                os.environ.pop(LOOPBACK_ENV, None)
+            else:
+                os.environ[LOOPBACK_ENV] = self._saved_env
+            ray_constants.ENABLE_RAY_CLUSTER = self._saved_flag
 
 
 def _same_model(a: Any, b: Any) -> bool:
