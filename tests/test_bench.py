@@ -298,3 +298,17 @@ def test_resources_are_declared_per_model_of_the_grid() -> None:
         grid_from_mapping({"models": ["digits"], "resources": {"flux-dev": {"num_gpus": 1}}})
     with pytest.raises(ConfigError, match="resources"):
         grid_from_mapping({"models": ["digits"], "resources": {"digits": {"gpus": 1}}})
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_runs_quickly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_overhead.py"
+    out = tmp_path / "numbers.json"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--skip-ray", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    numbers = json.loads(out.read_text())["overhead"]
+    assert numbers["cells"] == 10 and 0 < numbers["sum_search_s"] < numbers["wall_s"]
