@@ -354,6 +354,19 @@ def test_a_random_search_winner_regenerates_from_its_noise(
     torch.testing.assert_close(image, result.best.image, atol=ATOL, rtol=0)
 
 
+def test_kept_images_hold_no_autograd_graph(tiny: Callable[[str], Path], registries: Registries) -> None:
+    """The VAE's weights keep requires_grad: a decode outside inference mode made every kept image
+    hold its batch's whole autograd graph (out of memory at DiT-XL/2 size on an H200)."""
+    result = noisesearch.search(
+        model="hf", model_options={"path": str(tiny("sd"))}, prompt=PROMPT, verifiers=["test-brightness"],
+        evaluator="none", candidates=4, steps=2, write=False, registries=registries, batch_size=2,
+    )
+    assert any(p.requires_grad for p in _hf(registries, tiny("sd")).pipe.vae.parameters())
+    for candidate in result.top:
+        assert candidate.image is not None and candidate.image.grad_fn is None
+        assert not candidate.image.requires_grad
+
+
 @pytest.mark.parametrize(("family", "strategy"), [("sd", "random"), ("flux", "paths")])
 def test_replay_regenerates_a_diffusers_winner_bit_for_bit(
     family: str, strategy: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
