@@ -52,7 +52,7 @@ def scale_out(folder: Path, quick: bool) -> dict[str, Any]:
     """The same 40-cell bench with 1 and with 2 Ray workers (4 cells with --quick)."""
     labels = 2 if quick else 10
     grid = dict(models=["digits"], strategies=[StrategySpec("random")],
-                budgets=[65536], seeds=[0, 1] if quick else [0, 1, 2, 3], limit=labels,
+                budgets=[131072], seeds=[0, 1] if quick else [0, 1, 2, 3], limit=labels,
                 baselines=[], threads=1)
     times: dict[str, float] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
