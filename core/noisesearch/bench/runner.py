@@ -52,7 +52,8 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     from noisesearch.planning import NO_EVALUATOR, model_traits, plan
 
     grid.validate()
-    root = Path(grid.output) if grid.output else default_folder(grid)
+    # Absolute: remote workers (Ray) need not share the driver's working directory.
+    root = (Path(grid.output) if grid.output else default_folder(grid)).absolute()
     cells: list[Cell] = []
     for model_name in grid.models:
         probe = RunConfig(model=model_name, model_options=dict(grid.model_options.get(model_name, {})))
