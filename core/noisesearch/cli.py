@@ -523,9 +523,6 @@ def build_app() -> typer.Typer:
     from noisesearch.bench.cli import register as register_bench
 
     register_bench(app)
-    from noisesearch.bench.cli import register as register_bench
-
-    register_bench(app)
     try:
         _state["manager"] = get_plugin_manager()
         _add_plugin_commands(app)
