@@ -312,3 +312,19 @@ def test_the_overhead_benchmark_runs_quickly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     numbers = json.loads(out.read_text())["overhead"]
     assert numbers["cells"] == 10 and 0 < numbers["sum_search_s"] < numbers["wall_s"]
+
+
+def test_winners_diversity_across_seeds_compares_the_seeds_of_one_condition(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from noisesearch.bench.outputs import seed_diversity
+
+    rows = []
+    for seed, (label, value) in enumerate([(1, 0), (1, 255), (2, 7), (2, 7)]):
+        run_dir = tmp_path / f"run{seed}"
+        run_dir.mkdir()
+        Image.new("RGB", (4, 4), (value, value, value)).save(run_dir / "best.png")
+        rows.append({"run_dir": str(run_dir), "label": label, "prompt": None})
+    # label 1: black against white (distance 1); label 2: the same image twice (0)
+    assert seed_diversity(rows, {}) == 0.5
+    assert seed_diversity(rows[:1], {}) is None

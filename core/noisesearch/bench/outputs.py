@@ -70,6 +70,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per verifier x evaluator x strategy x budget, with the statistics."""
     ok = [row for row in rows if row.get("status") == "ok"]
     verifiers, evaluators, strategies, budgets = _axes(ok)
+    images: dict[str, Any] = {}  # best.png of each cell, read once
     entries = []
     for verifier in verifiers:
         for evaluator in evaluators:
@@ -90,8 +91,36 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "accuracy": sum(agrees) / len(agrees) if agrees else None,
                         "nfe": stat([row.get("nfe") for row in chosen]),
                         "diversity": stat([row.get("diversity") for row in chosen]),
+                        "seed_diversity": seed_diversity(chosen, images),
                     })
     return entries
+
+
+def seed_diversity(rows: list[dict[str, Any]], images: dict[str, Any]) -> float | None:
+    """How different the winners of one condition are across seeds: the mean pairwise RMS
+    pixel distance of their ``best.png``, averaged over conditions (``None`` with one seed).
+    Low means the search finds the same image whatever the seed."""
+    import numpy as np
+
+    by_condition: dict[str, list[Any]] = {}
+    for row in rows:
+        path = str(Path(row["run_dir"]) / "best.png")
+        if path not in images:
+            try:
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    images[path] = np.asarray(image.convert("RGB"), dtype=np.float32).ravel() / 255
+            except OSError:
+                images[path] = None
+        if images[path] is not None:
+            by_condition.setdefault(f"{row.get('prompt')}|{row.get('label')}", []).append(images[path])
+    means = []
+    for winners in by_condition.values():
+        pairs = [(a, b) for i, a in enumerate(winners) for b in winners[i + 1:] if a.shape == b.shape]
+        if pairs:
+            means.append(sum(float(np.sqrt(np.mean((a - b) ** 2))) for a, b in pairs) / len(pairs))
+    return round(sum(means) / len(means), 6) if means else None
 
 
 def summary_markdown(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> str:
@@ -99,10 +128,13 @@ def summary_markdown(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) 
     lines = ["# Bench summary", "",
              f"{len(rows)} cells, {len(rows) - len(failed)} finished, {len(failed)} failed. "
              "Scores are the winner's; mean ± half-width of the 95% confidence interval over "
-             "conditions and seeds. Baselines spend the same NFEs without a verifier's choice.", ""]
+             "conditions and seeds. Baselines spend the same NFEs without a verifier's choice. "
+             "Top-k diversity: mean pairwise RMS pixel distance between a cell's kept best "
+             "images; winners' diversity across seeds: the same between the winners of one "
+             "condition's seeds (low: the search finds the same image whatever the seed).", ""]
     header = ("| verifier | evaluator | strategy | NFE budget | n | evaluator score | verifier score "
-              "| accuracy | NFEs used | diversity |")
-    lines += [header, "|" + "---|" * 10]
+              "| accuracy | NFEs used | top-k diversity | winners' diversity across seeds |")
+    lines += [header, "|" + "---|" * 11]
     for e in entries:
         accuracy = "-" if e["accuracy"] is None else f"{e['accuracy']:.3f}"
         lines.append(
@@ -110,7 +142,8 @@ def summary_markdown(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) 
             f"{e['evaluator_stat'].n if e['evaluator_stat'] else 0} | "
             f"{e['evaluator_stat'].text() if e['evaluator_stat'] else '-'} | "
             f"{e['verifier_stat'].text() if e['verifier_stat'] else '-'} | {accuracy} | "
-            f"{e['nfe'].mean:.1f} | {e['diversity'].text() if e['diversity'] else '-'} |"
+            f"{e['nfe'].mean:.1f} | {e['diversity'].text() if e['diversity'] else '-'} | "
+            f"{'-' if e['seed_diversity'] is None else format(e['seed_diversity'], '.4f')} |"
         )
     if failed:
         lines += ["", "## Failed cells", ""]
