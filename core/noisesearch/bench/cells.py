@@ -65,8 +65,8 @@ def make_cell(
     from noisesearch.names import safe_name
 
     identity = {"config": {k: v for k, v in config.items() if k != "output"}, "kind": kind,
-                "strategy": strategy, "evaluators": evaluators, "evaluator_options": evaluator_options,
-                "threads": threads}
+                "strategy": strategy, "budget": budget, "evaluators": evaluators,
+                "evaluator_options": evaluator_options, "threads": threads}
     key = cell_key(identity)
     what = condition.get("prompt")
     what = f"label{condition.get('label')}" if what is None else what

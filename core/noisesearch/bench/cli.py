@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Optional
 
 import typer
@@ -50,16 +51,18 @@ def register(app: typer.Typer) -> None:
             "baselines": baseline, "output": output, "cell_reports": cell_reports,
         }
         options = {k: v for k, v in {"address": address, "workers": workers}.items() if v is not None}
+        result = None
         with user_errors():
             data = load_grid_file(grid_file) if grid_file else {}
             data.update({k: v for k, v in given.items() if v})
             grid = grid_from_mapping(data, where=grid_file or "the command line")
-            try:
+            # Ctrl-C is told below, outside user_errors (whose message is about run folders).
+            with contextlib.suppress(KeyboardInterrupt):
                 result = run_bench(grid, executor, options, progress=not quiet)
-            except KeyboardInterrupt:
-                typer.echo("Interrupted. Finished cells are kept; run the same command again to "
-                           "continue the bench.", err=True)
-                raise typer.Exit(130) from None
+        if result is None:
+            typer.echo("Interrupted. Finished cells are kept; run the same command again to "
+                       "continue the bench.", err=True)
+            raise typer.Exit(130)
         if not quiet:
             typer.echo(f"{len(result.rows)} cells ({result.ran} run now, {len(result.failed)} failed) "
                        f"in {result.seconds:.1f} s")

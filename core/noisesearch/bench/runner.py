@@ -41,8 +41,12 @@ def one_sample_nfe(steps: int, solver: str) -> int:
 
 
 def more_steps_for(budget: int, solver: str) -> int:
-    """The most steps one sample can take within ``budget`` NFEs."""
-    return budget if solver == "ddim" else (budget + 1) // 2
+    """The most steps one sample can take within ``budget`` NFEs, up to the steps a run allows
+    (``noisesearch.config.LIMITS``; beyond ~10^3 steps a flow has long converged)."""
+    from noisesearch.config import LIMITS
+
+    steps = budget if solver == "ddim" else (budget + 1) // 2
+    return min(steps, LIMITS.get("steps", steps))
 
 
 def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
