@@ -53,7 +53,7 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     """Every cell of the grid, in its canonical order (model, condition, seed, budget,
     verifier, strategy, then the baselines), each planned: bad input fails here."""
     from noisesearch.config import RunConfig
-    from noisesearch.planning import NO_EVALUATOR, model_traits, plan
+    from noisesearch.planning import NO_EVALUATOR, _expand_model_prefix, model_traits, plan
 
     grid.validate()
     # Absolute: remote workers (Ray) need not share the driver's working directory.
@@ -61,8 +61,6 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     cells: list[Cell] = []
     for model_name in grid.models:
         probe = RunConfig(model=model_name, model_options=dict(grid.model_options.get(model_name, {})))
-        from noisesearch.planning import _expand_model_prefix
-
         _expand_model_prefix(probe)
         entry = _get(registries.models, probe.model, "models")
         traits = model_traits(entry, probe.model_options)
