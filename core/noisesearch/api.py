@@ -145,7 +145,7 @@ def run_plan(
         engine = Engine(
             model,
             plan.condition,
-            Scorer(verifiers, evaluator, owners),
+            Scorer(verifiers, evaluator, owners, evaluate_all=config.evaluate_all),
             plan.budget,
             search_levels(model, plan.steps),
             solver=config.solver,
@@ -339,6 +339,7 @@ def _write_run_dir(
         "baseline_origin": result.baseline_origin,
         "non_finite": result.non_finite,
         "verdicts": result.verdicts,
+        "evaluated": engine.scorer.evaluated,  # "all", "reported" (noisesearch.evaluation) or None
         "strategy_report": result.strategy_report,
         "environment": results.environment(),
     }

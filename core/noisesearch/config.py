@@ -62,6 +62,7 @@ class RunConfig:
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # replace a run already in ``output`` (else refused)
+    evaluate_all: bool = False  # the evaluator on every candidate, not only the reported ones
 
     def validate(self) -> None:
         """Check every value that can be checked without plugins; errors name the field."""
@@ -147,6 +148,7 @@ _FIELD_KINDS: dict[str, str] = {
     "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
     "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
     "verifier_options": "tables", "strategy_options": "table", "overwrite": "bool",
+    "evaluate_all": "bool",
 }
 
 

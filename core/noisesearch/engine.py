@@ -20,6 +20,7 @@ from noisesearch import recipes as rec
 from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
+from noisesearch.evaluation import ReportedEvaluation
 from noisesearch.faults import Owner, PluginFailed, blame, is_out_of_memory
 from noisesearch.sampling import SolveResult, draw_noise, renoise, solve, solver_nfe
 from noisesearch.scoring import Scorer
@@ -111,6 +112,7 @@ class Engine:
         self.top_k = max(1, top_k)
         self.listeners = list(listeners)
         self.usage = Usage()
+        self.reported = ReportedEvaluation(scorer, condition, self.usage, self.device)
         self.report: dict[str, Any] = {}
         self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, solver)
         self._prepared: Any = None
@@ -152,6 +154,7 @@ class Engine:
         # The searched candidate that is exactly the plain first sample, or else one made apart.
         found = self.selection.baseline
         baseline = found or plain.generate(self, derive_seed(self.seed, 0))
+        self.reported.complete([*top, baseline])
         return EngineResult(top, baseline, self.usage, self._history, self.report,
                             self.selection.non_finite(), plain.FROM_SEARCH if found else plain.EXTRA)
 
@@ -406,6 +409,7 @@ class Engine:
                 batch.append(candidate)
             if self.scorer.pooled:
                 self._rerank()
+            self.reported.on_batch(batch, images)  # the running bests, before they stream out
             candidates.extend(batch)
             for listener in self.listeners:
                 handler = getattr(listener, "on_candidates", None)

@@ -71,13 +71,16 @@ def running_best(values: Sequence[float | None]) -> list[float | None]:
 
 
 def scaling_series(
-    rows: Sequence[Mapping[str, Any]], verifiers: Sequence[str], evaluator: str | None
+    rows: Sequence[Mapping[str, Any]], verifiers: Sequence[str], evaluator: str | None,
+    oracle: bool = True,
 ) -> list[tuple[str, list[float], list[float | None], str]]:
     """The lines of ``scaling.png`` as ``(label, nfe, best so far, line style)``.
 
     One line per verifier (its own running best) and the evaluator's; with an evaluator,
     also its score of the candidate the search ranks best so far, which is what a user
-    gets, and whose gap to the searched score shows verifier hacking.
+    gets, and whose gap to the searched score shows verifier hacking. The evaluator's own
+    running best (the oracle line) needs its score of every candidate: ``oracle=False`` (a
+    run that evaluated only what it reports, ``noisesearch.evaluation``) leaves it out.
     """
     x = nfe_axis(rows)
     series = []
@@ -90,7 +93,8 @@ def scaling_series(
             series.append((shown, x, running_best([row["scores"].get(key) for row in rows]), "-"))
     if evaluator:
         values = [row["scores"].get(evaluator) for row in rows]
-        series.append((f"{evaluator} (evaluator)", x, running_best(values), "--"))
+        if oracle:
+            series.append((f"{evaluator} (evaluator)", x, running_best(values), "--"))
         if verifiers:
             chosen: list[float | None] = []
             best_objective: float | None = None
@@ -105,7 +109,8 @@ def scaling_series(
 
 
 def scaling_png(
-    rows: Sequence[Mapping[str, Any]], verifiers: Sequence[str], evaluator: str | None, title: str
+    rows: Sequence[Mapping[str, Any]], verifiers: Sequence[str], evaluator: str | None, title: str,
+    oracle: bool = True,
 ) -> bytes:
     """The plot as PNG bytes: best score so far against NFEs spent (Agg, no pyplot, so no
     global backend is changed in the caller's process)."""
@@ -116,7 +121,7 @@ def scaling_png(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     x_values = []
-    for label, x, y, style in scaling_series(rows, verifiers, evaluator):
+    for label, x, y, style in scaling_series(rows, verifiers, evaluator, oracle):
         points = [(a, b) for a, b in zip(x, y) if b is not None]
         if points:
             xs, ys = zip(*points)
@@ -302,6 +307,11 @@ def render_html(record: RunRecord) -> str:
 
     out.append('<section id="scaling"><h2>Best score against compute</h2>')
     out.append(_img(_inside(folder, SCALING_PNG), "scaling plot", 700))
+    if record.evaluator and not evaluated_all(record):
+        out.append(f"<p class=\"note\">No oracle line ({_e(record.evaluator)}'s best over every "
+                   "candidate): this run scored only what it reports with the evaluator (the "
+                   "baseline, the running bests, the top-k); <code>--evaluate-all</code> scores "
+                   "every candidate.</p>")
     out.append("</section>")
 
     out.append('<section id="config"><h2>Configuration</h2><table class="kv">')
@@ -362,12 +372,18 @@ def write_report(folder: Path | str) -> Path:
         return _write_report(folder)
 
 
+def evaluated_all(record: RunRecord) -> bool:
+    """Whether the evaluator scored every candidate (runs before ``"evaluated"`` existed did)."""
+    return record.run.get("evaluated", "all") == "all"
+
+
 def _write_report(folder: Path | str) -> Path:
     record = load_run(folder)
     verifiers = list(record.config.get("verifiers") or [])
     if not verifiers and record.candidates:  # no run.json yet: every score, as recorded
         verifiers = list(record.candidates[0]["scores"])
-    plot = scaling_png(record.candidates, verifiers, record.evaluator, plot_title(record))
+    plot = scaling_png(record.candidates, verifiers, record.evaluator, plot_title(record),
+                       evaluated_all(record))
     write_atomic(record.path / SCALING_PNG, plot)
     page = record.path / REPORT_HTML
     write_atomic(page, render_html(record).encode("utf-8"))

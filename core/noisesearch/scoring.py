@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 class Scorer:
     """Runs the verifiers and the (optional) evaluator on a batch of images.
 
-    The first verifier is the objective: selection ranks by its score. The others, and the
-    evaluator, are recorded on every candidate but never steer the search. An objective that
+    The first verifier is the objective: selection ranks by its score. The others are
+    recorded on every candidate but never steer the search; so is the evaluator with
+    ``evaluate_all``, else it scores only what a run reports (``noisesearch.evaluation``). An objective that
     ranks over a pool (an ensemble: ``member_scores`` + ``combine``) is re-ranked over every
     candidate seen so far.
     """
@@ -36,6 +37,7 @@ class Scorer:
         verifiers: Mapping[str, Verifier],
         evaluator: tuple[str, Verifier] | None = None,
         owners: Mapping[str, Owner] | None = None,
+        evaluate_all: bool = True,
     ) -> None:
         if not verifiers:
             raise ValueError("at least one verifier is needed to search")
@@ -43,6 +45,16 @@ class Scorer:
         self.objective_name = next(iter(self.verifiers))
         self.evaluator = evaluator
         self.owners = dict(owners or {})  # verifier name -> who to blame when it raises
+        # An evaluator that reads the trajectory, or is searched on too, scores every candidate.
+        self.evaluate_all = evaluate_all or bool(evaluator and (
+            evaluator[0] in self.verifiers or "trajectory" in getattr(evaluator[1], "requires", ())))
+
+    @property
+    def evaluated(self) -> str | None:
+        """``run.json``'s ``"evaluated"``: ``"all"``, ``"reported"`` or ``None`` (no evaluator)."""
+        if self.evaluator is None:
+            return None
+        return "all" if self.evaluate_all else "reported"
 
     @property
     def objective(self) -> Verifier:
@@ -71,7 +83,7 @@ class Scorer:
         """Every verifier's raw scores, by name; a pooled objective's by ``name/member`` only
         (its ranks mean something only over a pool: see :meth:`objectives`)."""
         members = dict(self.verifiers)
-        if self.evaluator is not None:
+        if self.evaluator is not None and self.evaluate_all:
             members[self.evaluator[0]] = self.evaluator[1]
         scores: dict[str, list[float]] = {}
         for name, verifier in members.items():
@@ -87,6 +99,17 @@ class Scorer:
             usage.verifier_seconds += time.perf_counter() - start
             usage.verifier_calls += 1
         return scores
+
+    def evaluate(self, images: torch.Tensor, condition: Condition, usage: Usage) -> list[float]:
+        """The evaluator's scores of ``images`` alone (see ``noisesearch.evaluation``)."""
+        assert self.evaluator is not None
+        name, verifier = self.evaluator
+        start = time.perf_counter()
+        with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
+            values = self._as_list(name, verifier.score(images, condition, trajectory=None), images)
+        usage.verifier_seconds += time.perf_counter() - start
+        usage.verifier_calls += 1
+        return values
 
     @staticmethod
     def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:

@@ -1,0 +1,160 @@
+"""What the search engine costs beyond the work it cannot avoid, on the embedded digits model.
+
+A search (``noisesearch.search`` with the model and verifiers built once) against a
+hand-written batched loop in this file that does the same work: the same noises' count, the
+same 20 DDIM steps (the same NFEs) with the same weights and batch size, the decode, the
+searched verifier on every candidate and the top-k by its score. Two ratios, search / loop:
+
+- **like for like**: no evaluator (``evaluator="none"``), nothing written;
+- **defaults**: the model's default evaluator, nothing written (the run folder is measured
+  on its own by ``noisesearch run``; see docs/performance.md).
+
+Repetitions are interleaved (the arms take turns, in rotating order) so that the load of a
+shared machine falls on every arm alike; each ratio is the median over repetitions of
+(search time / loop time of the same repetition), with [min, max]. Peak Python memory
+(tracemalloc, in a separate pass: tracing slows Python down) of one defaults search per N
+shows whether per-candidate state grows with N.
+
+    python benchmarks/engine_overhead.py                  # N = 16, 256, 4096
+    python benchmarks/engine_overhead.py --sizes 16 --reps 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import torch  # imported before any clock starts
+
+import noisesearch
+from noisesearch.plugins import build_registries
+
+LABEL = 3
+STEPS = 20
+TOP_K = 8
+
+
+def hand_loop(model: Any, verifier: Any, n: int, batch_size: int) -> torch.Tensor:
+    """The minimal batched search: noise, DDIM over the grid, decode, score, keep the top-k."""
+    from noisesearch import Condition
+
+    condition = Condition(label=LABEL)
+    prepared = model.prepare(condition)
+    levels = model.schedule.levels(STEPS)
+    generator = torch.Generator("cpu").manual_seed(0)
+    scores, kept = [], []
+    with torch.inference_mode():
+        for lo in range(0, n, batch_size):
+            rows = min(batch_size, n - lo)
+            x = torch.randn((rows, *model.latent_shape), generator=generator)  # (B, 64)
+            for sigma, sigma_next in zip(levels, levels[1:]):
+                x0 = model.denoise(x, sigma, prepared)
+                eps = (x - (1.0 - sigma) * x0) / sigma
+                x = (1.0 - sigma_next) * x0 + sigma_next * eps
+            images = model.decode(x).float().clamp(0, 1)  # (B, 3, 8, 8)
+            batch_scores = verifier.score(images, condition)  # (B,)
+            scores.append(batch_scores)
+            kept.append(images)
+        top = torch.cat(scores).topk(min(TOP_K, n)).indices
+        return torch.cat(kept)[top]
+
+
+def make_arms(n: int, built: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    model, registries = built["model"], built["registries"]
+    verifiers = {"digits-classifier": built["classifier"], "digits-evaluator": built["evaluator"]}
+    common = dict(model=model, label=LABEL, candidates=n, steps=STEPS, top_k=TOP_K, write=False,
+                  registries=registries, built_verifiers=verifiers)
+    return {
+        "loop": lambda: hand_loop(model, built["classifier"], n, model.preferred_batch_size),
+        "like_for_like": lambda: noisesearch.search(evaluator="none", **common),
+        "defaults": lambda: noisesearch.search(**common),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
+    arms = make_arms(n, built)
+    names = list(arms)
+    for fn in arms.values():  # warm-up: first calls pay for lazy imports and allocator growth
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            times[name].append(timed(arms[name]))
+    out: dict[str, Any] = {"n": n, "reps": reps,
+                           "median_s": {k: statistics.median(v) for k, v in times.items()}}
+    for name in names[1:]:
+        ratios = [s / h for s, h in zip(times[name], times["loop"])]
+        out[name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return out
+
+
+def peak_memory(n: int, built: dict[str, Any]) -> dict[str, float]:
+    """Peak Python-allocated memory (KB) of one defaults search and one loop of ``n``."""
+    arms = make_arms(n, built)
+    out = {}
+    for name in ("loop", "defaults"):
+        tracemalloc.start()
+        arms[name]()
+        out[name] = tracemalloc.get_traced_memory()[1] / 1024
+        tracemalloc.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 256, 4096])
+    parser.add_argument("--reps", type=int, default=0, help="repetitions (default: by N)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (both arms)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    registries = build_registries()
+    built = {
+        "registries": registries,
+        "model": registries.models.get("digits").create(),
+        "classifier": registries.verifiers.get("digits-classifier").create(),
+        "evaluator": registries.verifiers.get("digits-evaluator").create(),
+    }
+    results = []
+    print(f"torch {torch.__version__}, {args.threads} thread(s); ratio = search / hand-written loop, "
+          "median [min, max] over interleaved repetitions")
+    print(f"{'N':>6} {'reps':>4} {'loop ms':>9} {'like for like':>22} {'defaults':>22}")
+    for n in args.sizes:
+        reps = args.reps or {16: 30, 256: 15}.get(n, 7)
+        row = measure(n, reps, built)
+        results.append(row)
+        cells = [f"{row[k]['median']:.3f} [{row[k]['min']:.2f}, {row[k]['max']:.2f}]"
+                 for k in ("like_for_like", "defaults")]
+        print(f"{n:>6} {reps:>4} {row['median_s']['loop'] * 1000:>9.1f} {cells[0]:>22} {cells[1]:>22}",
+              flush=True)
+    print("\npeak Python memory (tracemalloc, KB), one run each:")
+    print(f"{'N':>6} {'loop':>10} {'search (defaults)':>18}")
+    memory = {}
+    for n in args.sizes:
+        memory[n] = peak_memory(n, built)
+        print(f"{n:>6} {memory[n]['loop']:>10.0f} {memory[n]['defaults']:>18.0f}")
+    if len(args.sizes) > 1:
+        lo, hi = min(args.sizes), max(args.sizes)
+        growth = (memory[hi]["defaults"] - memory[lo]["defaults"]) / (hi - lo) * 1024
+        print(f"search growth: {growth:.0f} bytes per candidate from N={lo} to N={hi}; "
+              f"peak ratio N={hi} / N={lo}: {memory[hi]['defaults'] / memory[lo]['defaults']:.2f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"threads": args.threads, "ratios": results,
+                       "peak_python_kb": {str(k): v for k, v in memory.items()}}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The evaluator on what a run reports, not on every candidate.
+
+A run reports the baseline, the running bests (the candidates that were the best so far when
+scored: the dotted "evaluator of the searched best" line of ``scaling.png``) and the top-k.
+Scoring only those with the held-out evaluator saves one model call per candidate, most of a
+small model's search time. ``RunConfig.evaluate_all`` (``--evaluate-all``) scores every
+candidate instead, which the report's oracle line (the evaluator's best over all candidates)
+needs; ``run.json``'s ``"evaluated"`` says which was done.
+
+Deterministic, so resume and replay stay exact: the same images (a resumed chunk re-decodes
+its latents) in the same groups get the same scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from noisesearch.finite import is_finite
+
+if TYPE_CHECKING:
+    import torch
+
+    from noisesearch.accounting import Usage
+    from noisesearch.scoring import Scorer
+    from noisesearch.types import Candidate, Condition
+
+#: ``run.json``'s ``"evaluated"``: every candidate, or only what the run reports.
+ALL = "all"
+REPORTED = "reported"
+
+
+class ReportedEvaluation:
+    """Scores the running bests batch by batch and, at the end, the top-k and the baseline;
+    a no-op when the scorer already scores every candidate (or there is no evaluator)."""
+
+    def __init__(self, scorer: Scorer, condition: Condition, usage: Usage, device: object = "cpu") -> None:
+        self.scorer = scorer
+        self.device = device
+        self.condition = condition
+        self.usage = usage
+        self.active = scorer.evaluated == REPORTED
+        self.name = scorer.evaluator[0] if scorer.evaluator else ""
+        self._best: float | None = None
+
+    def on_batch(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
+        """Score the candidates of one scored batch (``images`` ``(B, 3, H, W)``, in order)
+        that beat every objective before them."""
+        if not self.active:
+            return
+        rows = []
+        for row, candidate in enumerate(candidates):
+            if is_finite(candidate.objective) and (self._best is None or candidate.objective > self._best):
+                self._best = candidate.objective
+                rows.append(row)
+        if rows:
+            self._score([candidates[row] for row in rows], images[rows])
+
+    def complete(self, candidates: Sequence[Candidate | None]) -> None:
+        """Score, in one call, those of ``candidates`` (the top-k, the baseline) that hold an
+        image and have no evaluator score yet."""
+        if not self.active:
+            return
+        todo: list[Candidate] = []
+        for candidate in candidates:
+            if candidate is not None and candidate.image is not None and self.name not in candidate.scores \
+                    and all(candidate is not other for other in todo):
+                todo.append(candidate)
+        if todo:
+            import torch
+
+            self._score(todo, torch.stack([c.image for c in todo]).to(self.device))
+
+    def _score(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
+        values = self.scorer.evaluate(images, self.condition, self.usage)
+        for candidate, value in zip(candidates, values):
+            candidate.scores[self.name] = value

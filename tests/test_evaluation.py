@@ -1,0 +1,72 @@
+"""The evaluator scores what a run reports (baseline, running bests, top-k) unless
+``evaluate_all`` asks for every candidate (noisesearch.evaluation)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+import noisesearch
+from noisesearch.cli import build_app
+from noisesearch.report import scaling_series
+
+JUDGE = "digits-evaluator"
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "candidates.jsonl").read_text().splitlines()]
+
+
+def _search(folder: Path, **options: object) -> noisesearch.SearchResult:
+    return noisesearch.search(model="digits", label=4, candidates=40, batch_size=8, steps=6,
+                              output=str(folder), **options)
+
+
+def test_by_default_only_the_reported_candidates_are_evaluated(tmp_path: Path) -> None:
+    reported = _search(tmp_path / "reported")
+    every = _search(tmp_path / "all", evaluate_all=True)
+    run = json.loads((tmp_path / "reported" / "run.json").read_text())
+    assert run["evaluated"] == "reported"
+    assert json.loads((tmp_path / "all" / "run.json").read_text())["evaluated"] == "all"
+    # The search itself is the same: same winners, same images, same objectives.
+    assert torch.equal(reported.best.image, every.best.image)
+    assert [c.index for c in reported.top] == [c.index for c in every.top]
+    rows, all_rows = _rows(tmp_path / "reported"), _rows(tmp_path / "all")
+    assert all(JUDGE in row["scores"] for row in all_rows)
+    best = -math.inf
+    for row, full in zip(rows, all_rows):  # exactly the running bests carry the judge's score
+        leads = row["objective"] > best
+        best = max(best, row["objective"])
+        assert (JUDGE in row["scores"]) == leads
+        if leads:
+            assert math.isclose(row["scores"][JUDGE], full["scores"][JUDGE], rel_tol=1e-5, abs_tol=1e-6)
+    assert sum(JUDGE in row["scores"] for row in rows) < len(rows) / 2
+    for entry in [*run["top"], run["baseline"], run["best"]]:  # everything reported is judged
+        assert JUDGE in entry["scores"]
+    assert reported.usage.verifier_calls < every.usage.verifier_calls
+
+
+def test_the_report_says_when_the_oracle_line_is_absent(tmp_path: Path) -> None:
+    _search(tmp_path / "reported")
+    _search(tmp_path / "all", evaluate_all=True)
+    assert "No oracle line" in (tmp_path / "reported" / "report.html").read_text()
+    assert "No oracle line" not in (tmp_path / "all" / "report.html").read_text()
+    rows = _rows(tmp_path / "all")
+    labels = [label for label, *_ in scaling_series(rows, ["digits-classifier"], JUDGE, oracle=False)]
+    assert f"{JUDGE} (evaluator)" not in labels and f"{JUDGE} of the searched best" in labels
+    labels = [label for label, *_ in scaling_series(rows, ["digits-classifier"], JUDGE)]
+    assert f"{JUDGE} (evaluator)" in labels
+
+
+def test_the_cli_flag_evaluates_every_candidate(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_app(), ["run", "--model", "digits", "--label", "2", "--candidates", "8",
+                                      "--steps", "4", "--evaluate-all", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["evaluate_all"] is True and run["evaluated"] == "all"
+    assert all(JUDGE in row["scores"] for row in _rows(out))
