@@ -48,11 +48,12 @@ def dead_pid() -> int:
     return process.pid
 
 
-def crash_on_third_evaluator_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the run stop half-way, as a crash would (the judge fails on its third batch)."""
+def crash_on_third_verifier_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the run stop half-way, as a crash would (the searched verifier fails on its third
+    batch; the judge, which scores only the running bests, is called on fewer)."""
     from noisesearch_builtin.verifiers import digits_classifiers
 
-    original = digits_classifiers.DigitsEvaluator.score
+    original = digits_classifiers.DigitsClassifier.score
     calls = {"n": 0}
 
     def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
@@ -61,7 +62,7 @@ def crash_on_third_evaluator_call(monkeypatch: pytest.MonkeyPatch) -> None:
             raise RuntimeError("power cut")
         return original(self, images, condition, trajectory)
 
-    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", flaky)
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
 
 
 # -- the lock ----------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_report_and_resume_are_refused_while_a_run_holds_the_folder(
     tmp_path: Path, other_process, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    crash_on_third_evaluator_call(monkeypatch)
+    crash_on_third_verifier_call(monkeypatch)
     with pytest.raises(noisesearch.NoiseSearchError, match="power cut"):
         noisesearch.search(model="digits", label=1, candidates=16, batch_size=4, output=str(out))
     monkeypatch.undo()
@@ -139,7 +140,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path: Path) -> 
 
 def test_a_new_run_into_an_interrupted_one_points_to_resume(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
-    crash_on_third_evaluator_call(monkeypatch)
+    crash_on_third_verifier_call(monkeypatch)
     with pytest.raises(noisesearch.NoiseSearchError, match="power cut"):
         noisesearch.search(model="digits", label=1, candidates=16, batch_size=4, output=str(out))
     with pytest.raises(noisesearch.ConfigError, match=r"did not finish \(failed\).*--resume"):
@@ -152,7 +153,7 @@ def test_a_new_run_into_an_interrupted_one_points_to_resume(tmp_path: Path, monk
 def test_resume_refuses_a_changed_seed_naming_the_field(tmp_path: Path, monkeypatch) -> None:
     """The issue's case: the seed edited in run.json, then --resume mixed two runs (exit 0)."""
     out = tmp_path / "run"
-    crash_on_third_evaluator_call(monkeypatch)
+    crash_on_third_verifier_call(monkeypatch)
     with pytest.raises(noisesearch.NoiseSearchError, match="power cut"):
         noisesearch.search(model="digits", label=1, candidates=16, batch_size=4, output=str(out))
     monkeypatch.undo()
@@ -174,7 +175,7 @@ def test_resume_refuses_changed_weights_without_reading_them(tmp_path: Path, mon
     weights = tmp_path / "flow.safetensors"
     shutil.copy(FLOW_WEIGHTS, weights)
     out = tmp_path / "run"
-    crash_on_third_evaluator_call(monkeypatch)
+    crash_on_third_verifier_call(monkeypatch)
     with pytest.raises(noisesearch.NoiseSearchError, match="power cut"):
         noisesearch.search(model="digits", label=1, candidates=16, batch_size=4, output=str(out),
                            model_options={"weights": str(weights)})

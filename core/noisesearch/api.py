@@ -407,7 +407,8 @@ def search(
             raise ConfigError("search()", f"{exc}. Valid fields: {fields}") from None
     elif options:
         raise ConfigError("search()", "pass either a RunConfig or keyword fields, not both")
-    checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers)
+    checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers,
+                   check_output=write)
     return run_plan(checked, progress=progress, write=write)
 
 

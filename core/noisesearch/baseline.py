@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from noisesearch.recipes import initial_noise, seed_recipe
-from noisesearch.sampling import solve
+from noisesearch.recipes import initial_noise, seed_recipe, solve_op
+from noisesearch.sampling import is_stochastic, solve
 from noisesearch.types import Candidate
 
 if TYPE_CHECKING:
@@ -25,24 +25,28 @@ FROM_SEARCH = "candidate"
 EXTRA = "extra"
 
 
-def plain_recipe(seed: int, levels: Sequence[float]) -> dict[str, Any]:
-    """The recipe of one plain sample of noise ``seed`` over ``levels``, alone in its batch."""
+def plain_recipe(seed: int, levels: Sequence[float], noise_seed: int | None = None) -> dict[str, Any]:
+    """The recipe of one plain sample of noise ``seed`` over ``levels``, alone in its batch;
+    ``noise_seed``: a stochastic solver's step-noise seed (the baseline uses ``seed`` itself)."""
     return {
         "start": seed_recipe(seed),
-        "ops": [{"op": "solve", "levels": [float(level) for level in levels], "batch": 1, "row": 0}],
+        "ops": [solve_op(levels, 1, 0, noise_seed)],
         "decode": {"batch": 1, "row": 0},
     }
 
 
-def is_plain(recipe: dict[str, Any], seed: int, levels: Sequence[float]) -> bool:
+def is_plain(
+    recipe: dict[str, Any], seed: int, levels: Sequence[float], noise_seed: int | None = None
+) -> bool:
     """Whether ``recipe`` is a plain sample of noise ``seed`` over ``levels`` (in a batch of
-    any size: batching changes results by ~1e-7 only)."""
+    any size: batching changes results by ~1e-7 only), with step noise ``noise_seed``."""
     ops = recipe.get("ops") or []
     return (
         recipe.get("start") == seed_recipe(seed)
         and len(ops) == 1
         and ops[0].get("op") == "solve"
         and [float(level) for level in ops[0].get("levels", [])] == [float(level) for level in levels]
+        and ops[0].get("noise_seed") == noise_seed
     )
 
 
@@ -51,14 +55,15 @@ def generate(engine: Engine, seed: int) -> Candidate:
     scorer, outside its budget and its record of candidates (``index`` -1)."""
     import torch
 
-    recipe = plain_recipe(seed, engine.levels)
+    step_seed = seed if is_stochastic(engine.solver) else None
+    recipe = plain_recipe(seed, engine.levels, step_seed)
     noise = initial_noise(recipe["start"], tuple(engine.model.latent_shape), "cpu", engine.dtype)
     x = noise[None].to(device=engine.device, dtype=engine.dtype or noise.dtype)  # (1, *latent)
     scorer, usage = engine.scorer, engine.usage
     start = time.perf_counter()
     with torch.inference_mode():
         result = solve(engine.denoiser(), x, engine.model.schedule, engine.levels, engine.solver,
-                       scorer.trajectory_levels)
+                       scorer.trajectory_levels, None if step_seed is None else [step_seed])
     usage.model_seconds += time.perf_counter() - start
     usage.baseline_nfe += result.nfe
     image = engine._decode(result.x)  # (1, 3, H, W)

@@ -170,7 +170,7 @@ def _run_command(app: typer.Typer) -> None:
         candidates: Optional[int] = typer.Option(None, help="Budget in candidates (default 16 when no budget is given)."),  # noqa: E501, UP045
         budget_nfe: Optional[int] = typer.Option(None, help="Budget in denoiser evaluations, summed over candidates."),  # noqa: E501, UP045
         steps: Optional[int] = typer.Option(None, help="Solver steps per candidate (default: the model's)."),  # noqa: E501, UP045
-        solver: Optional[str] = typer.Option(None, help="ODE solver: ddim (Euler) or heun. Default: ddim."),  # noqa: E501, UP045
+        solver: Optional[str] = typer.Option(None, help="Solver: ddim (Euler), heun, or native (the model's own sampler, e.g. a diffusers pipeline's scheduler). Default: ddim."),  # noqa: E501, UP045
         seed: Optional[int] = typer.Option(None, help="Run seed: same seed, same candidates. Default: 0."),  # noqa: E501, UP045
         batch_size: Optional[int] = typer.Option(None, help="Candidates per batch (default: the model's)."),  # noqa: E501, UP045
         top_k: Optional[int] = typer.Option(None, help="Best candidates kept with their images. Default: 8."),  # noqa: E501, UP045

@@ -118,8 +118,10 @@ class Engine:
         self._prepared: Any = None
         self._draws = 0
         first = derive_seed(seed, 0)  # the baseline: the plain sample of this seed (baseline.py)
-        self.selection = Selection(self.top_k, lambda c: plain.is_plain(c.recipe, first, self.levels))
-        self._all = self.selection.all  # every candidate, without images (for pooled ranks)
+        levels = self.levels  # the lambda below must not hold self (a cycle keeps a search alive)
+        self.selection = Selection(self.top_k, lambda c: plain.is_plain(c.recipe, first, levels))
+        self.selection.keep_all = scorer.pooled  # only a pooled objective re-ranks every candidate
+        self._all = self.selection.all  # every candidate when pooled (without images), else empty
         self._history: list[tuple[int, float, dict[str, float]]] = []
 
     @property
@@ -143,7 +145,7 @@ class Engine:
         # BudgetExhausted: the engine refused to overspend; the search ends with what it has.
         with contextlib.suppress(BudgetExhausted), blame(owner):
             strategy.run(SearchContext(self))
-        if not self._all:
+        if not self.selection.count:
             raise BudgetExhausted(
                 f"{owner.kind} {owner.name!r} evaluated no candidate: a full sample costs "
                 f"{self.nfe_per_candidate} NFEs and the budget is {self.budget}"
@@ -156,7 +158,8 @@ class Engine:
         baseline = found or plain.generate(self, derive_seed(self.seed, 0))
         self.reported.complete([*top, baseline])
         return EngineResult(top, baseline, self.usage, self._history, self.report,
-                            self.selection.non_finite(), plain.FROM_SEARCH if found else plain.EXTRA)
+                            self.selection.non_finite(self.reported.non_finite),
+                            plain.FROM_SEARCH if found else plain.EXTRA)
 
     def next_seeds(self, n: int) -> list[int]:
         seeds = [derive_seed(self.seed, self._draws + i) for i in range(n)]
@@ -396,7 +399,7 @@ class Engine:
             objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
             for row, row_scores in enumerate(rows):
                 candidate = Candidate(
-                    index=len(self._all),
+                    index=self.selection.count,
                     recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
                     scores=row_scores,
                     objective=objectives[row],

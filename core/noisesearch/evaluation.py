@@ -42,6 +42,7 @@ class ReportedEvaluation:
         self.active = scorer.evaluated == REPORTED
         self.name = scorer.evaluator[0] if scorer.evaluator else ""
         self._best: float | None = None
+        self.non_finite: dict[str, int] = {}  # non-finite evaluator scores given here
 
     def on_batch(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
         """Score the candidates of one scored batch (``images`` ``(B, 3, H, W)``, in order)
@@ -75,3 +76,5 @@ class ReportedEvaluation:
         values = self.scorer.evaluate(images, self.condition, self.usage)
         for candidate, value in zip(candidates, values):
             candidate.scores[self.name] = value
+            if not is_finite(value):
+                self.non_finite[self.name] = self.non_finite.get(self.name, 0) + 1

@@ -63,7 +63,17 @@ def neighbour_noise(pivot_noise: torch.Tensor, seed: int, cosine: float) -> torc
 
 
 def candidate_recipe(start: Recipe) -> Recipe:
-    return {"start": copy.deepcopy(start), "ops": []}
+    return {"start": _copy_json(start), "ops": []}
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars): ``copy.deepcopy`` without its
+    memo, which cost a search ~30 ms per 4096 candidates."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return copy.deepcopy(value) if not isinstance(value, (str, int, float, bool, type(None))) else value
 
 
 def with_op(recipe: Recipe, op: dict[str, Any] | None = None) -> Recipe:

@@ -60,10 +60,19 @@ class CandidatesWriter:
         self._handle = path.open("w", encoding="utf-8")
 
     def on_candidates(self, candidates: Sequence[Candidate], usage: Usage) -> None:
+        """One write and one flush per batch: a killed run loses at most its last batch's lines
+        (and a half-written last line, which ``runs.read_candidates`` drops)."""
+        encode = json.JSONEncoder(allow_nan=False).encode
+        lines = []
         for candidate in candidates:
-            row = strict_json({**candidate.to_json(), "nfe_spent": usage.nfe})
-            self._handle.write(json.dumps(row, allow_nan=False) + "\n")
-        self._handle.flush()
+            row = {**candidate.to_json(), "nfe_spent": usage.nfe}
+            try:  # almost always finite: strict_json's walk of every row cost more than the model
+                lines.append(encode(row))
+            except ValueError:  # NaN or an infinity: null plus the flag (noisesearch.finite)
+                lines.append(encode(strict_json(row)))
+        if lines:
+            self._handle.write("\n".join(lines) + "\n")
+            self._handle.flush()
 
     def close(self) -> None:
         if not self._handle.closed:

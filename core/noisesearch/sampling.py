@@ -255,11 +255,10 @@ def draw_noise(
     """
     import torch
 
-    samples = []
-    for seed in seeds:
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        samples.append(torch.randn(tuple(shape), generator=generator, dtype=torch.float32))
-    noise = torch.stack(samples) if samples else torch.empty((0, *shape))
+    noise = torch.empty((len(seeds), *shape), dtype=torch.float32)
+    generator = torch.Generator("cpu")  # re-seeded per row: the same numbers as a fresh one
+    for row, seed in enumerate(seeds):
+        torch.randn(tuple(shape), generator=generator.manual_seed(int(seed)), out=noise[row])
     return noise.to(device=device, dtype=dtype or torch.float32)
 
 

@@ -1,14 +1,15 @@
 """Which candidates a search keeps: the top-k (with their images), ranked by objective.
 
-Only the top-k and the baseline hold images, so memory does not grow with the number of
-candidates. A non-finite objective (NaN, +-inf: see ``noisesearch.finite``) ranks below every
-finite one and is never selected; such candidates are counted, per score, for the report.
+Only the top-k and the baseline hold images, and only a pooled objective (which re-ranks the
+whole pool) keeps every candidate, so memory does not grow with the number of candidates.
+A non-finite objective (NaN, +-inf: see ``noisesearch.finite``) ranks below every finite
+one and is never selected; such candidates are counted, per score, for the report.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from noisesearch import recipes as rec
@@ -30,12 +31,20 @@ class Selection:
 
     ``is_baseline(candidate)`` says whether a candidate is exactly the plain sample the run's
     baseline stands for; the first such candidate keeps its image as the baseline.
+    ``keep_all``: keep every candidate in :attr:`all` (a pooled objective re-ranks them);
+    otherwise only the top-k, the baseline and per-score counts of non-finite values are kept.
     """
 
-    def __init__(self, top_k: int, is_baseline: Callable[[Candidate], bool] = lambda c: False) -> None:
+    def __init__(
+        self, top_k: int, is_baseline: Callable[[Candidate], bool] = lambda c: False, keep_all: bool = True
+    ) -> None:
         self.top_k = max(1, top_k)
         self.is_baseline = is_baseline
-        self.all: list[Candidate] = []  # every candidate, in evaluation order
+        self.keep_all = keep_all
+        self.all: list[Candidate] = []  # every candidate, in evaluation order (with keep_all)
+        self.count = 0  # candidates added
+        self._non_finite_objectives = 0
+        self._non_finite_scores: dict[str, int] = {}
         self.baseline: Candidate | None = None
         self._heap: list[tuple[tuple[tuple[int, float], int], int, Candidate]] = []  # min-heap
 
@@ -43,7 +52,14 @@ class Selection:
         """Record a scored candidate; keep its image if it enters the top-k or is the baseline."""
         image = image.cpu()
         noise = noise.cpu() if noise is not None else None
-        self.all.append(candidate)
+        self.count += 1
+        if self.keep_all:
+            self.all.append(candidate)
+        else:  # counted now: the candidate is not kept (non_finite() of a pooled run recounts)
+            self._non_finite_objectives += not is_finite(candidate.objective)
+            for name, value in candidate.scores.items():
+                if not is_finite(value):
+                    self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
         if self.baseline is None and self.is_baseline(candidate):
             candidate.image, candidate.noise = image, noise
             self.baseline = candidate
@@ -75,12 +91,21 @@ class Selection:
 
     def ranked(self) -> list[Candidate]:
         """The top-k by final objective, best first; non-finite objectives are never selected."""
-        finite = [c for c in self.all if is_finite(c.objective)]
+        # The heap holds the k best keys, and every finite key beats every non-finite one.
+        pool = self.all if self.keep_all else [c for _, _, c in self._heap]
+        finite = [c for c in pool if is_finite(c.objective)]
         return sorted(finite, key=selection_key, reverse=True)[: self.top_k]
 
-    def non_finite(self) -> dict[str, Any]:
+    def non_finite(self, later: Mapping[str, int] | None = None) -> dict[str, Any]:
         """How many candidates had a non-finite objective, and how many non-finite values
-        each score had (verifiers, members of pooled objectives, the evaluator)."""
+        each score had (verifiers, members of pooled objectives, the evaluator). ``later``:
+        counts of scores given after the candidates were added (``noisesearch.evaluation``),
+        which only kept candidates could show."""
+        if not self.keep_all:
+            per_score = dict(self._non_finite_scores)
+            for name, count in (later or {}).items():
+                per_score[name] = per_score.get(name, 0) + count
+            return {"candidates": self._non_finite_objectives, "scores": per_score}
         per_score: dict[str, int] = {}
         for candidate in self.all:
             for name, value in candidate.scores.items():
@@ -94,7 +119,7 @@ class Selection:
     def nothing_selectable(self, objective: str) -> RunFailed:
         """The error of a run whose every candidate has a non-finite objective."""
         return RunFailed(
-            f"every one of the {len(self.all)} candidates has a non-finite objective (NaN or "
+            f"every one of the {self.count} candidates has a non-finite objective (NaN or "
             f"infinite; non-finite values per score: {self.non_finite()['scores']}), so none can "
             f"be selected; check the verifier {objective!r}"
         )

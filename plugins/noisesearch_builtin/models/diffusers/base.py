@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
-from noisesearch_builtin.models.diffusers import index
+from noisesearch_builtin.models.diffusers import index, native
 from noisesearch_builtin.quiet import quiet_loading
 
 if TYPE_CHECKING:
@@ -72,6 +72,12 @@ COMMON_PARAMS = """
 :param variant: weight-file variant to load, e.g. "fp16" (diffusers' ``variant``).
 :param use_safetensors: load only safetensors weights (the default). Pickled weights (``.bin``)
     can run code when loaded: a folder that has only those is refused unless this is false.
+:param scheduler: diffusers scheduler class for ``--solver native`` (e.g. DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler, EulerAncestralDiscreteScheduler; the "Scheduler" suffix may be left
+    out), one that diffusers marks compatible with the pipeline's; None: the pipeline's own.
+    The core's ddim and heun solvers do not use it.
+:param scheduler_options: configuration of that scheduler over the pipeline's, e.g.
+    ``{"use_karras_sigmas": true}`` or ``{"timestep_spacing": "trailing"}``.
 """
 
 
@@ -122,11 +128,14 @@ class DiffusersModel:
         cpu_offload: bool | None = None,
         variant: str | None = None,
         use_safetensors: bool = True,
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
         pipeline's VAE (and patch) multiple, CPU offload without an accelerator, a weight
-        variant or safetensors weights the folder does not have."""
+        variant or safetensors weights the folder does not have, a scheduler the pipeline's
+        is not compatible with or options it does not have."""
         multiple = cls._size_multiple(path)
         for field, value in (("height", height), ("width", width)):
             if value is None:
@@ -140,6 +149,12 @@ class DiffusersModel:
                               "and this run is on the CPU")
         if index.is_local(path):
             index.check_local_weights(path, variant, use_safetensors)
+        if scheduler is not None or scheduler_options:
+            config = index.read_json(path, "scheduler/scheduler_config.json", required=False) or {}
+            own = config.get("_class_name")
+            if isinstance(own, str):
+                chosen = native.scheduler_class(own, scheduler)
+                native.check_scheduler_options(chosen, scheduler_options or {})
 
     @classmethod
     def _size_multiple(cls, path: str) -> int | None:
@@ -164,6 +179,7 @@ class DiffusersModel:
             "default_verifiers": cls.default_verifiers,
             "default_evaluator": cls.default_evaluator,
             "default_steps": cls.default_steps,
+            "native_solver": True,  # the pipeline's scheduler, with --solver native
         }
 
     @classmethod
@@ -209,10 +225,17 @@ class DiffusersModel:
         cpu_offload: bool = False,
         variant: str | None = None,
         use_safetensors: bool = True,
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
     ) -> None:
         self.use_safetensors = bool(use_safetensors)
+        self.scheduler_name = scheduler
+        self.scheduler_options = dict(scheduler_options or {})
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
         self._setup(height, width)
+        own = type(self.pipe.scheduler).__name__
+        self._native_class = native.scheduler_class(own, scheduler)  # checked again: in-memory pipelines
+        native.check_scheduler_options(self._native_class, self.scheduler_options)
 
     def _load(
         self,
@@ -339,6 +362,30 @@ class DiffusersModel:
         raise NotImplementedError
 
     def levels(self, steps: int) -> list[float]:
+        raise NotImplementedError
+
+    # -- the pipeline's own scheduler (--solver native) ------------------------------------------
+    def native_solver(self, steps: int) -> native.NativeSolver:
+        """The pipeline's scheduler (or the ``scheduler`` option's) as a solver over ``steps`` steps."""
+        config, cls, options = self.pipe.scheduler.config, self._native_class, self.scheduler_options
+        return native.NativeSolver(
+            make=lambda: cls.from_config(config, **options),
+            steps=steps,
+            timesteps_kwargs=self._native_timesteps,
+            level_of=self._native_level,
+            to_output=self._native_output,
+        )
+
+    def _native_timesteps(self, steps: int) -> dict[str, Any]:
+        """``set_timesteps`` arguments as the pipeline passes them."""
+        return {"num_inference_steps": steps, "device": self.device}
+
+    def _native_level(self, scheduler: Any, i: int) -> float:
+        """The level of step ``i`` of a scheduler (``len(timesteps)``: the end)."""
+        raise NotImplementedError
+
+    def _native_output(self, x: torch.Tensor, x0: torch.Tensor, level: float) -> torch.Tensor:
+        """The network output a scheduler expects, from the model input ``x`` and ``x0_hat``."""
         raise NotImplementedError
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
@@ -470,6 +517,26 @@ class VariancePreservingModel(DiffusersModel):
         if final < levels[-1]:
             levels.append(final)
         return levels
+
+    def native_solver(self, steps: int) -> native.NativeSolver:
+        if self.clip_sample is not None:
+            raise IncompatibleError(f"the scheduler of {self.path!r} clips x0 (clip_sample), which "
+                                    f"--solver native cannot reproduce; use ddim or heun")
+        return super().native_solver(steps)
+
+    def _native_level(self, scheduler: Any, i: int) -> float:
+        """``(t + 1) / T`` for step ``i``'s timestep ``t``; 0 at the end."""
+        if i >= len(scheduler.timesteps):
+            return 0.0
+        return (float(scheduler.timesteps[i]) + 1.0) / self.schedule.train_steps
+
+    def _native_output(self, x: torch.Tensor, x0: torch.Tensor, level: float) -> torch.Tensor:
+        a, b = self.schedule.scales(level)
+        if self.prediction_type == "epsilon":
+            return (x - a * x0) / b
+        if self.prediction_type == "v_prediction":
+            return (a * x - x0) / b
+        return x0
 
     def _timestep(self, sigma: float) -> float:
         """Diffusers' timestep ``sigma * T - 1``, snapped to the integer it is meant to be."""

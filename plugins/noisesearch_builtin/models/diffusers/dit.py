@@ -80,9 +80,11 @@ class DiTModel(VariancePreservingModel):
         cpu_offload: bool = False,
         variant: str | None = None,
         use_safetensors: bool = True,
+        scheduler: str | None = None,
+        scheduler_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(path, guidance_scale, None, None, device, dtype, cpu_offload, variant,
-                         use_safetensors)
+                         use_safetensors, scheduler, scheduler_options)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()

@@ -51,3 +51,10 @@ class FlowModel(DiffusersModel):
 
     def _x0(self, x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
         return x - sigma * velocity
+
+    def _native_level(self, scheduler: Any, i: int) -> float:
+        """The scheduler's sigma at step ``i`` (its last one at the end)."""
+        return float(scheduler.sigmas[i])
+
+    def _native_output(self, x: torch.Tensor, x0: torch.Tensor, level: float) -> torch.Tensor:
+        return (x - x0) / level  # the velocity

@@ -97,6 +97,16 @@ class FluxModel(FlowModel):
             return self._flow_levels(steps, num_inference_steps=steps, mu=mu)
         return self._flow_levels(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
 
+    def _native_timesteps(self, steps: int) -> dict[str, Any]:
+        """As ``FluxPipeline``: ``sigmas=linspace(1, 1/steps, steps)`` and ``mu``."""
+        import numpy as np
+
+        _, h, w = self.latent_shape
+        mu = self._dynamic_shift((h // 2) * (w // 2), max_shift_default=1.15)
+        if self.pipe.scheduler.config.get("use_flow_sigmas"):
+            return {"num_inference_steps": steps, "mu": mu, "device": self.device}
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu, "device": self.device}
+
     def _encode(self, condition: Condition) -> FluxPromptEmbeddings:
         cond, pooled, text_ids = self.pipe.encode_prompt(
             prompt=condition.prompt,

@@ -72,6 +72,12 @@ class StableDiffusion3Model(FlowModel):
         extra = {} if mu is None else {"mu": mu}
         return self._flow_levels(steps, num_inference_steps=steps, **extra)
 
+    def _native_timesteps(self, steps: int) -> dict[str, Any]:
+        """As ``StableDiffusion3Pipeline``: ``num_inference_steps``, and ``mu`` with dynamic shifting."""
+        _, h, w = self.latent_shape
+        mu = self._dynamic_shift((h // self.patch) * (w // self.patch), max_shift_default=1.16)
+        return {"num_inference_steps": steps, "device": self.device, **({} if mu is None else {"mu": mu})}
+
     def _encode(self, condition: Condition) -> SD3PromptEmbeddings:
         cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
             prompt=condition.prompt,

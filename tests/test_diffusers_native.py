@@ -1,0 +1,253 @@
+"""``--solver native``: a diffusers pipeline's own scheduler as the solver.
+
+On tiny random pipelines (``tests/diffusers_tiny.py``) loaded through the ``hf`` model: for each
+scheduler, noisesearch's native solve from given noise equals the pipeline run with that scheduler
+and the same ``latents=`` within ``ATOL``; a solve split at a mid-path level equals the whole solve
+for single-step schedulers and not for multistep ones (their history restarts); stochastic
+schedulers take their step noise from per-row seeds, so that the pipeline given the same generators
+agrees and a replay is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers_tiny import IMAGE_SIZE, save
+from typer.testing import CliRunner
+
+import noisesearch
+from noisesearch import Condition, ConfigError, hookimpl
+from noisesearch.api import plan
+from noisesearch.cli import build_app
+from noisesearch.config import RunConfig
+from noisesearch.plugins import Registries, build_registries, get_plugin_manager
+from noisesearch.sampling import draw_noise, resolve_solver, solve, solver_nfe
+from noisesearch.testing import BrightnessVerifier
+from noisesearch_builtin.models.diffusers.flux import FluxModel
+
+ATOL = 1e-4
+PROMPT = "a photo of a red apple on a wooden table"
+STEPS = 4
+
+#: case -> (tiny family, scheduler class, scheduler options)
+CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "sd-ddim-leading": ("sd", "DDIMScheduler", {}),
+    "sd-ddim-trailing": ("sd", "DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "sd-ddim-linspace": ("sd", "DDIMScheduler", {"timestep_spacing": "linspace"}),
+    "sd-dpm++2m": ("sd", "DPMSolverMultistepScheduler", {}),
+    "sd-dpm++2m-karras": ("sd", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "sd-unipc": ("sd", "UniPCMultistepScheduler", {}),
+    "sd-euler": ("sd", "EulerDiscreteScheduler", {}),
+    "sd-euler-trailing": ("sd", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "sd-euler-ancestral": ("sd", "EulerAncestralDiscreteScheduler", {}),
+    "sd-heun": ("sd", "HeunDiscreteScheduler", {}),
+    "sd-v-dpm++2m": ("sd-v", "DPMSolverMultistepScheduler", {}),
+    "sd-v-euler": ("sd-v", "EulerDiscreteScheduler", {}),
+    "sd-v-unipc": ("sd-v", "UniPCMultistepScheduler", {}),
+    "flux-flow-euler": ("flux", "FlowMatchEulerDiscreteScheduler", {}),
+    "sd3-flow-euler": ("sd3", "FlowMatchEulerDiscreteScheduler", {}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plain_cpu_kernels() -> Iterator[None]:
+    """Without oneDNN: tiny convolutions are ~100x slower with it on these CPUs (see
+    tests/test_diffusers_models.py); both sides of each comparison run alike."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    root = tmp_path_factory.mktemp("native")
+    folders: dict[str, Path] = {}
+
+    def folder(family: str) -> Path:
+        if family not in folders:
+            folders[family] = save(family, root / family)
+        return folders[family]
+
+    return folder
+
+
+class _BrightnessPlugin:
+    """A verifier that needs nothing to download (mean brightness)."""
+
+    @hookimpl
+    def register_verifiers(self, register: Any) -> None:
+        register("test-brightness", BrightnessVerifier)
+
+
+@pytest.fixture(scope="module")
+def registries() -> Registries:
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(_BrightnessPlugin(), name="test-brightness")
+    return build_registries(pm)
+
+
+def _model(registries: Registries, folder: Path, **options: Any) -> Any:
+    return registries.models.create("hf", path=str(folder), height=IMAGE_SIZE, width=IMAGE_SIZE,
+                                    guidance_scale=3.0, **options)
+
+
+def _pipeline(folder: Path, scheduler: str, options: dict[str, Any]) -> Any:
+    import diffusers
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config, **options)
+    return pipe
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_native_solver_reproduces_the_pipeline_with_its_scheduler(
+    case: str, tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    family, scheduler, options = CASES[case]
+    seeds = [11, 12]
+    model = _model(registries, tiny(family), scheduler=scheduler, scheduler_options=options)
+    solver = resolve_solver(model, "native", STEPS)
+    levels = solver.levels(STEPS)
+    noise = draw_noise(seeds, model.latent_shape)  # (2, C, h, w)
+    prepared = model.prepare(Condition(prompt=PROMPT))
+    step_seeds = [101, 102] if solver.stochastic else None
+    with torch.inference_mode():
+        solved = solve(lambda x, s: model.denoise(x, s, prepared), noise, model.schedule, levels,
+                       solver, noise_seeds=step_seeds)
+        ours = model.decode(solved.x)  # (2, 3, H, W)
+
+    pipe = _pipeline(tiny(family), scheduler, options)
+    latents = noise
+    if isinstance(model, FluxModel):
+        latents = pipe._pack_latents(noise, len(seeds), *model.latent_shape)
+    generator = None
+    if step_seeds is not None:  # the pipeline's step noise from the same per-row generators
+        generator = [torch.Generator("cpu").manual_seed(s) for s in step_seeds]
+    reference = pipe(prompt=[PROMPT] * len(seeds), latents=latents, num_inference_steps=STEPS,
+                     height=IMAGE_SIZE, width=IMAGE_SIZE, guidance_scale=3.0, output_type="pt",
+                     generator=generator).images
+
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
+    assert reference.std() > 0.01
+    calls = len(pipe.scheduler.timesteps)  # network calls of the pipeline (Heun: two per step)
+    assert solved.nfe == solver.nfe(levels) == solver_nfe(model.schedule, levels, solver) == calls
+    assert len(levels) == STEPS + 1
+
+
+#: scheduler -> whether a solve split at a mid-path level must equal the whole solve.
+RESTARTS = {
+    "DDIMScheduler": True,
+    "EulerDiscreteScheduler": True,
+    "HeunDiscreteScheduler": True,
+    "DPMSolverMultistepScheduler": False,  # 2M: the resumed part starts first order again
+    "UniPCMultistepScheduler": False,  # and without UniPC's corrector on its first step
+}
+
+
+@pytest.mark.parametrize("scheduler", list(RESTARTS))
+def test_a_resumed_partial_solve_equals_the_whole_one_for_single_step_schedulers(
+    scheduler: str, tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    model = _model(registries, tiny("sd"), scheduler=scheduler)
+    solver = resolve_solver(model, "native", STEPS)
+    levels = solver.levels(STEPS)
+    noise = draw_noise([5], model.latent_shape)
+    prepared = model.prepare(Condition(prompt=PROMPT))
+
+    def denoise(x: torch.Tensor, s: float) -> torch.Tensor:
+        return model.denoise(x, s, prepared)
+
+    with torch.inference_mode():
+        whole = solver.solve(denoise, noise, levels)
+        first = solver.solve(denoise, noise, levels[:3])
+        rest = solver.solve(denoise, first.x, levels[2:])
+    assert first.nfe + rest.nfe == whole.nfe
+    difference = (rest.x - whole.x).abs().max().item()
+    if RESTARTS[scheduler]:
+        assert difference < 1e-5
+    else:
+        assert difference > 1e-4  # the history matters: a resumed 2nd-order step is not the same
+
+
+def test_flux_resumed_flow_euler_equals_the_whole_solve(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    model = _model(registries, tiny("flux"))
+    solver = resolve_solver(model, "native", STEPS)
+    levels = solver.levels(STEPS)
+    noise = draw_noise([5], model.latent_shape)
+    prepared = model.prepare(Condition(prompt=PROMPT))
+    with torch.inference_mode():
+        whole = solver.solve(lambda x, s: model.denoise(x, s, prepared), noise, levels)
+        first = solver.solve(lambda x, s: model.denoise(x, s, prepared), noise, levels[:2])
+        rest = solver.solve(lambda x, s: model.denoise(x, s, prepared), first.x, levels[1:])
+    torch.testing.assert_close(rest.x, whole.x, atol=1e-6, rtol=0)
+
+
+def test_native_solves_move_their_ends_onto_the_schedulers_grid(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    model = _model(registries, tiny("sd"), scheduler="Euler")  # the suffix may be left out
+    solver = resolve_solver(model, "native", STEPS)
+    assert solver.scheduler_name == "EulerDiscreteScheduler"
+    grid = solver.levels(STEPS)
+    assert grid == pytest.approx([0.752, 0.502, 0.252, 0.002, 0.0])  # leading spacing, then clean
+    assert solver.nfe([0.9, 0.5, 0.0]) == 4  # from 0.752 (nearest) down to 0
+    assert solver.nfe([0.51, 0.26]) == 1 and solver.nfe([0.51, 0.5]) == 0
+
+
+def test_unknown_scheduler_lists_compatible_ones_before_loading(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    with pytest.raises(ConfigError, match="compatible: .*DPMSolverMultistepScheduler"):
+        plan(RunConfig(model=f"hf:{tiny('sd')}", prompt=PROMPT, verifiers=["test-brightness"],
+                       solver="native", model_options={"scheduler": "NoSuchScheduler"}), registries)
+    with pytest.raises(ConfigError, match="use_karras_sigma"):
+        plan(RunConfig(model=f"hf:{tiny('sd')}", prompt=PROMPT, solver="native",
+                       model_options={"scheduler": "Euler", "scheduler_options": {"use_karras_sigma": 1}}),
+             registries)
+    with pytest.raises(ConfigError, match="compatible: FlowMatchEulerDiscreteScheduler"):
+        plan(RunConfig(model=f"hf:{tiny('flux')}", prompt=PROMPT, solver="native",
+                       model_options={"scheduler": "DDIMScheduler"}), registries)
+
+
+@pytest.mark.parametrize(("scheduler", "strategy"), [
+    ("EulerAncestralDiscreteScheduler", "random"),  # stochastic: step noise from recorded seeds
+    ("EulerAncestralDiscreteScheduler", "paths"),  # and restarts from re-noised mid-path states
+    ("DPMSolverMultistepScheduler", "paths"),  # a multistep history reset at each restart
+])
+def test_a_native_search_replays_bit_for_bit(
+    scheduler: str, strategy: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    import json
+
+    from noisesearch.api import replay_run
+
+    out = tmp_path / "run"
+    result = noisesearch.search(
+        model="hf", model_options={"path": str(tiny("sd")), "scheduler": scheduler}, prompt=PROMPT,
+        verifiers=["test-brightness"], evaluator="none", budget_nfe=40, steps=4, batch_size=3,
+        strategy=strategy, solver="native", output=str(out), registries=registries,
+    )
+    assert result.usage.nfe <= 40
+    run = json.loads((out / "run.json").read_text())
+    solves = [op for op in run["best"]["recipe"]["ops"] if op["op"] == "solve"]
+    stochastic = scheduler.startswith("EulerAncestral")
+    assert all(isinstance(op.get("noise_seed"), int) == stochastic for op in solves)
+    outcome = replay_run(out, registries=registries)
+    assert outcome.identical, outcome.max_abs_diff
+
+
+def test_cli_unknown_scheduler_exits_2_listing_the_compatible_ones(tiny: Callable[[str], Path]) -> None:
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{tiny('sd')}", "--prompt", PROMPT, "--solver", "native",
+        "--model-opt", "scheduler=Nope", "--candidates", "1", "--steps", "2",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "UniPCMultistepScheduler" in result.output and "Traceback" not in result.output
