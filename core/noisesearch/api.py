@@ -27,6 +27,7 @@ from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are
 )
 from noisesearch.plugins import Registries
 from noisesearch.registry import verifier_requirements
+from noisesearch.sampling import Solver, resolve_solver
 from noisesearch.types import Candidate, Condition
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def run_plan(
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
     # and a resumed or repeated run must batch alike.
     config.batch_size = config.batch_size or getattr(model, "preferred_batch_size", 16)
+    solver = resolve_solver(model, config.solver, plan.steps)  # "native": the model's own sampler
     run_dir = None
     journal = None
     listeners: list[Listener] = []
@@ -147,8 +149,8 @@ def run_plan(
             plan.condition,
             Scorer(verifiers, evaluator, owners, evaluate_all=config.evaluate_all),
             plan.budget,
-            search_levels(model, plan.steps),
-            solver=config.solver,
+            search_levels(model, plan.steps, solver),
+            solver=solver,
             batch_size=config.batch_size,
             seed=config.seed,
             top_k=config.top_k,
@@ -270,9 +272,12 @@ def resume_run(run_dir: Path, progress: bool = False, registries: Registries | N
     return run_plan(checked, progress=progress, resume=True)
 
 
-def search_levels(model: Any, steps: int) -> list[float]:
-    """The model's own grid for ``steps`` solver steps (``model.levels(steps)``, e.g. to match
-    a diffusers scheduler's timesteps), else its schedule's default grid."""
+def search_levels(model: Any, steps: int, solver: str | Solver = "ddim") -> list[float]:
+    """The grid for ``steps`` solver steps: a model's own solver's grid; else the model's own grid
+    (``model.levels(steps)``, e.g. to match a diffusers scheduler's timesteps), else its
+    schedule's default grid."""
+    if not isinstance(solver, str):
+        return list(solver.levels(steps))
     levels = getattr(model, "levels", None)
     return list(levels(steps)) if callable(levels) else model.schedule.levels(steps)
 
@@ -461,7 +466,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
             recipe,
             lambda x, sigma: model.denoise(x, sigma, prepared),
             model.schedule,
-            checked.config.solver,
+            resolve_solver(model, checked.config.solver, checked.steps),
             tuple(model.latent_shape),
             getattr(model, "device", "cpu"),
             getattr(model, "dtype", None),

@@ -22,7 +22,16 @@ from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
 from noisesearch.faults import Owner, PluginFailed, blame, is_out_of_memory
-from noisesearch.sampling import SolveResult, draw_noise, renoise, solve, solver_nfe
+from noisesearch.sampling import (
+    Solver,
+    SolveResult,
+    draw_noise,
+    is_stochastic,
+    renoise,
+    resolve_solver,
+    solve,
+    solver_nfe,
+)
 from noisesearch.scoring import Scorer
 from noisesearch.selection import Selection
 from noisesearch.types import Candidate, Condition
@@ -91,7 +100,7 @@ class Engine:
         scorer: Scorer,
         budget: Budget,
         levels: Sequence[float],
-        solver: str = "ddim",
+        solver: str | Solver = "ddim",
         batch_size: int = 16,
         seed: int = 0,
         top_k: int = 8,
@@ -106,7 +115,8 @@ class Engine:
         self.scorer = scorer
         self.budget = budget
         self.levels = [float(level) for level in levels]
-        self.solver = solver
+        # "native": the model's own Solver, over as many steps as the grid has
+        self.solver = resolve_solver(model, solver, len(self.levels) - 1)
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self.top_k = max(1, top_k)
@@ -114,12 +124,15 @@ class Engine:
         self.usage = Usage()
         self.reported = ReportedEvaluation(scorer, condition, self.usage, self.device)
         self.report: dict[str, Any] = {}
-        self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, solver)
+        self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, self.solver)
         self._prepared: Any = None
         self._draws = 0
         first = derive_seed(seed, 0)  # the baseline: the plain sample of this seed (baseline.py)
         levels = self.levels  # the lambda below must not hold self (a cycle keeps a search alive)
-        self.selection = Selection(self.top_k, lambda c: plain.is_plain(c.recipe, first, levels))
+        step_seed = first if is_stochastic(self.solver) else None  # the baseline's step noise
+        self.selection = Selection(
+            self.top_k, lambda c: plain.is_plain(c.recipe, first, levels, step_seed)
+        )
         self.selection.keep_all = scorer.pooled  # only a pooled objective re-ranks every candidate
         self._all = self.selection.all  # every candidate when pooled (without images), else empty
         self._history: list[tuple[int, float, dict[str, float]]] = []
@@ -243,23 +256,30 @@ class Engine:
         import torch
 
         levels = [float(level) for level in levels]
+        if not isinstance(self.solver, str):  # from where the states are, along the solver's grid
+            levels = self.on_grid([states.level, levels[-1]])
+            if len(levels) < 2:  # both ends on the same grid level: nothing to solve
+                return states, {}
         if abs(levels[0] - states.level) > 1e-9:
             raise ValueError(f"trajectories are at level {states.level}, the solve starts at {levels[0]}")
         if len(states) == 0:
             return Trajectories(states.x, levels[-1], []), {}
         per_row = solver_nfe(self.model.schedule, levels, self.solver)
         self.charge(0, per_row * len(states))
+        # A stochastic solver's step noise: one seed per row, kept in the row's recipe.
+        step_seeds = self.next_seeds(len(states)) if is_stochastic(self.solver) else None
         xs: list[torch.Tensor] = []
         captured: dict[float, list[torch.Tensor]] = {}
         recipes: list[dict[str, Any]] = []
 
         def work(lo: int, hi: int) -> None:
-            result = self._journaled_solve(states.x[lo:hi], levels, capture)
+            seeds = None if step_seeds is None else step_seeds[lo:hi]
+            result = self._journaled_solve(states.x[lo:hi], levels, capture, seeds)
             xs.append(result.x)
             for level, x0 in result.x0.items():
                 captured.setdefault(level, []).append(x0)
             recipes.extend(
-                rec.with_op(r, {"op": "solve", "levels": levels, "batch": hi - lo, "row": row})
+                rec.with_op(r, rec.solve_op(levels, hi - lo, row, None if seeds is None else seeds[row]))
                 for row, r in enumerate(states.recipes[lo:hi])
             )
             self.usage.nfe += result.nfe * (hi - lo)
@@ -268,27 +288,50 @@ class Engine:
         joined = {level: torch.cat(parts) for level, parts in captured.items()}
         return Trajectories(torch.cat(xs), levels[-1], recipes), joined
 
-    def _journaled_solve(self, x: torch.Tensor, levels: list[float], capture: Sequence[float]) -> SolveResult:
+    def _journaled_solve(
+        self, x: torch.Tensor, levels: list[float], capture: Sequence[float], seeds: list[int] | None = None
+    ) -> SolveResult:
         rows = x.shape[0]
         if self.journal is not None and self.journal.replaying:
             tensors, meta = self.journal.read("solve", rows)
             x0 = {float(level): tensors[f"x0_{i}"].to(x.device) for i, level in enumerate(meta["levels"])}
             return SolveResult(tensors["x"].to(x.device), meta["nfe"], x0)
-        result = self._timed_solve(x, levels, capture)
+        result = self._timed_solve(x, levels, capture, seeds)
         if self.journal is not None:
             tensors = {"x": result.x, **{f"x0_{i}": v for i, v in enumerate(result.x0.values())}}
             self.journal.write("solve", rows, tensors, {"nfe": result.nfe, "levels": list(result.x0),
                                                         "batch_size": self.batch_size})
         return result
 
-    def _timed_solve(self, x: torch.Tensor, levels: list[float], capture: Sequence[float]) -> SolveResult:
+    def _timed_solve(
+        self, x: torch.Tensor, levels: list[float], capture: Sequence[float], seeds: list[int] | None = None
+    ) -> SolveResult:
         start = time.perf_counter()
         try:
-            return solve(self.denoiser(), x, self.model.schedule, levels, self.solver, capture)
+            return solve(self.denoiser(), x, self.model.schedule, levels, self.solver, capture, seeds)
         finally:
             self.usage.model_seconds += time.perf_counter() - start
 
+    def on_grid(self, levels: Sequence[float]) -> list[float]:
+        """The levels a solve really goes through. A model's own solver steps along its own grid
+        only (the run's ``levels``): the ends move to the nearest grid levels and the grid between
+        them is used. The core's solvers take ``levels`` as they are."""
+        levels = [float(level) for level in levels]
+        if isinstance(self.solver, str) or not levels:
+            return levels
+        first, last = self.grid_level(levels[0]), self.grid_level(levels[-1])
+        return [level for level in self.levels if last - 1e-12 <= level <= first + 1e-12]
+
+    def grid_level(self, level: float, above: float | None = None) -> float:
+        """With a model's own solver, the run grid's level nearest to ``level`` (strictly above
+        ``above`` when given: a re-noising target); else ``level`` itself."""
+        if isinstance(self.solver, str):
+            return float(level)
+        options = [g for g in self.levels if above is None or g > above + 1e-12] or self.levels
+        return min(options, key=lambda g: abs(g - level))
+
     def renoise(self, states: Trajectories, to_level: float) -> Trajectories:
+        to_level = self.grid_level(to_level, above=states.level)  # a native solver restarts on its grid
         seeds = self.next_seeds(len(states))
         eps = draw_noise(seeds, tuple(self.model.latent_shape), self.device, self.dtype)
         x = renoise(states.x, self.model.schedule, states.level, to_level, eps)

@@ -99,6 +99,9 @@ def plan(
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
     if unknown:
         raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
+    if config.solver == "native" and not traits.get("native_solver"):
+        raise ConfigError("solver", f"model {model.name!r} has no native sampler of its own; "
+                          f"use ddim or heun")
     steps = config.steps or traits["default_steps"]
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
     _check_budget(budget, steps, config.solver)
@@ -140,6 +143,7 @@ MODEL_TRAITS: dict[str, Any] = {
     "default_evaluator": None,
     "default_steps": 20,
     "default_prompt": None,
+    "native_solver": False,  # the model brings its own sampler: ``native_solver()`` (--solver native)
 }
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"
@@ -260,12 +264,13 @@ def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunCon
 def _check_budget(budget: Budget, steps: int, solver: str) -> None:
     """A budget that cannot pay for one candidate, or a search that would never end, is
     refused here, before any folder exists. One candidate costs at least ``steps`` NFEs
-    (DDIM), ``2 * steps - 1`` with Heun (its last step may be an Euler step)."""
+    (DDIM, and a model's native sampler), ``2 * steps - 1`` with Heun (its last step may be an
+    Euler step)."""
     from noisesearch.config import LIMITS
 
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 < steps <= LIMITS["steps"]:
         raise ConfigError("steps", f"must be a positive integer up to {LIMITS['steps']:,}, got {steps!r}")
-    least = steps if solver == "ddim" else 2 * steps - 1
+    least = 2 * steps - 1 if solver == "heun" else steps
     if budget.nfe is not None and budget.nfe < least:
         raise ConfigError("budget_nfe", f"{budget.nfe} NFEs cannot pay for one candidate: each "
                           f"costs at least {least} ({steps} steps of {solver}); give at least "

@@ -14,7 +14,9 @@ Ops, applied in order to the noise:
   computed as row ``i`` of a batch of ``B`` rows. Results depend (by ~1e-7) on the batch size
   and on the row (matrix kernels treat remainder rows differently), not on the other rows'
   content, so replay puts the row back at ``i`` of a zero-padded batch of ``B``: then it is
-  bit for bit the same on the same device, dtype and thread count.
+  bit for bit the same on the same device, dtype and thread count. With a stochastic solver (a
+  model's own sampler that adds noise at each step, e.g. Euler ancestral) the op also has
+  ``"noise_seed": k``: the row's step noises come from a CPU generator seeded with ``k``.
 - ``{"op": "renoise", "from": s, "to": s2, "seed": k}``: the forward kernel to a noisier level
   with noise from seed ``k``.
 
@@ -29,7 +31,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from noisesearch.sampling import Denoiser, Schedule, draw_noise, renoise, solve
+from noisesearch.sampling import Denoiser, Schedule, Solver, draw_noise, renoise, solve
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +62,15 @@ def neighbour_noise(pivot_noise: torch.Tensor, seed: int, cosine: float) -> torc
     ``seed``, cosine ``cosine``."""
     direction = draw_noise([seed], tuple(pivot_noise.shape), "cpu", pivot_noise.dtype)[0]
     return same_norm_neighbour(pivot_noise, direction, cosine)
+
+
+def solve_op(levels: Sequence[float], batch: int, row: int, noise_seed: int | None = None) -> dict[str, Any]:
+    """A ``solve`` op; ``noise_seed`` only for a stochastic solver's row."""
+    op: dict[str, Any] = {"op": "solve", "levels": [float(level) for level in levels]}
+    op.update(batch=batch, row=row)
+    if noise_seed is not None:
+        op["noise_seed"] = int(noise_seed)
+    return op
 
 
 def candidate_recipe(start: Recipe) -> Recipe:
@@ -130,17 +141,23 @@ def solve_padded(
     x: torch.Tensor,
     schedule: Schedule,
     levels: Sequence[float],
-    solver: str,
+    solver: str | Solver,
     batch: int,
     row: int = 0,
+    noise_seed: int | None = None,
 ) -> torch.Tensor:
     """Solve one row ``x`` (shape ``(*latent)``) as row ``row`` of a zero-padded batch of
-    ``batch`` rows, so that it meets the same kernels as when it was first computed."""
+    ``batch`` rows, so that it meets the same kernels as when it was first computed; a stochastic
+    solver's padding rows get seed 0 (rows do not share step noise)."""
     import torch
 
     padded = torch.zeros((batch, *x.shape), dtype=x.dtype, device=x.device)
     padded[row] = x
-    return solve(denoiser, padded, schedule, levels, solver).x[row]
+    seeds = None
+    if noise_seed is not None:
+        seeds = [0] * batch
+        seeds[row] = int(noise_seed)
+    return solve(denoiser, padded, schedule, levels, solver, noise_seeds=seeds).x[row]
 
 
 def decode_padded(decode: Any, latent: torch.Tensor, batch: int = 1, row: int = 0) -> torch.Tensor:
@@ -157,7 +174,7 @@ def replay(
     recipe: Recipe,
     denoiser: Denoiser,
     schedule: Schedule,
-    solver: str,
+    solver: str | Solver,
     shape: Sequence[int],
     device: Any = "cpu",
     dtype: Any = None,
@@ -174,7 +191,8 @@ def replay(
         x = noise.to(device=device, dtype=dtype or noise.dtype)
     for op in recipe["ops"]:
         if op["op"] == "solve":
-            x = solve_padded(denoiser, x, schedule, op["levels"], solver, op["batch"], op.get("row", 0))
+            x = solve_padded(denoiser, x, schedule, op["levels"], solver, op["batch"], op.get("row", 0),
+                             op.get("noise_seed"))
         elif op["op"] == "renoise":
             eps = draw_noise([op["seed"]], shape, device, dtype)[0]
             x = renoise(x, schedule, op["from"], op["to"], eps)

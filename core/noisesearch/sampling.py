@@ -15,7 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 #: ``D(x, sigma) -> x0_hat``: a model's clean prediction at one level for a batch ``x``.
 Denoiser = Callable[["torch.Tensor", float], "torch.Tensor"]
 
-SOLVERS = ("ddim", "heun")
+#: Solver names a run may ask for. ``native``: the model's own sampler (:class:`Solver`), for
+#: models that declare one (trait ``native_solver``), e.g. a diffusers pipeline's scheduler.
+SOLVERS = ("ddim", "heun", "native")
+#: The solvers this module implements itself, for every model.
+CORE_SOLVERS = ("ddim", "heun")
 
 #: Distance in training steps within which a level counts as sitting on a knot of a discrete schedule.
 _KNOT_TOLERANCE = 1e-9
@@ -146,6 +150,51 @@ class VariancePreserving(Schedule):
         return sigma * self.train_steps - 1.0
 
 
+@runtime_checkable
+class Solver(Protocol):
+    """A sampler a model brings along (``model.native_solver()``), used where a solver name is.
+
+    It integrates along its own grid of levels only (``levels(steps)``); ``solve`` may start and
+    end at any two levels of that grid. ``stochastic`` solvers draw step noise, per row, from
+    ``noise_seeds`` (one seed per row), so that a recorded seed replays a row bit for bit.
+    """
+
+    name: str
+    stochastic: bool
+
+    def levels(self, steps: int) -> list[float]:
+        """The grid of ``steps`` steps, from noise to clean (``steps + 1`` levels)."""
+
+    def nfe(self, levels: Sequence[float]) -> int:
+        """Denoiser evaluations per row of ``solve`` over ``levels``."""
+
+    def solve(
+        self,
+        denoiser: Denoiser,
+        x: torch.Tensor,
+        levels: Sequence[float],
+        capture: Sequence[float] = (),
+        noise_seeds: Sequence[int] | None = None,
+    ) -> SolveResult:
+        """Like :func:`solve`; ``x`` is at ``levels[0]``."""
+
+
+def resolve_solver(model: Any, solver: str | Solver, steps: int) -> str | Solver:
+    """A run's solver: a core solver's name as is, ``native`` as the model's own :class:`Solver`
+    for ``steps`` steps (``model.native_solver(steps)``)."""
+    if solver != "native":
+        return solver
+    make = getattr(model, "native_solver", None)
+    if not callable(make):
+        raise ValueError(f"{type(model).__name__} has no native solver; use ddim or heun")
+    return make(steps)
+
+
+def is_stochastic(solver: str | Solver) -> bool:
+    """Whether ``solver`` draws step noise (then each solve needs one seed per row)."""
+    return not isinstance(solver, str) and bool(solver.stochastic)
+
+
 @dataclass
 class SolveResult:
     """The end state of a solve and what was seen on the way."""
@@ -155,9 +204,12 @@ class SolveResult:
     x0: dict[float, torch.Tensor] = field(default_factory=dict)  # captured x0_hat by level
 
 
-def solver_nfe(schedule: Schedule, levels: Sequence[float], solver: str) -> int:
+def solver_nfe(schedule: Schedule, levels: Sequence[float], solver: str | Solver) -> int:
     """NFEs per sample of ``solve`` over ``levels``: DDIM one per step; Heun two per step,
-    except a step that ends at ``b = 0`` (clean), which is an Euler step, as in k-diffusion."""
+    except a step that ends at ``b = 0`` (clean), which is an Euler step, as in k-diffusion;
+    a model's own solver says for itself."""
+    if not isinstance(solver, str):
+        return solver.nfe(levels)
     _check_solver(solver)
     steps = len(levels) - 1
     if solver == "ddim":
@@ -170,8 +222,9 @@ def solve(
     x: torch.Tensor,
     schedule: Schedule,
     levels: Sequence[float],
-    solver: str = "ddim",
+    solver: str | Solver = "ddim",
     capture: Sequence[float] = (),
+    noise_seeds: Sequence[int] | None = None,
 ) -> SolveResult:
     """Integrate the probability-flow ODE from ``levels[0]`` down to ``levels[-1]``.
 
@@ -183,7 +236,11 @@ def solve(
     :param levels: decreasing noise levels; ``x`` is at ``levels[0]``.
     :param capture: levels at which to keep ``x0_hat``; each is taken at the step start
         nearest to it (the exact level used is the key in ``SolveResult.x0``).
+    :param solver: a core solver's name, or a model's own :class:`Solver` (which then solves).
+    :param noise_seeds: one seed per row, for stochastic solvers only.
     """
+    if not isinstance(solver, str):
+        return solver.solve(denoiser, x, levels, capture, noise_seeds)
     _check_solver(solver)
     levels = [float(s) for s in levels]
     if len(levels) < 2 or any(b >= a for a, b in zip(levels, levels[1:])):
@@ -270,5 +327,7 @@ def _nearest(levels: Sequence[float], target: float) -> float:
 
 
 def _check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if solver == "native":
+        raise ValueError("the native solver is the model's own: pass resolve_solver(model, 'native')")
+    if solver not in CORE_SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(CORE_SOLVERS)}")
