@@ -129,9 +129,15 @@ def _parse_options(pairs: list[str], field: str) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(field, f"expected KEY=VALUE, got {pair!r}")
         try:
-            options[key.strip()] = json.loads(raw)
+            value: Any = json.loads(raw)
         except json.JSONDecodeError:
-            options[key.strip()] = raw
+            value = raw
+        key = key.strip()
+        if key in options:  # a repeated key gathers its values in a list (--model-opt lora=... twice)
+            earlier = options[key]
+            options[key] = [*(earlier if isinstance(earlier, list) else [earlier]), value]
+        else:
+            options[key] = value
     return options
 
 

@@ -33,6 +33,7 @@ from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
 from noisesearch_builtin.models.diffusers import index, native
+from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ COMMON_PARAMS = """
     The core's ddim and heun solvers do not use it.
 :param scheduler_options: configuration of that scheduler over the pipeline's, e.g.
     ``{"use_karras_sigmas": true}`` or ``{"timestep_spacing": "trailing"}``.
+:param lora: LoRA adapter(s) as "PATH[:SCALE]" (a .safetensors file, a folder or a hub id; scale
+    1 by default), or a list of them (repeat --model-opt lora=...); loaded with diffusers'
+    load_lora_weights. Not for PixArt or DiT (their pipelines take no LoRA).
 """
 
 
@@ -130,6 +134,7 @@ class DiffusersModel:
         use_safetensors: bool = True,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
+        lora: str | list[str] | None = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
@@ -149,6 +154,7 @@ class DiffusersModel:
                               "and this run is on the CPU")
         if index.is_local(path):
             index.check_local_weights(path, variant, use_safetensors)
+        lora_loader.check(lora_loader.parse(lora), cls.pipeline_classes[0])
         if scheduler is not None or scheduler_options:
             config = index.read_json(path, "scheduler/scheduler_config.json", required=False) or {}
             own = config.get("_class_name")
@@ -227,8 +233,11 @@ class DiffusersModel:
         use_safetensors: bool = True,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
+        lora: str | list[str] | None = None,
     ) -> None:
         self.use_safetensors = bool(use_safetensors)
+        self.loras = lora_loader.parse(lora)
+        lora_loader.check(self.loras, self.pipeline_classes[0])
         self.scheduler_name = scheduler
         self.scheduler_options = dict(scheduler_options or {})
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
@@ -283,6 +292,7 @@ class DiffusersModel:
             except (OSError, ValueError) as exc:  # missing files, no network, wrong variant
                 raise ConfigError("path", _loading_error(self.path, exc, kwargs)) from None
         self.pipe.set_progress_bar_config(disable=True)
+        lora_loader.load(self.pipe, getattr(self, "loras", []))  # before placement and offload
         for module in self._modules().values():
             module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
         if self.cpu_offload:

@@ -1,0 +1,142 @@
+"""LoRA adapters (``--model-opt lora=PATH[:SCALE]``) on the tiny SD pipeline.
+
+A tiny LoRA is built with peft (random, non-zero up-projections so that it changes the image) and
+saved with diffusers' ``save_lora_weights``; our model with ``lora=`` must equal the diffusers
+pipeline given the same adapters with ``load_lora_weights`` and ``set_adapters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers_tiny import IMAGE_SIZE, build, save
+from typer.testing import CliRunner
+
+from noisesearch import Condition, ConfigError
+from noisesearch.api import plan
+from noisesearch.cli import build_app
+from noisesearch.config import RunConfig
+from noisesearch.plugins import Registries, build_registries, get_plugin_manager
+from noisesearch.sampling import draw_noise, solve
+from noisesearch_builtin.models.diffusers import lora as lora_loader
+
+ATOL = 1e-4
+PROMPT = "a photo of a red apple on a wooden table"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plain_cpu_kernels() -> Iterator[None]:
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # tiny convolutions are far slower with oneDNN here
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save("sd", tmp_path_factory.mktemp("lora") / "sd")
+
+
+def _tiny_lora(folder: Path, seed: int) -> Path:
+    """A rank-2 LoRA on the tiny UNet's attention projections, saved as diffusers saves one."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = build("sd").unet
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [_tiny_lora(root / "a", 1), _tiny_lora(root / "b", 2)]
+
+
+@pytest.fixture(scope="module")
+def registries() -> Registries:
+    return build_registries(get_plugin_manager(load_entrypoints=False))
+
+
+def _ours(registries: Registries, sd: Path, noise: torch.Tensor, **options: Any) -> torch.Tensor:
+    model = registries.models.create("hf", path=str(sd), height=IMAGE_SIZE, width=IMAGE_SIZE,
+                                     guidance_scale=3.0, **options)
+    prepared = model.prepare(Condition(prompt=PROMPT))
+    with torch.inference_mode():
+        x = solve(lambda x, s: model.denoise(x, s, prepared), noise, model.schedule, model.levels(3)).x
+        return model.decode(x)
+
+
+def test_our_lora_result_equals_the_pipeline_with_the_same_adapters(
+    sd: Path, loras: list[Path], registries: Registries
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    noise = draw_noise([3, 4], (4, IMAGE_SIZE // 2, IMAGE_SIZE // 2))
+    # Two adapters, the second at scale 0.5: a file path and a folder.
+    ours = _ours(registries, sd, noise, lora=[str(loras[0]), f"{loras[1].parent}:0.5"])
+    plain = _ours(registries, sd, noise)
+
+    pipe = DiffusionPipeline.from_pretrained(sd)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(loras[0].parent), adapter_name="first")
+    pipe.load_lora_weights(str(loras[1].parent), adapter_name="second")
+    pipe.set_adapters(["first", "second"], adapter_weights=[1.0, 0.5])
+    reference = pipe(prompt=[PROMPT] * 2, latents=noise, num_inference_steps=3, height=IMAGE_SIZE,
+                     width=IMAGE_SIZE, guidance_scale=3.0, output_type="pt").images
+
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
+    assert (ours - plain).abs().max() > 1e-3  # the adapters did change the image
+
+
+def test_lora_option_parsing() -> None:
+    assert lora_loader.parse("a.safetensors:0.7") == [lora_loader.LoraSpec("a.safetensors", 0.7)]
+    assert lora_loader.parse(["x/y", "/p/q.safetensors"]) == [
+        lora_loader.LoraSpec("x/y", 1.0), lora_loader.LoraSpec("/p/q.safetensors", 1.0)
+    ]
+    with pytest.raises(ConfigError, match="no LoRA loader"):
+        lora_loader.check(lora_loader.parse("owner/name"), "PixArtSigmaPipeline")
+
+
+def test_a_missing_lora_file_is_refused_while_planning(
+    sd: Path, tmp_path: Path, registries: Registries
+) -> None:
+    with pytest.raises(ConfigError, match="no LoRA file"):
+        plan(RunConfig(model=f"hf:{sd}", prompt=PROMPT,
+                       model_options={"lora": str(tmp_path / "missing.safetensors")}), registries)
+    pickled = tmp_path / "weights.bin"
+    pickled.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a .safetensors file"):
+        plan(RunConfig(model=f"hf:{sd}", prompt=PROMPT, model_options={"lora": str(pickled)}), registries)
+
+
+def test_cli_repeated_lora_missing_file_exits_2(sd: Path, loras: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{sd}", "--prompt", PROMPT, "--candidates", "1", "--steps", "2",
+        "--model-opt", f"lora={loras[0]}", "--model-opt", f"lora={tmp_path / 'nope.safetensors'}:0.5",
+        "-o", str(out),
+    ])
+    assert result.exit_code == 2, result.output
+    assert "nope.safetensors" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_a_lora_for_another_architecture_is_a_config_error(
+    sd: Path, tmp_path: Path, registries: Registries
+) -> None:
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"  # keys no SD UNet has
+    save_file({"transformer.blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 7),
+               "transformer.blocks.0.attn.to_q.lora_B.weight": torch.zeros(7, 2)}, str(wrong))
+    with pytest.raises(ConfigError, match="matches no layer|cannot load the LoRA"):
+        registries.models.create("hf", path=str(sd), lora=str(wrong))
