@@ -48,6 +48,10 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sd-v-dpm++2m": ("sd-v", "DPMSolverMultistepScheduler", {}),
     "sd-v-euler": ("sd-v", "EulerDiscreteScheduler", {}),
     "sd-v-unipc": ("sd-v", "UniPCMultistepScheduler", {}),
+    "sdxl-euler": ("sdxl", "EulerDiscreteScheduler", {}),  # SD-XL's shipped scheduler
+    "sdxl-dpm++2m-karras": ("sdxl", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "pixart-dpm++": ("pixart-sigma", "DPMSolverMultistepScheduler", {}),  # PixArt-Sigma's shipped one
+    "pixart-unipc": ("pixart-sigma", "UniPCMultistepScheduler", {}),
     "flux-flow-euler": ("flux", "FlowMatchEulerDiscreteScheduler", {}),
     "sd3-flow-euler": ("sd3", "FlowMatchEulerDiscreteScheduler", {}),
 }
@@ -126,18 +130,43 @@ def test_native_solver_reproduces_the_pipeline_with_its_scheduler(
     latents = noise
     if isinstance(model, FluxModel):
         latents = pipe._pack_latents(noise, len(seeds), *model.latent_shape)
+    call: dict[str, Any] = {"use_resolution_binning": False} if family == "pixart-sigma" else {}
     generator = None
     if step_seeds is not None:  # the pipeline's step noise from the same per-row generators
         generator = [torch.Generator("cpu").manual_seed(s) for s in step_seeds]
     reference = pipe(prompt=[PROMPT] * len(seeds), latents=latents, num_inference_steps=STEPS,
                      height=IMAGE_SIZE, width=IMAGE_SIZE, guidance_scale=3.0, output_type="pt",
-                     generator=generator).images
+                     generator=generator, **call).images
 
     torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
     assert reference.std() > 0.01
     calls = len(pipe.scheduler.timesteps)  # network calls of the pipeline (Heun: two per step)
     assert solved.nfe == solver.nfe(levels) == solver_nfe(model.schedule, levels, solver) == calls
     assert len(levels) == STEPS + 1
+
+
+def test_native_solver_reproduces_the_dit_pipeline_with_dpm_solver(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    """DiT's pipeline draws its own latents (no ``latents=``) and does not scale them by
+    ``init_noise_sigma``: schedulers where that is 1 (DDIM, DPM-Solver, UniPC) match it."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    model = registries.models.create("hf", path=str(tiny("dit")), guidance_scale=3.0,
+                                     scheduler="DPMSolverMultistepScheduler")
+    solver = resolve_solver(model, "native", STEPS)
+    noise = torch.randn((2, *model.latent_shape), generator=torch.Generator("cpu").manual_seed(5))
+    prepared = model.prepare(Condition(label=207))  # golden retriever
+    with torch.inference_mode():
+        solved = solve(lambda x, s: model.denoise(x, s, prepared), noise, model.schedule,
+                       solver.levels(STEPS), solver)
+        ours = model.decode(solved.x)
+    pipe = _pipeline(tiny("dit"), "DPMSolverMultistepScheduler", {})
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    reference = pipe(class_labels=[207, 207], guidance_scale=3.0, num_inference_steps=STEPS,
+                     generator=torch.Generator("cpu").manual_seed(5), output_type="pt").images
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
+    assert reference.std() > 0.01
 
 
 #: scheduler -> whether a solve split at a mid-path level must equal the whole solve.
