@@ -278,8 +278,10 @@ class Engine:
             xs.append(result.x)
             for level, x0 in result.x0.items():
                 captured.setdefault(level, []).append(x0)
+            shared = rec.solve_op(levels, hi - lo, 0)  # the chunk's rows share one levels list
             recipes.extend(
-                rec.with_op(r, rec.solve_op(levels, hi - lo, row, None if seeds is None else seeds[row]))
+                rec.with_op(r, {**shared, "row": row} if seeds is None
+                            else rec.solve_op(levels, hi - lo, row, seeds[row]))
                 for row, r in enumerate(states.recipes[lo:hi])
             )
             self.usage.nfe += result.nfe * (hi - lo)

@@ -81,10 +81,13 @@ def _copy_json(value: Any) -> Any:
     """A deep copy of JSON-like data (dicts, lists, scalars): ``copy.deepcopy`` without its
     memo, which cost a search ~30 ms per 4096 candidates."""
     if isinstance(value, dict):
-        return {key: _copy_json(item) for key, item in value.items()}
+        return {key: item if type(item) in _SCALARS else _copy_json(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    return copy.deepcopy(value) if not isinstance(value, (str, int, float, bool, type(None))) else value
+        return [item if type(item) in _SCALARS else _copy_json(item) for item in value]
+    return value if type(value) in _SCALARS else copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def with_op(recipe: Recipe, op: dict[str, Any] | None = None) -> Recipe:

@@ -49,9 +49,8 @@ class Selection:
         self._heap: list[tuple[tuple[tuple[int, float], int], int, Candidate]] = []  # min-heap
 
     def add(self, candidate: Candidate, image: torch.Tensor, noise: torch.Tensor | None) -> None:
-        """Record a scored candidate; keep its image if it enters the top-k or is the baseline."""
-        image = image.cpu()
-        noise = noise.cpu() if noise is not None else None
+        """Record a scored candidate; keep its image if it enters the top-k or is the baseline
+        (only those are copied to the CPU)."""
         self.count += 1
         if self.keep_all:
             self.all.append(candidate)
@@ -60,15 +59,16 @@ class Selection:
             for name, value in candidate.scores.items():
                 if not is_finite(value):
                     self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
-        if self.baseline is None and self.is_baseline(candidate):
-            candidate.image, candidate.noise = image, noise
-            self.baseline = candidate
         entry = (selection_key(candidate), candidate.index, candidate)
+        baseline = self.baseline is None and self.is_baseline(candidate)
+        if baseline or len(self._heap) < self.top_k or entry[0] > self._heap[0][0]:
+            candidate.image = image.cpu()
+            candidate.noise = noise.cpu() if noise is not None else None
+        if baseline:
+            self.baseline = candidate
         if len(self._heap) < self.top_k:
-            candidate.image, candidate.noise = image, noise
             heapq.heappush(self._heap, entry)
         elif entry[0] > self._heap[0][0]:
-            candidate.image, candidate.noise = image, noise
             self._drop(heapq.heapreplace(self._heap, entry)[2])
 
     def _drop(self, dropped: Candidate) -> None:
