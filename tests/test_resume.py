@@ -16,7 +16,8 @@ import noisesearch
 from noisesearch.api import resume_run
 
 CLI = str(Path(sys.executable).with_name("noisesearch"))
-ARGS = ["run", "--model", "digits", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2", "--strategy", "random"]
+ARGS = ["run", "--model", "digits", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2",
+        "--strategy", "random"]
 
 
 def lines(path: Path) -> int:
