@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
-from noisesearch_builtin.models.diffusers import index, native
+from noisesearch_builtin.models.diffusers import index, memory, native
 from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
 
@@ -68,8 +68,13 @@ COMMON_PARAMS = """
 :param device: torch device, or "auto" (CUDA when available, else CPU).
 :param dtype: weights' dtype: float32, float16 or bfloat16, or "auto" (the family's usual half
     precision on CUDA, float32 elsewhere). Latents stay float32.
-:param cpu_offload: keep weights on the CPU and move each network to the device while it runs
-    (diffusers' enable_model_cpu_offload; needs accelerate): slower, far less device memory.
+:param cpu_offload: keep weights on the CPU: "model" (or true) moves each network to the device
+    while it runs (diffusers' enable_model_cpu_offload), "sequential" each submodule
+    (enable_sequential_cpu_offload: slowest, least memory). Needs an accelerator and accelerate.
+:param vae_slicing: decode one image at a time (diffusers' vae.enable_slicing).
+:param vae_tiling: decode in overlapping tiles (vae.enable_tiling): for large images.
+:param attention_slicing: diffusers' enable_attention_slicing: true ("auto"), "max" or a slice
+    size; UNet families only (SD 1.x/2.x, SD-XL).
 :param variant: weight-file variant to load, e.g. "fp16" (diffusers' ``variant``).
 :param use_safetensors: load only safetensors weights (the default). Pickled weights (``.bin``)
     can run code when loaded: a folder that has only those is refused unless this is false.
@@ -105,6 +110,8 @@ class DiffusersModel:
     cuda_dtype: ClassVar[str] = "float16"
     #: Candidates per batch (and images per VAE decode) on a CPU.
     cpu_batch_size: ClassVar[int] = CPU_BATCH_SIZE
+    #: Whether the denoiser has diffusers' attention slicing (the UNet families).
+    attention_slicing_family: ClassVar[bool] = False
     #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
     quiet_loading: ClassVar[bool] = False
 
@@ -135,6 +142,7 @@ class DiffusersModel:
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
         lora: str | list[str] | None = None,
+        attention_slicing: Any = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
@@ -149,7 +157,8 @@ class DiffusersModel:
                 raise ConfigError(field, f"must be a positive number of pixels, got {value!r}")
             if multiple and value % multiple:
                 raise ConfigError(field, f"must be a multiple of {multiple} for {path!r}, got {value}")
-        if cpu_offload and resolve_device(device).type == "cpu":
+        memory.check(attention_slicing, cls.attention_slicing_family, cls.__name__)
+        if memory.offload_mode(cpu_offload) and resolve_device(device).type == "cpu":
             raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device, "
                               "and this run is on the CPU")
         if index.is_local(path):
@@ -228,13 +237,18 @@ class DiffusersModel:
         width: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
-        cpu_offload: bool = False,
+        cpu_offload: bool | str = False,
         variant: str | None = None,
         use_safetensors: bool = True,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
         lora: str | list[str] | None = None,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        attention_slicing: bool | str | int = False,
     ) -> None:
+        memory.check(attention_slicing, self.attention_slicing_family, type(self).__name__)
+        self._memory = (bool(vae_slicing), bool(vae_tiling), attention_slicing)
         self.use_safetensors = bool(use_safetensors)
         self.loras = lora_loader.parse(lora)
         lora_loader.check(self.loras, self.pipeline_classes[0])
@@ -252,14 +266,14 @@ class DiffusersModel:
         guidance_scale: float | None,
         device: str,
         dtype: str,
-        cpu_offload: bool,
+        cpu_offload: bool | str,
         variant: str | None,
     ) -> None:
         """Load the pipeline with its own ``from_pretrained`` and place it on the device."""
         import torch
 
         self.device = resolve_device(device)
-        self.cpu_offload = bool(cpu_offload)
+        self.cpu_offload = memory.offload_mode(cpu_offload)  # None, "model" or "sequential"
         if self.cpu_offload and self.device.type == "cpu":
             raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device")
         self.dtype = torch.float32  # latents and solver state
@@ -293,9 +307,12 @@ class DiffusersModel:
                 raise ConfigError("path", _loading_error(self.path, exc, kwargs)) from None
         self.pipe.set_progress_bar_config(disable=True)
         lora_loader.load(self.pipe, getattr(self, "loras", []))  # before placement and offload
+        memory.apply(self.pipe, *getattr(self, "_memory", (False, False, None)))
         for module in self._modules().values():
             module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
-        if self.cpu_offload:
+        if self.cpu_offload == "sequential":
+            self.pipe.enable_sequential_cpu_offload(device=self.device)
+        elif self.cpu_offload:
             self.pipe.enable_model_cpu_offload(device=self.device)
         else:
             for component, module in self._modules().items():

@@ -77,14 +77,16 @@ class DiTModel(VariancePreservingModel):
         guidance_scale: float | None = None,
         device: str = "auto",
         dtype: str = "auto",
-        cpu_offload: bool = False,
+        cpu_offload: bool | str = False,
         variant: str | None = None,
         use_safetensors: bool = True,
         scheduler: str | None = None,
         scheduler_options: dict[str, Any] | None = None,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
     ) -> None:
         super().__init__(path, guidance_scale, None, None, device, dtype, cpu_offload, variant,
-                         use_safetensors, scheduler, scheduler_options)
+                         use_safetensors, scheduler, scheduler_options, None, vae_slicing, vae_tiling)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()

@@ -70,7 +70,7 @@ def hf_pipeline(
     width: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    cpu_offload: bool | None = None,
+    cpu_offload: bool | str | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
     **options: Any,
@@ -89,7 +89,8 @@ def hf_pipeline(
     :param width: image width in pixels; None: the pipeline's default resolution.
     :param device: torch device, or "auto" (CUDA when available, else CPU).
     :param dtype: weights' dtype (float32, float16, bfloat16 or "auto").
-    :param cpu_offload: diffusers' model CPU offload (needs accelerate).
+    :param cpu_offload: diffusers' CPU offload: "model" (or true) or "sequential" (needs
+        accelerate and an accelerator).
     :param variant: weight-file variant to load, e.g. "fp16".
     :param use_safetensors: load only safetensors weights (default true); false also loads
         pickled ``.bin`` weights, which can run code: only for pipelines you trust.

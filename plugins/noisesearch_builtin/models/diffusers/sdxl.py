@@ -37,6 +37,7 @@ class StableDiffusionXLModel(VariancePreservingModel):
     """Stable Diffusion XL pipeline (UNet with pooled text embeddings and size/crop time ids)."""
 
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
+    attention_slicing_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 5.0
     default_steps: ClassVar[int] = 50
 

@@ -32,6 +32,7 @@ class StableDiffusionModel(VariancePreservingModel):
     """Stable Diffusion 1.x/2.x pipeline (epsilon or v-prediction UNet, CLIP text encoder)."""
 
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
+    attention_slicing_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 7.5
     default_steps: ClassVar[int] = 50
 
