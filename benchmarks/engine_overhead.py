@@ -11,9 +11,11 @@ searched verifier on every candidate and the top-k by its score. Two ratios, sea
 
 Repetitions are interleaved (the arms take turns, in rotating order) so that the load of a
 shared machine falls on every arm alike; each ratio is the median over repetitions of
-(search time / loop time of the same repetition), with [min, max]. Peak Python memory
-(tracemalloc, in a separate pass: tracing slows Python down) of one defaults search per N
-shows whether per-candidate state grows with N.
+(search time / loop time of the same repetition), with [min, max]. Times are this process's
+CPU time (``time.process_time``, one torch thread): on a shared machine, wall time also
+counts the waits for a core that other processes hold; the wall-time ratios are printed too.
+Peak Python memory (tracemalloc, in a separate pass: tracing slows Python down) of one
+defaults search per N shows whether per-candidate state grows with N.
 
     python benchmarks/engine_overhead.py                  # N = 16, 256, 4096
     python benchmarks/engine_overhead.py --sizes 16 --reps 3 --json out.json
@@ -76,10 +78,11 @@ def make_arms(n: int, built: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     }
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
@@ -87,16 +90,18 @@ def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
     names = list(arms)
     for fn in arms.values():  # warm-up: first calls pay for lazy imports and allocator growth
         fn()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
             times[name].append(timed(arms[name]))
     out: dict[str, Any] = {"n": n, "reps": reps,
-                           "median_s": {k: statistics.median(v) for k, v in times.items()}}
+                           "median_cpu_s": {k: statistics.median(c for c, _ in v) for k, v in times.items()},
+                           "median_wall_s": {k: statistics.median(w for _, w in v) for k, v in times.items()}}
     for name in names[1:]:
-        ratios = [s / h for s, h in zip(times[name], times["loop"])]
-        out[name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        for clock, i in (("", 0), ("wall_", 1)):
+            ratios = [s[i] / h[i] for s, h in zip(times[name], times["loop"])]
+            out[clock + name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -129,16 +134,17 @@ def main() -> None:
     }
     results = []
     print(f"torch {torch.__version__}, {args.threads} thread(s); ratio = search / hand-written loop, "
-          "median [min, max] over interleaved repetitions")
-    print(f"{'N':>6} {'reps':>4} {'loop ms':>9} {'like for like':>22} {'defaults':>22}")
+          "median [min, max] over interleaved repetitions; CPU time (wall time)")
+    print(f"{'N':>6} {'reps':>4} {'loop ms':>9} {'like for like':>22} {'defaults':>22}"
+          f" {'wall: like for like':>22} {'wall: defaults':>22}")
     for n in args.sizes:
-        reps = args.reps or {16: 30, 256: 15}.get(n, 7)
+        reps = args.reps or {16: 60, 256: 25}.get(n, 9)
         row = measure(n, reps, built)
         results.append(row)
         cells = [f"{row[k]['median']:.3f} [{row[k]['min']:.2f}, {row[k]['max']:.2f}]"
-                 for k in ("like_for_like", "defaults")]
-        print(f"{n:>6} {reps:>4} {row['median_s']['loop'] * 1000:>9.1f} {cells[0]:>22} {cells[1]:>22}",
-              flush=True)
+                 for k in ("like_for_like", "defaults", "wall_like_for_like", "wall_defaults")]
+        print(f"{n:>6} {reps:>4} {row['median_cpu_s']['loop'] * 1000:>9.1f} "
+              + " ".join(f"{cell:>22}" for cell in cells), flush=True)
     print("\npeak Python memory (tracemalloc, KB), one run each:")
     print(f"{'N':>6} {'loop':>10} {'search (defaults)':>18}")
     memory = {}

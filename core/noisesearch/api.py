@@ -376,7 +376,8 @@ def _write_run_dir(
     }
     results.write_json(run_dir / "run.json", run_json)
     if report:
-        write_report(run_dir)
+        # The plot's rows from memory (history shares each candidate's scores): no re-parse.
+        write_report(run_dir, [{"scores": scores, "nfe_spent": nfe} for nfe, _, scores in result.history])
 
 
 def search(
