@@ -357,3 +357,14 @@ def test_a_swallowed_ctrl_c_still_stops_the_run(
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted" and "error" not in run
     assert len((out / "candidates.jsonl").read_text().splitlines()) < 50
+
+
+@pytest.mark.parametrize(
+    "extra", [["--seed", "3"], ["--candidates", "8"], ["--model-opt", "guidance_scale=2"]]
+)
+def test_resume_refuses_options_that_would_change_the_run(tmp_path: Path, extra: list[str]) -> None:
+    """A resume re-runs the folder's own configuration; a new option was silently ignored."""
+    result = invoke("run", "--resume", str(tmp_path / "run"), *extra)
+    assert result.exit_code == 2, result.output
+    assert extra[0] in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

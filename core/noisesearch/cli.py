@@ -197,6 +197,18 @@ def _run_command(app: typer.Typer) -> None:
         from noisesearch.config import config_from_mapping, load_config_file, merge_config, parse_set
 
         if resume is not None:
+            with user_errors():
+                _refuse_options_with_resume({
+                    "--model": model, "--label": label, "--prompt": prompt, "--prompts-file": prompts_file,
+                    "--negative-prompt": negative_prompt, "--strategy": strategy, "--verifier": verifier,
+                    "--evaluator": evaluator, "--evaluate-all": evaluate_all or None,
+                    "--candidates": candidates, "--budget-nfe": budget_nfe, "--steps": steps,
+                    "--solver": solver, "--seed": seed, "--batch-size": batch_size, "--top-k": top_k,
+                    "--device": device, "--output": output, "--model-opt": model_opt,
+                    "--verifier-opt": verifier_opt, "--strategy-opt": strategy_opt,
+                    "--config": config_file, "--set": set_, "--overwrite": overwrite or None,
+                    "--dry-run": dry_run or None,
+                })
             _resume(resume, quiet, as_json)
             return
         with user_errors():
@@ -229,6 +241,19 @@ def _run_command(app: typer.Typer) -> None:
 
             for result in outcomes:
                 print_summary(result)
+
+
+def _refuse_options_with_resume(given: dict[str, Any]) -> None:
+    """A resume re-runs the folder's own configuration: an option that would change it is
+    refused rather than silently ignored (or mixed into the run)."""
+    from noisesearch.errors import ConfigError
+
+    extra = [name for name, value in given.items() if value]
+    if extra:
+        raise ConfigError(
+            "resume", f"--resume continues the run with the configuration in its run.json; "
+            f"drop {', '.join(extra)} (to change the configuration, start a new run)",
+        )
 
 
 def _resume(run_dir: str, quiet: bool, as_json: bool) -> None:
