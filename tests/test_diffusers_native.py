@@ -250,6 +250,8 @@ def test_unknown_scheduler_lists_compatible_ones_before_loading(
     ("EulerAncestralDiscreteScheduler", "random"),  # stochastic: step noise from recorded seeds
     ("EulerAncestralDiscreteScheduler", "paths"),  # and restarts from re-noised mid-path states
     ("DPMSolverMultistepScheduler", "paths"),  # a multistep history reset at each restart
+    ("DPMSolverMultistepScheduler", "smc"),
+    ("EulerAncestralDiscreteScheduler", "pruning"),
 ])
 def test_a_native_search_replays_bit_for_bit(
     scheduler: str, strategy: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
