@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from noisesearch import baseline as plain
@@ -129,13 +130,14 @@ class Engine:
         self._draws = 0
         first = derive_seed(seed, 0)  # the baseline: the plain sample of this seed (baseline.py)
         levels = self.levels  # the lambda below must not hold self (a cycle keeps a search alive)
-        step_seed = first if is_stochastic(self.solver) else None  # the baseline's step noise
+        step_seed = plain.step_noise_seed(first) if is_stochastic(self.solver) else None
         self.selection = Selection(
             self.top_k, lambda c: plain.is_plain(c.recipe, first, levels, step_seed)
         )
         self.selection.keep_all = scorer.pooled  # only a pooled objective re-ranks every candidate
         self._all = self.selection.all  # every candidate when pooled (without images), else empty
         self._history: list[tuple[int, float, dict[str, float]]] = []
+        self.nfe_cache: dict[int, tuple[list[float], int]] = {}  # id(levels list) -> NFEs (_recipe_nfe)
 
     @property
     def device(self) -> Any:
@@ -266,8 +268,7 @@ class Engine:
             return Trajectories(states.x, levels[-1], []), {}
         per_row = solver_nfe(self.model.schedule, levels, self.solver)
         self.charge(0, per_row * len(states))
-        # A stochastic solver's step noise: one seed per row, kept in the row's recipe.
-        step_seeds = self.next_seeds(len(states)) if is_stochastic(self.solver) else None
+        step_seeds = self._step_seeds(states, levels) if is_stochastic(self.solver) else None
         xs: list[torch.Tensor] = []
         captured: dict[float, list[torch.Tensor]] = {}
         recipes: list[dict[str, Any]] = []
@@ -289,6 +290,19 @@ class Engine:
         self._in_batches(len(states), work)
         joined = {level: torch.cat(parts) for level, parts in captured.items()}
         return Trajectories(torch.cat(xs), levels[-1], recipes), joined
+
+    def _step_seeds(self, states: Trajectories, levels: list[float]) -> list[int]:
+        """A stochastic solver's step-noise seeds, one per row, kept in the rows' recipes: a whole
+        sample of a seed's noise uses ``step_noise_seed(seed)`` (so the plain first sample is the
+        baseline), any other solve the run's next seeds."""
+        whole = abs(levels[0] - self.levels[0]) <= 1e-9 and abs(levels[-1] - self.levels[-1]) <= 1e-9
+        own = [
+            plain.step_noise_seed(r["start"]["seed"])
+            if whole and not r["ops"] and r["start"].get("kind") == "seed" else None
+            for r in states.recipes
+        ]
+        fresh = iter(self.next_seeds(sum(seed is None for seed in own)))
+        return [next(fresh) if seed is None else seed for seed in own]
 
     def _journaled_solve(
         self, x: torch.Tensor, levels: list[float], capture: Sequence[float], seeds: list[int] | None = None
@@ -440,7 +454,9 @@ class Engine:
             if images is None:  # read back from the journal: the images are still needed
                 images = self._decode(states.x[lo:hi])
             batch = []
-            rows = [{name: values[row] for name, values in scores.items()} for row in range(hi - lo)]
+            names = list(scores)
+            rows = [dict(zip(names, values)) for values in zip(*scores.values())] if names else \
+                [{} for _ in range(hi - lo)]
             objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
             for row, row_scores in enumerate(rows):
                 candidate = Candidate(
@@ -452,8 +468,8 @@ class Engine:
                 )
                 self.usage.candidates += 1
                 self._history.append((self.usage.nfe, candidate.objective, row_scores))
-                noise = noises[lo + row] if noises is not None else None
-                self.selection.add(candidate, images[row], noise)
+                noise = None if noises is None else partial(noises.__getitem__, lo + row)
+                self.selection.add(candidate, partial(images.__getitem__, row), noise)
                 batch.append(candidate)
             if self.scorer.pooled:
                 self._rerank()
@@ -515,12 +531,18 @@ class Engine:
 
 
 def _recipe_nfe(recipe: dict[str, Any], engine: Engine) -> int:
-    """NFEs spent on one candidate's own path (solves only; shared scoring NFEs excluded)."""
-    return sum(
-        solver_nfe(engine.model.schedule, op["levels"], engine.solver)
-        for op in recipe["ops"]
-        if op["op"] == "solve"
-    )
+    """NFEs spent on one candidate's own path (solves only; shared scoring NFEs excluded).
+    A chunk's rows share one levels list (``Engine.solve``): its NFEs are counted once."""
+    total = 0
+    for op in recipe["ops"]:
+        if op["op"] == "solve":
+            levels = op["levels"]
+            cached = engine.nfe_cache.get(id(levels))  # (the list, kept alive so its id stays its own; NFEs)
+            if cached is None:
+                cached = engine.nfe_cache[id(levels)] = (levels, solver_nfe(engine.model.schedule, levels,
+                                                                          engine.solver))
+            total += cached[1]
+    return total
 
 
 def _empty_accelerator_cache() -> None:

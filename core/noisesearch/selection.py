@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     import torch
 
 
+#: A tensor, or a callable that gives it when it is needed.
+Lazy = Any
+
+
+def _get(value: Lazy) -> torch.Tensor:
+    return value() if callable(value) else value
+
+
 def selection_key(candidate: Candidate) -> tuple[tuple[int, float], int]:
     """Larger is better: finite objectives first, by value; ties to the earlier candidate."""
     return rank_key(candidate.objective), -candidate.index
@@ -48,9 +56,10 @@ class Selection:
         self.baseline: Candidate | None = None
         self._heap: list[tuple[tuple[tuple[int, float], int], int, Candidate]] = []  # min-heap
 
-    def add(self, candidate: Candidate, image: torch.Tensor, noise: torch.Tensor | None) -> None:
+    def add(self, candidate: Candidate, image: Lazy, noise: Lazy | None) -> None:
         """Record a scored candidate; keep its image if it enters the top-k or is the baseline
-        (only those are copied to the CPU)."""
+        (only those are copied to the CPU). ``image`` and ``noise``: tensors, or callables that
+        give them, called only for a kept candidate (a row of a batch costs a tensor view)."""
         self.count += 1
         if self.keep_all:
             self.all.append(candidate)
@@ -62,8 +71,8 @@ class Selection:
         entry = (selection_key(candidate), candidate.index, candidate)
         baseline = self.baseline is None and self.is_baseline(candidate)
         if baseline or len(self._heap) < self.top_k or entry[0] > self._heap[0][0]:
-            candidate.image = image.cpu()
-            candidate.noise = noise.cpu() if noise is not None else None
+            candidate.image = _get(image).cpu()
+            candidate.noise = _get(noise).cpu() if noise is not None else None
         if baseline:
             self.baseline = candidate
         if len(self._heap) < self.top_k:
