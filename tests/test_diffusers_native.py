@@ -271,6 +271,8 @@ def test_a_native_search_replays_bit_for_bit(
     solves = [op for op in run["best"]["recipe"]["ops"] if op["op"] == "solve"]
     stochastic = scheduler.startswith("EulerAncestral")
     assert all(isinstance(op.get("noise_seed"), int) == stochastic for op in solves)
+    if strategy == "random":  # a whole sample's step noise comes from its seed: the first is the baseline
+        assert run["baseline_origin"] == "candidate"
     outcome = replay_run(out, registries=registries)
     assert outcome.identical, outcome.max_abs_diff
 

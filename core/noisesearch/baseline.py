@@ -9,6 +9,7 @@ reported as ``usage.baseline_nfe`` (``run.json``'s ``baseline_origin`` says whic
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,16 @@ FROM_SEARCH = "candidate"
 EXTRA = "extra"
 
 
+def step_noise_seed(seed: int) -> int:
+    """A stochastic solver's step-noise seed for a whole sample from noise ``seed``: a hash of it
+    (not ``seed`` itself, whose generator's first draw is the initial noise)."""
+    digest = hashlib.blake2b(f"{int(seed)}:step-noise".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 def plain_recipe(seed: int, levels: Sequence[float], noise_seed: int | None = None) -> dict[str, Any]:
     """The recipe of one plain sample of noise ``seed`` over ``levels``, alone in its batch;
-    ``noise_seed``: a stochastic solver's step-noise seed (the baseline uses ``seed`` itself)."""
+    ``noise_seed``: a stochastic solver's step-noise seed (``step_noise_seed(seed)``)."""
     return {
         "start": seed_recipe(seed),
         "ops": [solve_op(levels, 1, 0, noise_seed)],
@@ -55,7 +63,7 @@ def generate(engine: Engine, seed: int) -> Candidate:
     scorer, outside its budget and its record of candidates (``index`` -1)."""
     import torch
 
-    step_seed = seed if is_stochastic(engine.solver) else None
+    step_seed = step_noise_seed(seed) if is_stochastic(engine.solver) else None
     recipe = plain_recipe(seed, engine.levels, step_seed)
     noise = initial_noise(recipe["start"], tuple(engine.model.latent_shape), "cpu", engine.dtype)
     x = noise[None].to(device=engine.device, dtype=engine.dtype or noise.dtype)  # (1, *latent)

@@ -65,8 +65,10 @@ def neighbour_noise(pivot_noise: torch.Tensor, seed: int, cosine: float) -> torc
 
 
 def solve_op(levels: Sequence[float], batch: int, row: int, noise_seed: int | None = None) -> dict[str, Any]:
-    """A ``solve`` op; ``noise_seed`` only for a stochastic solver's row."""
-    op: dict[str, Any] = {"op": "solve", "levels": [float(level) for level in levels]}
+    """A ``solve`` op; ``noise_seed`` only for a stochastic solver's row. A list of levels is kept
+    as is (not copied): a batch's rows share it."""
+    kept = levels if isinstance(levels, list) else [float(level) for level in levels]
+    op: dict[str, Any] = {"op": "solve", "levels": kept}
     op.update(batch=batch, row=row)
     if noise_seed is not None:
         op["noise_seed"] = int(noise_seed)
