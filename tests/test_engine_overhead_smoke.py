@@ -1,0 +1,45 @@
+"""Smoke check of ``benchmarks/engine_overhead.py``: both ratios, their spread and the peak
+memory come out for a small N, and its hand-written loop does the search's work."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_overhead.py"
+
+
+def test_engine_overhead_prints_both_ratios_and_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "o.json"
+    argv = ["engine_overhead.py", "--sizes", "8", "--reps", "2", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        script.main()
+    finally:  # the script pins one thread; later tests in this process keep theirs
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    (row,) = data["ratios"]
+    for arm in ("like_for_like", "defaults", "wall_like_for_like", "wall_defaults"):
+        assert 0 < row[arm]["min"] <= row[arm]["median"] <= row[arm]["max"]
+    assert set(data["peak_python_kb"]["8"]) == {"loop", "defaults"}
+    assert "like for like" in capsys.readouterr().out
+    # The loop keeps the top-k of the same number of candidates a search evaluates.
+    from noisesearch.plugins import build_registries
+
+    registries = build_registries()
+    model = registries.models.get("digits").create()
+    verifier = registries.verifiers.get("digits-classifier").create()
+    assert script.hand_loop(model, verifier, 12, 5).shape == (script.TOP_K, 3, 8, 8)
