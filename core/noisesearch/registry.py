@@ -6,9 +6,10 @@ docstring only, so ``noisesearch verifiers NAME`` stays free of torch.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,7 +69,7 @@ class Entry:
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse options the factory does not take, naming the valid ones."""
-        known = {p.name for p in self.parameters()}
+        known = option_names(self.factory)
         if _takes_var_keyword(self.factory):
             return
         for key in options:
@@ -80,9 +81,7 @@ class Entry:
                 )
 
     def accepts(self, option: str) -> bool:
-        return _takes_var_keyword(self.factory) or any(
-            p.name == option for p in self.parameters()
-        )
+        return _takes_var_keyword(self.factory) or option in option_names(self.factory)
 
     def create(self, **options: Any) -> Any:
         """Build the implementation (this is when weights load).
@@ -202,6 +201,19 @@ def _option_sources(factory: Callable[..., Any]) -> tuple[list[tuple[Any, Callab
 
 def _has_var_keyword(function: Callable[..., Any]) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+
+
+def option_names(factory: Callable[..., Any]) -> frozenset[str]:
+    """The names of ``factory``'s keyword options. Cached: planning checks options on every
+    search, and describing them parses docstrings (~1 ms a search of a few ms at N = 16)."""
+    if isinstance(factory, Hashable):
+        return _cached_option_names(factory)
+    return frozenset(p.name for p in describe_parameters(factory))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_option_names(factory: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(p.name for p in describe_parameters(factory))
 
 
 def describe_parameters(factory: Callable[..., Any]) -> list[Parameter]:
