@@ -16,11 +16,13 @@ flow-matching Euler for SD3 and FLUX, configured like the released checkpoints (
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from noisesearch_builtin.shapes.networks import bytes_to_unicode, clip_bpe_merges
 
 #: Families a tiny pipeline can be built for (``build(family)``).
 FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "flux", "flux-schnell", "pixart-sigma", "dit")
@@ -36,32 +38,15 @@ _T5_WORDS = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 @lru_cache(maxsize=2)
 def _clip_vocab_and_merges(merges_kept: int = CLIP_MERGES) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    spec = importlib.util.find_spec("open_clip")
-    assert spec is not None and spec.origin is not None, "open_clip_torch ships the CLIP BPE file"
-    bpe = Path(spec.origin).with_name("bpe_simple_vocab_16e6.txt.gz")
-    with gzip.open(bpe, "rt", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")[1 : merges_kept + 1]
-    merges = [tuple(line.split()) for line in lines]
-    symbols = list(_bytes_to_unicode().values())
+    """CLIP's vocabulary over its first ``merges_kept`` merges (the embedded shapes model's BPE
+    reader, so that one piece of code reads open_clip's file)."""
+    merges = list(clip_bpe_merges()[:merges_kept])
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(tokens)}, merges  # type: ignore[return-value]
+    return {token: i for i, token in enumerate(tokens)}, merges
 
 
 def clip_tokenizer(full: bool = False) -> Any:
@@ -368,3 +353,34 @@ def save(family: str, folder: Path) -> Path:
     """Build the tiny pipeline of ``family`` and ``save_pretrained`` it to ``folder``."""
     build(family).save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def plain_cpu_kernels() -> Iterator[None]:
+    """Without oneDNN (mkldnn) kernels, restoring the setting afterwards.
+
+    On these CPUs oneDNN re-creates its convolution primitives for tiny inputs again and again
+    (about 2 s per UNet call instead of 20 ms). Both sides of every comparison run under the same
+    setting, so equivalence is unaffected.
+    """
+    import torch
+
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+class TinyFolders:
+    """``folders(family)``: the folder of that family's tiny pipeline, saved once under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, Path] = {}
+
+    def __call__(self, family: str) -> Path:
+        if family not in self._folders:
+            self._folders[family] = save(family, self.root / family)
+        return self._folders[family]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, build, save
+from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels, save
 from typer.testing import CliRunner
 
 from noisesearch import Condition, ConfigError
@@ -30,10 +30,8 @@ PROMPT = "a photo of a red apple on a wooden table"
 
 @pytest.fixture(scope="module", autouse=True)
 def _plain_cpu_kernels() -> Iterator[None]:
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # tiny convolutions are far slower with oneDNN here
-    yield
-    torch.backends.mkldnn.enabled = enabled
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, save
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
 
 from noisesearch import Condition, ConfigError
 from noisesearch.api import plan
@@ -26,23 +26,14 @@ PROMPT = "a photo of a red apple on a wooden table"
 
 @pytest.fixture(scope="module", autouse=True)
 def _plain_cpu_kernels() -> Iterator[None]:
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # tiny convolutions are far slower with oneDNN here
-    yield
-    torch.backends.mkldnn.enabled = enabled
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    root = tmp_path_factory.mktemp("memory")
-    folders: dict[str, Path] = {}
-
-    def folder(family: str) -> Path:
-        if family not in folders:
-            folders[family] = save(family, root / family)
-        return folders[family]
-
-    return folder
+    """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
+    return TinyFolders(tmp_path_factory.mktemp("memory"))
 
 
 @pytest.fixture(scope="module")

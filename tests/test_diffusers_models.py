@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, save
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
 from typer.testing import CliRunner
 
 import noisesearch
@@ -56,31 +56,15 @@ STRATEGIES = [s for s in ("random", "zero-order", "paths") if s in _BUILTIN_STRA
 
 @pytest.fixture(scope="module", autouse=True)
 def _plain_cpu_kernels() -> Iterator[None]:
-    """Run this module without oneDNN (mkldnn) kernels, restoring the setting afterwards.
-
-    On these CPUs oneDNN re-creates its convolution primitives for tiny inputs again and again
-    (about 2 s per UNet call instead of 20 ms), which would make the module several times slower.
-    Both sides of every comparison run under the same setting, so equivalence is unaffected.
-    """
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = enabled
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
 
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
-    root = tmp_path_factory.mktemp("diffusers")
-    folders: dict[str, Path] = {}
-
-    def folder(family: str) -> Path:
-        if family not in folders:
-            folders[family] = save(family, root / family)
-        return folders[family]
-
-    return folder
+    return TinyFolders(tmp_path_factory.mktemp("diffusers"))
 
 
 class _BrightnessPlugin:

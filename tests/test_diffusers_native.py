@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, save
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
 from typer.testing import CliRunner
 
 import noisesearch
@@ -59,25 +59,14 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _plain_cpu_kernels() -> Iterator[None]:
-    """Without oneDNN: tiny convolutions are ~100x slower with it on these CPUs (see
-    tests/test_diffusers_models.py); both sides of each comparison run alike."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = enabled
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    root = tmp_path_factory.mktemp("native")
-    folders: dict[str, Path] = {}
-
-    def folder(family: str) -> Path:
-        if family not in folders:
-            folders[family] = save(family, root / family)
-        return folders[family]
-
-    return folder
+    """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
+    return TinyFolders(tmp_path_factory.mktemp("native"))
 
 
 class _BrightnessPlugin:

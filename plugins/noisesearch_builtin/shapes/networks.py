@@ -63,7 +63,7 @@ SCHEDULER_CONFIG: dict[str, Any] = dict(
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -78,7 +78,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 @lru_cache(maxsize=1)
-def _clip_merges() -> tuple[tuple[str, str], ...]:
+def clip_bpe_merges() -> tuple[tuple[str, str], ...]:
+    """CLIP's 48,894 BPE merges, in rank order, from the file open_clip_torch ships."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or spec.origin is None:
         raise RuntimeError("open_clip_torch is needed: it ships CLIP's BPE merges file")
@@ -111,7 +112,7 @@ def _bpe(word: str, rank: dict[tuple[str, str], int]) -> tuple[list[str], set[tu
 
 def vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """The restricted CLIP BPE (see the module docstring): vocabulary and ranked merges."""
-    merges = _clip_merges()
+    merges = clip_bpe_merges()
     rank = {pair: i for i, pair in enumerate(merges)}
     used: set[tuple[str, str]] = set()
     extra: list[tuple[str, str]] = []
@@ -122,7 +123,7 @@ def vocab_and_merges(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
             extra.append((pieces[0], pieces[1]))
             pieces = [pieces[0] + pieces[1], *pieces[2:]]
     kept = [pair for pair in merges if pair in used] + extra
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     for a, b in kept:
         if a + b not in tokens:
