@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,24 +153,46 @@ def summary_markdown(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) 
     return "\n".join(lines) + "\n"
 
 
-def scaling_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> None:
-    """Evaluator score against NFEs, one line per strategy with its 95% band, one panel per
-    searched-on verifier."""
+Lines = list[tuple[str, list[dict[str, Any]]]]  # (strategy, its entries by budget)
+
+
+def _panels(chosen: list[dict[str, Any]]) -> Iterator[tuple[Any, str, Lines]]:
+    """One matplotlib panel per searched-on verifier, with its lines (strategy -> entries by
+    budget); the figure is laid out and closed by :func:`_save`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [e for e in entries if e["evaluator"] == evaluator and e["evaluator_stat"]]
     verifiers = _ordered(e["verifier"] for e in chosen)
-    fig, axes = plt.subplots(1, max(len(verifiers), 1), figsize=(5.5 * max(len(verifiers), 1), 4),
-                             squeeze=False)
+    _, axes = plt.subplots(1, max(len(verifiers), 1), figsize=(5.5 * max(len(verifiers), 1), 4),
+                           squeeze=False)
     for ax, verifier in zip(axes[0], verifiers):
+        lines = []
         for strategy in _ordered(e["strategy"] for e in chosen):
             line = sorted((e for e in chosen if e["verifier"] == verifier and e["strategy"] == strategy),
                           key=lambda e: e["budget"])
-            if not line:
-                continue
+            if line:
+                lines.append((strategy, line))
+        yield ax, verifier, lines
+
+
+def _save(path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plt.gcf()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def scaling_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> None:
+    """Evaluator score against NFEs, one line per strategy with its 95% band, one panel per
+    searched-on verifier."""
+    chosen = [e for e in entries if e["evaluator"] == evaluator and e["evaluator_stat"]]
+    budgets = sorted({e["budget"] for e in chosen})
+    for ax, verifier, lines in _panels(chosen):
+        for strategy, line in lines:
             x = [e["budget"] for e in line]
             mean = [e["evaluator_stat"].mean for e in line]
             ci = [e["evaluator_stat"].ci for e in line]
@@ -178,7 +201,6 @@ def scaling_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> No
             ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
                             color=drawn.get_color(), alpha=0.15)
         ax.set_xscale("log", base=2)
-        budgets = sorted({e["budget"] for e in chosen})
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.minorticks_off()
         ax.set_xlabel("NFE budget")
@@ -186,30 +208,16 @@ def scaling_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> No
         ax.set_title(f"searched on {verifier}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(path)
 
 
 def hacking_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> None:
     """The searched verifier's score against the held-out evaluator's as the budget grows:
     a line that runs right but not up is the search fooling its verifier."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     chosen = [e for e in entries
               if e["evaluator"] == evaluator and e["evaluator_stat"] and e["verifier_stat"]]
-    verifiers = _ordered(e["verifier"] for e in chosen)
-    fig, axes = plt.subplots(1, max(len(verifiers), 1), figsize=(5.5 * max(len(verifiers), 1), 4),
-                             squeeze=False)
-    for ax, verifier in zip(axes[0], verifiers):
-        for strategy in _ordered(e["strategy"] for e in chosen):
-            line = sorted((e for e in chosen if e["verifier"] == verifier and e["strategy"] == strategy),
-                          key=lambda e: e["budget"])
-            if not line:
-                continue
+    for ax, verifier, lines in _panels(chosen):
+        for strategy, line in lines:
             x = [e["verifier_stat"].mean for e in line]
             y = [e["evaluator_stat"].mean for e in line]
             ax.plot(x, y, "--" if line[0]["baseline"] else "-", marker="o", label=strategy)
@@ -219,9 +227,7 @@ def hacking_png(entries: list[dict[str, Any]], evaluator: str, path: Path) -> No
         ax.set_title("verifier hacking: budgets grow along each line")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(path)
 
 
 def scaling_name(evaluator: str) -> str:
