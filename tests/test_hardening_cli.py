@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import with_default_ctrl_c
 from typer.testing import CliRunner, Result
 
 from noisesearch.cli import build_app
@@ -263,6 +264,7 @@ def _console(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", "from noisesearch.console import main; main()", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=with_default_ctrl_c,
     )
 
 

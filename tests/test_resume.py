@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import with_default_ctrl_c
 
 import noisesearch
 from noisesearch.api import resume_run
@@ -27,7 +28,8 @@ def lines(path: Path) -> int:
 @pytest.mark.slow
 def test_sigint_then_resume_gives_the_result_of_an_uninterrupted_run(tmp_path: Path) -> None:
     interrupted, full = tmp_path / "interrupted", tmp_path / "full"
-    process = subprocess.Popen([CLI, *ARGS, "-o", str(interrupted)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([CLI, *ARGS, "-o", str(interrupted)], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=with_default_ctrl_c)
     deadline = time.monotonic() + 120
     while lines(interrupted / "candidates.jsonl") < 100 and process.poll() is None:
         assert time.monotonic() < deadline, "the run never got going"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import with_default_ctrl_c
 from typer.testing import CliRunner
 
 import noisesearch
@@ -216,7 +217,8 @@ def test_two_real_processes_cannot_write_one_folder(tmp_path: Path) -> None:
     cli = str(Path(sys.executable).with_name("noisesearch"))
     out = tmp_path / "run"
     args = ["run", "--model", "digits", "--label", "3", "-q", "--batch-size", "4", "-o", str(out)]
-    first = subprocess.Popen([cli, *args, "--candidates", "2000"], stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([cli, *args, "--candidates", "2000"], stderr=subprocess.PIPE, text=True,
+                             preexec_fn=with_default_ctrl_c)
     try:
         deadline = time.monotonic() + 120
         while not (out / "candidates.jsonl").exists() or not (out / "candidates.jsonl").read_text():
