@@ -89,6 +89,14 @@ def test_quiet_prints_nothing_and_json_prints_only_json(tmp_path: Path) -> None:
     assert failed.exit_code == 2 and failed.stdout == "" and "candidates:" in failed.stderr
 
 
+def test_a_run_says_what_it_loads_before_the_progress_bar(tmp_path: Path) -> None:
+    result = invoke("run", "--model", "digits", "-o", str(tmp_path / "s"), "--candidates", "2")
+    assert result.exit_code == 0, result.output
+    where = [result.stderr.find(text) for text in
+             ("loading model digits\u2026", "loading verifiers\u2026", "searching")]
+    assert -1 not in where and where == sorted(where), result.stderr
+
+
 # -- prompts files ----------------------------------------------------------------------------
 
 

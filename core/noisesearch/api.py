@@ -106,17 +106,29 @@ def run_plan(
         if not resume:
             locking.check_fresh(plan.output, config.overwrite)
     owners = fingerprint.owners(plan)
-    with blame(owners["model"]):
-        model = plan.build_model()
-    verifiers = {}
-    for entry in plan.verifiers:
-        with blame(owners[entry.name]):
-            verifiers[entry.name] = plan.build_verifier(entry)
-    evaluator = None
-    if plan.evaluator is not None:
-        name = plan.evaluator.name
-        with blame(owners[name]):
-            evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
+    loading = None
+    if progress:  # loading takes seconds with nothing else on screen
+        from noisesearch.progress import LoadingStatus
+
+        loading = LoadingStatus()
+        loading.show(f"loading model {plan.model.name}\u2026")
+    try:
+        with blame(owners["model"]):
+            model = plan.build_model()
+        if loading is not None:
+            loading.show("loading verifiers\u2026")
+        verifiers = {}
+        for entry in plan.verifiers:
+            with blame(owners[entry.name]):
+                verifiers[entry.name] = plan.build_verifier(entry)
+        evaluator = None
+        if plan.evaluator is not None:
+            name = plan.evaluator.name
+            with blame(owners[name]):
+                evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
+    finally:
+        if loading is not None:
+            loading.close()
     with blame(owners["strategy"]):
         strategy = plan.strategy.create(**config.strategy_options)
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),

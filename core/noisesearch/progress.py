@@ -1,4 +1,6 @@
-"""A progress bar for long searches (rich), as an engine listener."""
+"""What a run shows on stderr while it works: a status line while the model and the verifiers
+load (nothing else is printed then, for seconds), and a progress bar for the search (rich), as
+an engine listener."""
 
 from __future__ import annotations
 
@@ -8,6 +10,33 @@ from typing import Any
 from noisesearch.engine import Usage
 from noisesearch.finite import is_finite
 from noisesearch.types import Candidate
+
+
+class LoadingStatus:
+    """One status line on stderr, replaced by each :meth:`show`: a spinner on a terminal, a
+    plain line per message otherwise (a log keeps what the run was doing when it stopped)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._status: Any = None
+
+    def show(self, message: str) -> None:
+        from rich.text import Text
+
+        if not self._console.is_terminal:
+            self._console.print(message, markup=False, highlight=False, soft_wrap=True)
+        elif self._status is None:
+            self._status = self._console.status(Text(message))  # a name is not rich markup
+            self._status.start()
+        else:
+            self._status.update(Text(message))
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
 
 class ProgressBar:
