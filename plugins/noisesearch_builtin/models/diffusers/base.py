@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
-from noisesearch_builtin.models.diffusers import index, memory, native
+from noisesearch_builtin.models.diffusers import guidance, index, memory, native
 from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
 
@@ -84,6 +84,11 @@ COMMON_PARAMS = """
     The core's ddim and heun solvers do not use it.
 :param scheduler_options: configuration of that scheduler over the pipeline's, e.g.
     ``{"use_karras_sigmas": true}`` or ``{"timestep_spacing": "trailing"}``.
+:param guidance_rescale: rescale the guided output towards the conditional branch's standard
+    deviation by this fraction (0 to 1; 0: off), as the pipeline's guidance_rescale; SD 1.x/2.x
+    and SD-XL only.
+:param clip_skip: prompt embeddings from this many CLIP layers before the last, as the pipeline's
+    clip_skip; None: the pipeline's default. SD 1.x/2.x and SD-XL only.
 :param lora: LoRA adapter(s) as "PATH[:SCALE]" (a .safetensors file, a folder or a hub id; scale
     1 by default), or a list of them (repeat --model-opt lora=...); loaded with diffusers'
     load_lora_weights. Not for PixArt or DiT (their pipelines take no LoRA).
@@ -112,6 +117,8 @@ class DiffusersModel:
     cpu_batch_size: ClassVar[int] = CPU_BATCH_SIZE
     #: Whether the denoiser has diffusers' attention slicing (the UNet families).
     attention_slicing_family: ClassVar[bool] = False
+    #: Whether the pipeline takes ``guidance_rescale`` and ``clip_skip`` (the UNet families).
+    guidance_options_family: ClassVar[bool] = False
     #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
     quiet_loading: ClassVar[bool] = False
 
@@ -143,6 +150,8 @@ class DiffusersModel:
         scheduler_options: dict[str, Any] | None = None,
         lora: str | list[str] | None = None,
         attention_slicing: Any = None,
+        guidance_rescale: Any = 0.0,
+        clip_skip: Any = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
@@ -158,6 +167,7 @@ class DiffusersModel:
             if multiple and value % multiple:
                 raise ConfigError(field, f"must be a multiple of {multiple} for {path!r}, got {value}")
         memory.check(attention_slicing, cls.attention_slicing_family, cls.__name__)
+        guidance.check(guidance_rescale, clip_skip, cls.guidance_options_family, cls.__name__)
         if memory.offload_mode(cpu_offload) and resolve_device(device).type == "cpu":
             raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device, "
                               "and this run is on the CPU")
@@ -246,8 +256,13 @@ class DiffusersModel:
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         attention_slicing: bool | str | int = False,
+        guidance_rescale: float = 0.0,
+        clip_skip: int | None = None,
     ) -> None:
         memory.check(attention_slicing, self.attention_slicing_family, type(self).__name__)
+        guidance.check(guidance_rescale, clip_skip, self.guidance_options_family, type(self).__name__)
+        self.guidance_rescale = float(guidance_rescale)
+        self.clip_skip = clip_skip
         self._memory = (bool(vae_slicing), bool(vae_tiling), attention_slicing)
         self.use_safetensors = bool(use_safetensors)
         self.loras = lora_loader.parse(lora)
@@ -498,7 +513,10 @@ class DiffusersModel:
         if not self._guided():
             return output
         uncond, cond = output.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        guided = uncond + self.guidance_scale * (cond - uncond)
+        if self.guidance_rescale > 0.0:  # the pipelines' rescale_noise_cfg
+            guided = guidance.rescale(guided, cond, self.guidance_rescale)
+        return guided
 
 
 class VariancePreservingModel(DiffusersModel):

@@ -38,6 +38,7 @@ class StableDiffusionXLModel(VariancePreservingModel):
 
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     attention_slicing_family: ClassVar[bool] = True
+    guidance_options_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 5.0
     default_steps: ClassVar[int] = 50
 
@@ -57,6 +58,7 @@ class StableDiffusionXLModel(VariancePreservingModel):
             num_images_per_prompt=1,
             do_classifier_free_guidance=self._guided(),
             negative_prompt=condition.negative_prompt,
+            clip_skip=self.clip_skip,
         )
         size = (self.height, self.width)
         time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=cond.dtype, device=self.device)

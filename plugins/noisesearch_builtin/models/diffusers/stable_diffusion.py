@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from noisesearch_builtin.models.diffusers import guidance
 from noisesearch_builtin.models.diffusers.base import VariancePreservingModel
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class StableDiffusionModel(VariancePreservingModel):
 
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     attention_slicing_family: ClassVar[bool] = True
+    guidance_options_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 7.5
     default_steps: ClassVar[int] = 50
 
@@ -61,13 +63,15 @@ class StableDiffusionModel(VariancePreservingModel):
         return self.guidance_scale > 1.0 and not self.embedded_guidance
 
     def _encode(self, condition: Condition) -> PromptEmbeddings:
-        cond, uncond = self.pipe.encode_prompt(
-            condition.prompt,
-            self.device,
-            1,
-            self._guided(),
-            negative_prompt=condition.negative_prompt,
-        )
+        with guidance.text_model_alias(self.pipe.text_encoder):
+            cond, uncond = self.pipe.encode_prompt(
+                condition.prompt,
+                self.device,
+                1,
+                self._guided(),
+                negative_prompt=condition.negative_prompt,
+                clip_skip=self.clip_skip,
+            )
         return PromptEmbeddings(cond=cond, uncond=uncond if self._guided() else None)
 
     def denoise(self, x: torch.Tensor, sigma: float, prepared: PromptEmbeddings) -> torch.Tensor:
