@@ -21,11 +21,12 @@ from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are
     DEFAULT_OUTPUT_ROOT,
     NO_EVALUATOR,
     Plan,
+    model_name_of,
     model_traits,
     plan,
     plan_saved_run,
 )
-from noisesearch.plugins import Registries
+from noisesearch.plugins import Registries, build_registries
 from noisesearch.registry import verifier_requirements
 from noisesearch.sampling import Solver, resolve_solver
 from noisesearch.types import Candidate, Condition
@@ -54,6 +55,16 @@ class SearchResult:
     strategy_report: dict[str, Any] = field(default_factory=dict)
     non_finite: dict[str, Any] = field(default_factory=dict)  # NaN/inf objectives and scores
     baseline_origin: str = "candidate"  # or "extra": see noisesearch.baseline
+
+    @property
+    def image(self) -> Any:
+        """The best candidate's image as an RGB PIL image at the model's size (None if not kept)."""
+        from PIL import Image
+
+        if self.best.image is None:
+            return None
+        array = (self.best.image.detach().float().clamp(0, 1) * 255).round().byte()  # (3, H, W)
+        return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
     def summary(self) -> dict[str, Any]:
         """Strict JSON (``noisesearch.finite``): non-finite scores are ``null`` plus a flag."""
@@ -396,7 +407,7 @@ def search(
     config: RunConfig | None = None,
     *,
     progress: bool = False,
-    write: bool = True,
+    write: bool | None = None,
     registries: Registries | None = None,
     built_verifiers: dict[str, Any] | None = None,
     **options: Any,
@@ -408,9 +419,13 @@ def search(
     written to disk. Raises a :class:`~noisesearch.errors.NoiseSearchError` subclass for any
     bad input, before loading weights.
 
-    ``model`` takes a name, an ``hf:`` string, or an already-built model (its registered name
-    is found from its class); ``built_verifiers`` maps verifier names to built verifiers, and
-    ``registries`` are reused: a loop or a bench pays for building them once.
+    ``model`` takes a name, an ``hf:`` string, an already-built model (its registered name
+    is found from its class), or an object a model plugin wraps: a diffusers pipeline in memory,
+    with its LoRAs, scheduler and offload as the user set them (``search(model=pipe,
+    prompt=...)``). ``write``: write the run folder; default yes, except for a wrapped pipeline,
+    which writes nothing unless asked. The best image is ``result.image`` (PIL).
+    ``built_verifiers`` maps verifier names to built verifiers, and ``registries`` are reused: a
+    loop or a bench pays for building them once.
     """
     built_model = None
     if config is not None and not isinstance(config.model, str):
@@ -425,9 +440,21 @@ def search(
             raise ConfigError("search()", f"{exc}. Valid fields: {fields}") from None
     elif options:
         raise ConfigError("search()", "pass either a RunConfig or keyword fields, not both")
+    if write is None:  # an object of a class that no plugin registers is wrapped: no folder
+        registries = registries or build_registries()
+        write = built_model is None or _registered(built_model, registries)
     checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers,
                    check_output=write)
     return run_plan(checked, progress=progress, write=write)
+
+
+def _registered(built: Any, registries: Registries) -> bool:
+    """Whether ``built`` is of a model class a plugin registers (not one to wrap)."""
+    try:
+        model_name_of(built, registries)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass

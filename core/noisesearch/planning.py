@@ -72,7 +72,7 @@ def plan(
     config.validate()
     registries = registries or build_registries()
     if built_model is not None and not isinstance(config.model, str):
-        config.model = model_name_of(built_model, registries)
+        built_model, config.model = _built_and_name(built_model, registries, config)
     _expand_model_prefix(config)
     model = registries.models.get(config.model)
     if built_model is None:
@@ -115,6 +115,32 @@ def plan(
     config.steps = steps
     return Plan(config, condition, model, verifiers, evaluator, strategy, steps, budget, output,
                 built_model, dict(built_verifiers or {}))
+
+
+def _built_and_name(obj: Any, registries: Registries, config: RunConfig) -> tuple[Any, str]:
+    """A built model and its registered name; an object of a class no plugin registers (a
+    diffusers pipeline in memory) is wrapped by the first factory whose ``wrap`` takes it."""
+    try:
+        return obj, model_name_of(obj, registries)
+    except ConfigError:
+        wrapped = wrap_foreign_model(obj, registries, config.model_options, config.device)
+        if wrapped is None:
+            raise
+        return wrapped
+
+
+def wrap_foreign_model(
+    obj: Any, registries: Registries, options: dict[str, Any], device: str | None
+) -> tuple[Any, str] | None:
+    """``(model, entry name)`` from the first registered factory whose ``wrap(obj, **options)``
+    returns a model for ``obj`` (e.g. ``hf`` for a diffusers pipeline); None if none does."""
+    for entry in registries.models:
+        wrap = getattr(entry.factory, "wrap", None)
+        if callable(wrap):
+            model = wrap(obj, **with_device(entry, options, device))
+            if model is not None:
+                return model, entry.name
+    return None
 
 
 def model_name_of(built: Any, registries: Registries) -> str:

@@ -115,4 +115,25 @@ def describe(path: str | None = None, **options: Any) -> dict[str, Any]:
     return adapter.describe(path=path, **given)
 
 
+def wrap(pipeline: Any, **options: Any) -> DiffusersModel | None:
+    """A diffusers pipeline object already in memory as a model (``search(model=pipe, ...)``),
+    by the adapter of its class; None for an object that is not a diffusers pipeline. Its LoRAs,
+    scheduler and offload stay as the user set them; ``options`` are the model's (no ``path``)."""
+    module = type(pipeline).__module__ or ""
+    if not module.startswith("diffusers"):
+        return None
+    name = type(pipeline).__name__
+    if name not in SUPPORTED_PIPELINES:
+        raise IncompatibleError(f"a {name} cannot be searched. Supported pipeline classes: "
+                                f"{', '.join(sorted(SUPPORTED_PIPELINES))}.")
+    adapter = SUPPORTED_PIPELINES[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in ("path", "variant"):
+        if key in given:
+            raise ConfigError(key, "not for a pipeline already in memory")
+    _check_options(adapter, "<in-memory pipeline>", given)
+    return adapter.from_pipeline(pipeline, **given)
+
+
 hf_pipeline.describe = describe  # type: ignore[attr-defined]  # traits depend on the path
+hf_pipeline.wrap = wrap  # type: ignore[attr-defined]  # search(model=pipe): a pipeline in memory

@@ -1,0 +1,85 @@
+"""``noisesearch.search(model=pipe, ...)``: a diffusers pipeline already in memory, on the tiny SD
+pipeline. It writes nothing unless asked, returns the best image as PIL (``result.image``), and
+that image is the pipeline's own output from the winner's noise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels
+
+import noisesearch
+from noisesearch import ConfigError, IncompatibleError, hookimpl
+from noisesearch.plugins import Registries, build_registries, get_plugin_manager
+from noisesearch.testing import BrightnessVerifier
+
+PROMPT = "a photo of a red apple on a wooden table"
+STEPS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plain_cpu_kernels() -> Iterator[None]:
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
+
+
+class _BrightnessPlugin:
+    @hookimpl
+    def register_verifiers(self, register: Any) -> None:
+        register("test-brightness", BrightnessVerifier)
+
+
+@pytest.fixture(scope="module")
+def registries() -> Registries:
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(_BrightnessPlugin(), name="test-brightness")
+    return build_registries(pm)
+
+
+def _search(pipe: Any, registries: Registries, **fields: Any) -> Any:
+    return noisesearch.search(model=pipe, prompt=PROMPT, verifiers=["test-brightness"], candidates=3,
+                              strategy="random",
+                              steps=STEPS, registries=registries, **fields)
+
+
+def test_a_pipeline_in_memory_is_searched_without_writing_and_gives_its_own_image(
+    registries: Registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pipe = build("sd")
+    pipe.set_progress_bar_config(disable=True)
+    result = _search(pipe, registries, model_options={"guidance_scale": 3.0, "height": IMAGE_SIZE,
+                                                       "width": IMAGE_SIZE})
+    assert result.run_dir is None and list(tmp_path.iterdir()) == []  # nothing written
+    assert result.config.model == "hf"
+    image = result.image
+    assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
+
+    noise = result.best.noise[None].float()  # (1, C, h, w): the winner's initial noise
+    with torch.inference_mode():
+        reference = pipe(prompt=PROMPT, latents=noise, num_inference_steps=STEPS,
+                         guidance_scale=3.0, height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="pt").images
+    torch.testing.assert_close(result.best.image[None].float(), reference, atol=1e-4, rtol=0)
+    assert reference.std() > 0.01
+
+
+def test_a_pipeline_in_memory_writes_its_run_folder_when_asked(
+    registries: Registries, tmp_path: Path
+) -> None:
+    pipe = build("sd")
+    result = _search(pipe, registries, write=True, output=str(tmp_path / "run"),
+                     model_options={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    assert result.run_dir is not None and (result.run_dir / "run.json").is_file()
+
+
+def test_bad_pipeline_objects_and_options_are_refused(registries: Registries) -> None:
+    from diffusers import DDPMPipeline
+
+    with pytest.raises(IncompatibleError, match="DDPMPipeline cannot be searched"):
+        _search(DDPMPipeline.__new__(DDPMPipeline), registries)
+    with pytest.raises(ConfigError, match="not for a pipeline already in memory"):
+        _search(build("sd"), registries, model_options={"path": "x"})
