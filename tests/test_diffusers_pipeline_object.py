@@ -67,6 +67,21 @@ def test_a_pipeline_in_memory_is_searched_without_writing_and_gives_its_own_imag
     assert reference.std() > 0.01
 
 
+def test_the_users_scheduler_samples_with_the_native_solver(registries: Registries) -> None:
+    """A scheduler the user set on the pipeline is the one ``solver="native"`` runs."""
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = build("sd")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    result = _search(pipe, registries, solver="native", model_options={"guidance_scale": 3.0,
+                     "height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    with torch.inference_mode():
+        reference = pipe(prompt=PROMPT, latents=result.best.noise[None].float(), num_inference_steps=STEPS,
+                         guidance_scale=3.0, height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="pt").images
+    torch.testing.assert_close(result.best.image[None].float(), reference, atol=1e-4, rtol=0)
+
+
 def test_a_pipeline_in_memory_writes_its_run_folder_when_asked(
     registries: Registries, tmp_path: Path
 ) -> None:
