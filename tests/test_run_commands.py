@@ -97,6 +97,20 @@ def test_a_run_says_what_it_loads_before_the_progress_bar(tmp_path: Path) -> Non
     assert -1 not in where and where == sorted(where), result.stderr
 
 
+def test_the_console_script_flushes_its_output_before_its_fast_exit(tmp_path: Path) -> None:
+    """The console script skips the interpreter's teardown after a run (os._exit): what it
+    printed to a pipe and wrote to the run folder must all be there."""
+    import subprocess
+    import sys
+
+    script = str(Path(sys.executable).parent / "noisesearch")
+    done = subprocess.run([script, "run", "--model", "digits", "--json", "--candidates", "2",
+                           "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["usage"]["candidates"] == 2
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["usage"]["candidates"] == 2
+
+
 # -- prompts files ----------------------------------------------------------------------------
 
 
