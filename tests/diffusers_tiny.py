@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from noisesearch import hookimpl
 from noisesearch_builtin.shapes.networks import bytes_to_unicode, clip_bpe_merges
 
 #: Families a tiny pipeline can be built for (``build(family)``).
@@ -384,3 +385,23 @@ class TinyFolders:
         if family not in self._folders:
             self._folders[family] = save(family, self.root / family)
         return self._folders[family]
+
+
+class _BrightnessPlugin:
+    """A test-only verifier that needs nothing (mean brightness), so text and label models alike
+    can be searched without downloading a real verifier."""
+
+    @hookimpl
+    def register_verifiers(self, register: Any) -> None:
+        from noisesearch.testing import BrightnessVerifier
+
+        register("test-brightness", BrightnessVerifier)
+
+
+def registries_with_brightness() -> Any:
+    """The built-in registries (no entry points) plus the ``test-brightness`` verifier."""
+    from noisesearch.plugins import build_registries, get_plugin_manager
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(_BrightnessPlugin(), name="test-brightness")
+    return build_registries(pm)

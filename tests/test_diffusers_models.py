@@ -20,18 +20,18 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
 from typer.testing import CliRunner
 
 import noisesearch
-from noisesearch import Condition, ConfigError, IncompatibleError, hookimpl
+from noisesearch import Condition, ConfigError, IncompatibleError
 from noisesearch.api import model_traits, plan
 from noisesearch.cli import build_app
 from noisesearch.config import RunConfig
 from noisesearch.plugins import Registries, build_registries, get_plugin_manager
 from noisesearch.registry import describe_parameters
 from noisesearch.sampling import draw_noise, solve
-from noisesearch.testing import BrightnessVerifier, ModelContract
+from noisesearch.testing import ModelContract
 from noisesearch_builtin.models.diffusers.base import CPU_BATCH_SIZE, DiffusersModel
 from noisesearch_builtin.models.diffusers.dit import DiTModel, imagenet_class_names
 from noisesearch_builtin.models.diffusers.flux import FluxModel
@@ -67,20 +67,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return TinyFolders(tmp_path_factory.mktemp("diffusers"))
 
 
-class _BrightnessPlugin:
-    """A test-only verifier that needs nothing (mean brightness), so text and label models alike
-    can be searched without downloading a real verifier."""
-
-    @hookimpl
-    def register_verifiers(self, register: Any) -> None:
-        register("test-brightness", BrightnessVerifier)
-
-
 @pytest.fixture(scope="module")
 def registries() -> Registries:
-    pm = get_plugin_manager(load_entrypoints=False)
-    pm.register(_BrightnessPlugin(), name="test-brightness")
-    return build_registries(pm)
+    return registries_with_brightness()
 
 
 def _hf(registries: Registries, folder: Path, **options: Any) -> DiffusersModel:

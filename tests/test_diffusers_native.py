@@ -16,17 +16,16 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
 from typer.testing import CliRunner
 
 import noisesearch
-from noisesearch import Condition, ConfigError, hookimpl
+from noisesearch import Condition, ConfigError
 from noisesearch.api import plan
 from noisesearch.cli import build_app
 from noisesearch.config import RunConfig
-from noisesearch.plugins import Registries, build_registries, get_plugin_manager
+from noisesearch.plugins import Registries
 from noisesearch.sampling import draw_noise, resolve_solver, solve, solver_nfe
-from noisesearch.testing import BrightnessVerifier
 from noisesearch_builtin.models.diffusers.flux import FluxModel
 
 ATOL = 1e-4
@@ -69,19 +68,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return TinyFolders(tmp_path_factory.mktemp("native"))
 
 
-class _BrightnessPlugin:
-    """A verifier that needs nothing to download (mean brightness)."""
-
-    @hookimpl
-    def register_verifiers(self, register: Any) -> None:
-        register("test-brightness", BrightnessVerifier)
-
-
 @pytest.fixture(scope="module")
 def registries() -> Registries:
-    pm = get_plugin_manager(load_entrypoints=False)
-    pm.register(_BrightnessPlugin(), name="test-brightness")
-    return build_registries(pm)
+    return registries_with_brightness()
 
 
 def _model(registries: Registries, folder: Path, **options: Any) -> Any:

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels
+from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels, registries_with_brightness
 
 import noisesearch
-from noisesearch import ConfigError, IncompatibleError, hookimpl
-from noisesearch.plugins import Registries, build_registries, get_plugin_manager
-from noisesearch.testing import BrightnessVerifier
+from noisesearch import ConfigError, IncompatibleError
+from noisesearch.plugins import Registries
 
 PROMPT = "a photo of a red apple on a wooden table"
 STEPS = 2
@@ -27,17 +26,9 @@ def _plain_cpu_kernels() -> Iterator[None]:
         yield
 
 
-class _BrightnessPlugin:
-    @hookimpl
-    def register_verifiers(self, register: Any) -> None:
-        register("test-brightness", BrightnessVerifier)
-
-
 @pytest.fixture(scope="module")
 def registries() -> Registries:
-    pm = get_plugin_manager(load_entrypoints=False)
-    pm.register(_BrightnessPlugin(), name="test-brightness")
-    return build_registries(pm)
+    return registries_with_brightness()
 
 
 def _search(pipe: Any, registries: Registries, **fields: Any) -> Any:
