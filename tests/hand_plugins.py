@@ -14,11 +14,15 @@ import pytest
 from noisesearch.plugins import LOAD_PLUGINS_ENV
 
 
-def install_plugin(folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> str:
+def install_plugin(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str,
+    prefix: str = "noisesearch_test_", dashed: bool = True,
+) -> str:
     """Install plugin ``name`` from ``source`` into ``folder`` (put on ``sys.path`` for this
-    test); returns its distribution name."""
-    module = f"noisesearch_test_{name.replace('-', '_')}"
-    distribution = module.replace("_", "-")
+    test) as module ``prefix + name``; returns its distribution name (the module's name, with
+    dashes unless ``dashed`` is false)."""
+    module = f"{prefix}{name.replace('-', '_')}"
+    distribution = module.replace("_", "-") if dashed else module
     monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
     monkeypatch.syspath_prepend(str(folder))
     (folder / f"{module}.py").write_text(textwrap.dedent(source))

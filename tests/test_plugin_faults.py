@@ -4,43 +4,29 @@ plugin command cannot replace a built-in one."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hand_plugins import install_plugin
 from typer.testing import CliRunner
 
 from noisesearch.cli import build_app
 from noisesearch.plugins import LOAD_PLUGINS_ENV, PluginLoadWarning, build_registries, get_plugin_manager
 
-Install = Callable[[str, str], None]
+Install = Callable[[str, str], str]  # name, source -> distribution
 
 
 @pytest.fixture
-def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Install]:
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Install:
     """A one-module plugin laid out as pip would (module + dist-info with its entry point)."""
-    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    modules: list[str] = []
-
-    def add(name: str, source: str) -> None:
-        module = f"noisesearch_fault_{name.replace('-', '_')}"
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        info = tmp_path / f"{module}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(f"[noisesearch]\n{name} = {module}\n")
-        importlib.invalidate_caches()
-        modules.append(module)
-
-    yield add
-    for module in modules:
-        sys.modules.pop(module, None)
+    return lambda name, source: install_plugin(
+        tmp_path, monkeypatch, name, source, prefix="noisesearch_fault_", dashed=False
+    )
 
 
 RAISING_REGISTER = """

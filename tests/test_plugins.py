@@ -16,14 +16,14 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hand_plugins import install_plugin
 from typer.testing import CliRunner
 
 from noisesearch import DuplicateNameError, UnknownNameError
@@ -93,30 +93,14 @@ def broken(installed: Installed, monkeypatch: pytest.MonkeyPatch) -> Path:
     return installed.broken
 
 
-HandInstall = Callable[[str, str], None]
+HandInstall = Callable[[str, str], str]  # name, source -> distribution
 
 
 @pytest.fixture
-def hand_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HandInstall]:
+def hand_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HandInstall:
     """Install a one-module plugin the way pip would lay it out: the module and a dist-info
     folder holding its entry point; cheaper than a pip run for plugins that exist to fail."""
-    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    modules: list[str] = []
-
-    def install(name: str, source: str) -> None:
-        module = f"noisesearch_test_{name.replace('-', '_')}"
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        info = tmp_path / f"{module}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(f"[noisesearch]\n{name} = {module}\n")
-        importlib.invalidate_caches()
-        modules.append(module)
-
-    yield install
-    for module in modules:
-        sys.modules.pop(module, None)
+    return lambda name, source: install_plugin(tmp_path, monkeypatch, name, source)
 
 
 def plugin_env(*folders: Path, **extra: str) -> dict[str, str]:
