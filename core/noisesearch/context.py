@@ -105,8 +105,9 @@ class SearchContext:
         return n
 
     def solve_nfe(self, levels: Sequence[float]) -> int:
-        """NFEs per row of solving over ``levels`` with the run's solver."""
-        return solver_nfe(self._engine.model.schedule, levels, self._engine.solver)
+        """NFEs per row of solving over ``levels`` with the run's solver: what :meth:`solve`
+        charges (a model's own solver steps along the run's grid between the two ends)."""
+        return solver_nfe(self._engine.model.schedule, self._engine.on_grid(levels), self._engine.solver)
 
     def grid(self, start: float, end: float) -> list[float]:
         """The run's grid between two levels (both included), for partial solves."""

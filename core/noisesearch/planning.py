@@ -95,6 +95,7 @@ def plan(
         _check_verifier_fits(entry, options, condition, model)
     strategy = registries.strategies.get(config.strategy)
     strategy.check_options(config.strategy_options)
+    strategy.create(**config.strategy_options)  # strategies load nothing: bad values fail here, before loading
     _check_strategy_fits(strategy, [*verifiers, *([evaluator] if evaluator else [])], config)
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
     if unknown:

@@ -7,6 +7,9 @@ Noise recipes (the initial noise at the first level of the grid):
 - ``{"kind": "neighbour", "root": s, "moves": [[s1, c1], [s2, c2], ...]}``: zero-order
   search's walk: from the noise of seed ``s``, each move goes to the point on the current
   noise's same-norm sphere at cosine ``c`` in the direction of seed ``s_i``'s noise.
+- ``{"kind": "subspace", "seed": s, "transform": "dct-ii", "layout": [C, H, W], "band": [h, w],
+  "coefficients": [...]}``: evolution search's noise: the noise of seed ``s`` with its
+  lowest-frequency band of ``C * h * w`` coefficients replaced (``noisesearch.spectral``).
 - Other kinds (a plugin's own) cannot be re-derived; replay then uses the saved noise.
 
 Ops, applied in order to the noise:
@@ -31,6 +34,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from noisesearch import spectral
 from noisesearch.sampling import Denoiser, Schedule, Solver, draw_noise, renoise, solve
 
 if TYPE_CHECKING:
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
 
 Recipe = dict[str, Any]
 
-DERIVABLE_KINDS = ("seed", "neighbour")
+DERIVABLE_KINDS = ("seed", "neighbour", "subspace")
 
 
 def seed_recipe(seed: int) -> Recipe:
@@ -62,6 +66,16 @@ def neighbour_noise(pivot_noise: torch.Tensor, seed: int, cosine: float) -> torc
     ``seed``, cosine ``cosine``."""
     direction = draw_noise([seed], tuple(pivot_noise.shape), "cpu", pivot_noise.dtype)[0]
     return same_norm_neighbour(pivot_noise, direction, cosine)
+
+
+def subspace_recipe(
+    seed: int, grid: Sequence[int], band: Sequence[int], coefficients: Sequence[float]
+) -> Recipe:
+    """The noise of ``seed`` with its DCT band ``band`` (of the latent read as ``grid``, see
+    ``noisesearch.spectral.layout``) set to ``coefficients`` (float64 values, kept exactly)."""
+    return {"kind": "subspace", "seed": int(seed), "transform": spectral.TRANSFORM,
+            "layout": [int(d) for d in grid], "band": [int(d) for d in band],
+            "coefficients": [float(c) for c in coefficients]}
 
 
 def solve_op(levels: Sequence[float], batch: int, row: int, noise_seed: int | None = None) -> dict[str, Any]:
@@ -138,6 +152,13 @@ def initial_noise(
         for seed, cosine in noise_recipe["moves"]:
             noise = neighbour_noise(noise, seed, cosine)
         return noise.to(device)
+    if kind == "subspace":
+        if noise_recipe.get("transform") != spectral.TRANSFORM:
+            raise ValueError(f"unknown subspace transform {noise_recipe.get('transform')!r}")
+        base = draw_noise([noise_recipe["seed"]], shape, "cpu", None)[0]
+        noise = spectral.with_band(base, noise_recipe["layout"], noise_recipe["band"],
+                                   noise_recipe["coefficients"])
+        return noise.to(device=device, dtype=dtype or base.dtype)
     raise ValueError(f"noise recipe kind {kind!r} cannot be re-derived; pass the noise itself")
 
 
