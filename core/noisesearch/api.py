@@ -55,6 +55,11 @@ class SearchResult:
     strategy_report: dict[str, Any] = field(default_factory=dict)
     non_finite: dict[str, Any] = field(default_factory=dict)  # NaN/inf objectives and scores
     baseline_origin: str = "candidate"  # or "extra": see noisesearch.baseline
+    #: The best noise as the model's own pipeline takes ``latents=`` (``model.pipeline_latents``:
+    #: a diffusers pipeline's ``(1, C, h, w)``, FLUX packed), None for models without one; and
+    #: how to call the pipeline with it (``pipeline_latents_info``).
+    best_latents: Any = None
+    latents_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image(self) -> Any:
@@ -199,6 +204,8 @@ def run_plan(
             non_finite=outcome.non_finite,
             baseline_origin=outcome.baseline_origin,
         )
+        result.best_latents, result.latents_info = pipeline_latents_info(
+            model, outcome.best, engine.levels, config.solver, plan.steps)
         if run_dir is not None:
             _write_run_dir(result, run_dir, engine, plan, report)
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
@@ -305,6 +312,40 @@ def search_levels(model: Any, steps: int, solver: str | Solver = "ddim") -> list
     return list(levels(steps)) if callable(levels) else model.schedule.levels(steps)
 
 
+def pipeline_latents_info(
+    model: Any, best: Candidate, levels: list[float], solver: str, steps: int
+) -> tuple[Any, dict[str, Any]]:
+    """The winner's noise as the model's pipeline takes ``latents=`` (``model.pipeline_latents``),
+    and what regenerates the winner from it: ``regenerates`` is true only for a whole sample
+    (one solve over the run's grid) with a solver that a pipeline scheduler runs; a winner of paths,
+    SMC or pruning (re-noised, resampled or resumed) needs its recipe (``noisesearch replay``)."""
+    convert = getattr(model, "pipeline_latents", None)
+    if not callable(convert) or best.noise is None:
+        return None, {}
+    latents = convert(best.noise[None])
+    if latents is None:
+        return None, {}
+    call = dict(model.pipeline_call(solver, steps))
+    ops = best.recipe.get("ops", [])
+    whole = (len(ops) == 1 and ops[0].get("op") == "solve"
+             and [float(v) for v in ops[0]["levels"]] == [float(v) for v in levels])
+    info: dict[str, Any] = {"shape": list(latents.shape), "scaling": model.latents_scaling, **call}
+    if not whole:
+        info["regenerates"] = False
+        info["why"] = ("the winner was re-noised, resampled or resumed along its path (paths, SMC, "
+                       "pruning): its initial noise alone does not give it; replay its recipe "
+                       "(noisesearch replay RUN)")
+    elif call.get("scheduler") is None:
+        info["regenerates"] = False
+        info["why"] = (f"no diffusers scheduler runs the {solver} solver; search with --solver ddim "
+                       f"or native to regenerate the winner with the pipeline")
+    else:
+        info["regenerates"] = True
+        if "noise_seed" in ops[0]:  # a stochastic scheduler's step noise
+            info["generator_seed"] = int(ops[0]["noise_seed"])
+    return latents, info
+
+
 def _verdicts(
     evaluator: tuple[str, Any] | None, outcome: EngineResult, condition: Condition
 ) -> dict[str, Any]:
@@ -387,7 +428,8 @@ def _write_run_dir(
             entry["image"] = f"top/{rank:02d}.png"
         run_json["top"].append(entry)
     results.save_noise(
-        result.best.noise, result.best.image, run_dir / "best_noise.safetensors", result.best.recipe
+        result.best.noise, result.best.image, run_dir / "best_noise.safetensors", result.best.recipe,
+        latents=result.best_latents, latents_info=result.latents_info,
     )
     usage = result.usage
     run_json["timings"] = {

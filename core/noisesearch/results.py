@@ -167,15 +167,27 @@ def save_grid(
 
 
 def save_noise(
-    noise: torch.Tensor | None, image: torch.Tensor, path: Path, recipe: dict[str, Any]
+    noise: torch.Tensor | None,
+    image: torch.Tensor,
+    path: Path,
+    recipe: dict[str, Any],
+    latents: torch.Tensor | None = None,
+    latents_info: dict[str, Any] | None = None,
 ) -> None:
-    """The winner's initial noise and exact image (float, before PNG rounding), for replay."""
+    """The winner's initial noise and exact image (float, before PNG rounding), for replay; and,
+    for a model with a pipeline, that noise as the pipeline's ``latents=`` (metadata
+    ``"latents"``: its scaling, the scheduler and arguments, and whether it regenerates the winner
+    alone)."""
     from safetensors.torch import save
 
     tensors = {"image": image.contiguous()}
+    metadata = {"recipe": json.dumps(recipe)}
     if noise is not None:
         tensors["noise"] = noise.contiguous()
-    write_atomic(path, save(tensors, metadata={"recipe": json.dumps(recipe)}))
+    if latents is not None:
+        tensors["latents"] = latents.detach().cpu().clone()  # its own storage (may view noise)
+        metadata["latents"] = json.dumps(latents_info or {})
+    write_atomic(path, save(tensors, metadata=metadata))
 
 
 def load_best(path: Path) -> dict[str, torch.Tensor]:

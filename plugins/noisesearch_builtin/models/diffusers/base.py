@@ -448,6 +448,40 @@ class DiffusersModel:
         """Model latents to the VAE's: ``latents / scaling_factor`` (SD, SD-XL, PixArt)."""
         return latents / self.pipe.vae.config.scaling_factor
 
+    # -- the pipeline's own call from a noise (best_noise.safetensors' "latents") ------------------
+    #: How ``pipeline_latents`` relates to the pipeline's ``latents=`` (said in the saved file).
+    latents_scaling: ClassVar[str] = (
+        "unscaled N(0, I) noise, shape (1, C, h, w); the pipeline multiplies it by its scheduler's "
+        "init_noise_sigma itself")
+
+    def pipeline_latents(self, noise: torch.Tensor) -> torch.Tensor | None:
+        """Initial noises ``(B, *latent_shape)`` as this family's pipeline takes ``latents=``
+        (``latents_scaling`` says how); None where the pipeline takes none."""
+        return noise.float().contiguous()  # (B, C, h, w)
+
+    def pipeline_call(self, solver: str, steps: int) -> dict[str, Any]:
+        """What ``pipe(prompt, latents=..., **kwargs)`` needs besides the latents to give the run's
+        image: ``scheduler`` (a diffusers class name; None where no diffusers scheduler runs the
+        solver: the core's heun), ``scheduler_options`` over the pipeline's configuration, and
+        ``kwargs``."""
+        if solver == "native":
+            scheduler: str | None = self._native_class.__name__
+            options = dict(self.scheduler_options)
+        else:
+            scheduler = self._core_solver_scheduler() if solver == "ddim" else None
+            options = {}
+        kwargs: dict[str, Any] = {"num_inference_steps": int(steps), "guidance_scale": self.guidance_scale,
+                                  "height": self.height, "width": self.width}
+        if self.guidance_rescale > 0.0:
+            kwargs["guidance_rescale"] = self.guidance_rescale
+        if self.clip_skip is not None:
+            kwargs["clip_skip"] = self.clip_skip
+        return {"scheduler": scheduler, "scheduler_options": options, "kwargs": kwargs}
+
+    def _core_solver_scheduler(self) -> str:
+        """The diffusers scheduler that the core's ``ddim`` solver equals on this family."""
+        return "DDIMScheduler"  # eta 0, configured from the pipeline's scheduler
+
     # -- memory ----------------------------------------------------------------------------------
     @property
     def preferred_batch_size(self) -> int:

@@ -120,6 +120,11 @@ class DiTModel(VariancePreservingModel):
             eps = uncond + self.guidance_scale * (cond - uncond)
         return self._x0(x, eps.to(x.device, x.dtype), sigma)
 
+    latents_scaling = "none: DiTPipeline takes no latents= (give it a CPU generator of the seed)"
+
+    def pipeline_latents(self, noise: torch.Tensor) -> None:
+        return None  # DiTPipeline draws its own latents
+
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         return 1 / self.pipe.vae.config.scaling_factor * latents
 

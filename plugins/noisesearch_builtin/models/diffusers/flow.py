@@ -49,6 +49,11 @@ class FlowModel(DiffusersModel):
         slope = (max_shift - base_shift) / (max_len - base_len)
         return image_seq_len * slope + (base_shift - slope * base_len)
 
+    latents_scaling = "unscaled N(0, I) noise, shape (1, C, h, w), as the pipeline takes it (flow)"
+
+    def _core_solver_scheduler(self) -> str:
+        return "FlowMatchEulerDiscreteScheduler"  # the core's ddim is its Euler step on flows
+
     def _x0(self, x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
         return x - sigma * velocity
 

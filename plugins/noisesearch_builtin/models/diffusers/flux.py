@@ -164,6 +164,22 @@ class FluxModel(FlowModel):
         velocity = velocity.reshape(batch, channels, h, w)  # unpacked
         return self._x0(x, velocity.to(x.device, x.dtype), sigma)
 
+    latents_scaling = ("unscaled N(0, I) noise packed as the pipeline packs it (_pack_latents): "
+                       "shape (1, h/2 * w/2, 4C); flow: no scaling")
+
+    def pipeline_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        """The noises ``(B, C, h, w)`` packed into the pipeline's ``(B, h/2 * w/2, 4C)`` tokens."""
+        batch, (channels, h, w) = noise.shape[0], self.latent_shape
+        tokens = noise.float().view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return tokens.reshape(batch, (h // 2) * (w // 2), channels * 4).contiguous()
+
+    def pipeline_call(self, solver: str, steps: int) -> dict[str, Any]:
+        call = super().pipeline_call(solver, steps)
+        call["kwargs"]["max_sequence_length"] = self.max_sequence_length
+        if self.true_cfg_scale > 1.0:
+            call["kwargs"]["true_cfg_scale"] = self.true_cfg_scale
+        return call
+
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.pipe.vae.config
         return latents / config.scaling_factor + config.shift_factor

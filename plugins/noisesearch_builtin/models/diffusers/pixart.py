@@ -102,6 +102,11 @@ class PixArtSigmaModel(VariancePreservingModel):
             output = output[:, :channels]  # drop the learned variance
         return self._x0(x, output.to(x.device, x.dtype), sigma)
 
+    def pipeline_call(self, solver: str, steps: int) -> dict[str, Any]:
+        call = super().pipeline_call(solver, steps)
+        call["kwargs"]["use_resolution_binning"] = False  # the run's size, not the nearest bin
+        return call
+
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.to(self.pipe.vae.dtype) / self.pipe.vae.config.scaling_factor
 
