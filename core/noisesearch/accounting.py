@@ -29,6 +29,9 @@ class Usage:
     model_seconds: float = 0.0
     final_nfe: int = 0
     baseline_nfe: int = 0
+    #: NFEs of ``nfe`` charged for backward passes through the denoiser (gradient strategies:
+    #: ``noisesearch.gradients.BACKWARD_NFE_FACTOR`` per denoiser call); the rest are forward.
+    backward_nfe: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -39,4 +42,6 @@ class Usage:
             "model_seconds": round(self.model_seconds, 4),
             "final_nfe": self.final_nfe,
             "baseline_nfe": self.baseline_nfe,
+            "forward_nfe": self.nfe - self.backward_nfe,
+            "backward_nfe": self.backward_nfe,
         }

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from noisesearch.engine import Engine
+    from noisesearch.gradients import Gradients
 
 
 @dataclass
@@ -171,6 +172,35 @@ class SearchContext:
     def finish(self, states: Trajectories) -> list[Candidate]:
         """Record trajectories that reached the grid's last level as candidates."""
         return self._engine.finish(states)
+
+    # -- gradients (gradient strategies; noisesearch.gradients) ---------------------------------
+    @property
+    def verifier_names(self) -> list[str]:
+        """The run's verifiers, the objective first (what ``gradient`` may weight)."""
+        return list(self._engine.scorer.verifiers)
+
+    def gradient_nfe(self, levels: Sequence[float]) -> tuple[int, int]:
+        """(forward, backward) NFEs per row of :meth:`gradient` over ``levels``."""
+        return self._engine.gradient_nfe(levels)
+
+    def gradient(
+        self,
+        noises: torch.Tensor,
+        levels: Sequence[float],
+        weights: dict[str, float] | None = None,
+    ) -> Gradients:
+        """The differentiable objective ``sum_i w_i s_i`` of ``noises`` ``(N, *latent_shape)``
+        solved over ``levels`` (default weights: the objective verifier alone) and its gradient
+        with respect to the noises, with autograd on through the solve, the decoder and the
+        verifiers' ``score_with_grad``. Charged ``N * (forward + backward)`` NFEs first; records
+        no candidate (finish with :meth:`evaluate`)."""
+        names = self.verifier_names
+        return self._engine.gradient(noises, levels, weights or {names[0]: 1.0})
+
+    @property
+    def gradient_rows(self) -> int | None:
+        """Rows per differentiable chunk after an out-of-memory back-off (``None``: all at once)."""
+        return self._engine.gradient_rows
 
     def report(self, key: str, value: Any) -> None:
         """Attach a JSON-able diagnostic to the run (e.g. SMC's effective sample sizes)."""

@@ -23,6 +23,13 @@ from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
 from noisesearch.faults import Owner, PluginFailed, blame, is_out_of_memory
+from noisesearch.gradients import (
+    BACKWARD_NFE_FACTOR,
+    Gradients,
+    check_weights,
+    value_and_grad,
+    weighted_objective,
+)
 from noisesearch.sampling import (
     Solver,
     SolveResult,
@@ -138,6 +145,7 @@ class Engine:
         self._all = self.selection.all  # every candidate when pooled (without images), else empty
         self._history: list[tuple[int, float, dict[str, float]]] = []
         self.nfe_cache: dict[int, tuple[list[float], int]] = {}  # id(levels list) -> NFEs (_recipe_nfe)
+        self.gradient_rows: int | None = None  # rows per differentiable chunk (halved on out-of-memory)
 
     @property
     def device(self) -> Any:
@@ -496,6 +504,60 @@ class Engine:
         capture = self.scorer.trajectory_levels
         done, x0 = self.solve(states, self.levels, capture)
         return self.finish(done, x0, noises=initial)
+
+    # -- differentiable evaluation (gradient strategies: noisesearch.gradients) ----------------
+    def gradient_nfe(self, levels: Sequence[float]) -> tuple[int, int]:
+        """(forward, backward) NFEs per row of :meth:`gradient` over ``levels``."""
+        forward = solver_nfe(self.model.schedule, [float(level) for level in levels], self.solver)
+        return forward, BACKWARD_NFE_FACTOR * forward
+
+    def gradient(
+        self, noises: torch.Tensor, levels: Sequence[float], weights: Mapping[str, float]
+    ) -> Gradients:
+        """The weighted verifiers' objective of ``noises`` ``(N, *latent)`` solved over ``levels``
+        and its gradient with respect to the noises; charged (forward + backward NFEs) before
+        any compute, recorded as no candidate. Rows go in chunks of at most ``gradient_rows``,
+        halved on out-of-memory as ``_in_batches`` does."""
+        import torch
+
+        if not isinstance(self.solver, str):
+            raise IncompatibleError("gradients go through the core solvers (ddim, heun), not a "
+                                    "model's own sampler; use --solver ddim")
+        check_weights(self.scorer, weights)
+        levels = [float(level) for level in levels]
+        rows = noises.shape[0]
+        forward, backward = self.gradient_nfe(levels)
+        self.charge(0, rows * (forward + backward))
+        score = weighted_objective(self.scorer, weights, self.condition)
+        owner = self.owner("model", self.model)
+        x = noises.to(device=self.device, dtype=self.dtype or noises.dtype)
+        parts: list[Gradients] = []
+        lo = 0
+        while lo < rows:
+            hi = min(lo + (self.gradient_rows or rows), rows)
+            try:
+                part, seconds = value_and_grad(x[lo:hi], self.model, self._prepared, levels,
+                                               self.solver, score, owner)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                if hi - lo == 1:  # nothing left to halve: the model cannot run here
+                    raise PluginFailed(owner, error) from error
+                self.gradient_rows = max(1, (hi - lo) // 2)
+                _empty_accelerator_cache()
+                continue
+            self.usage.model_seconds += seconds
+            self.usage.verifier_calls += len(weights)
+            self.usage.nfe += (hi - lo) * (forward + backward)
+            self.usage.backward_nfe += (hi - lo) * backward
+            parts.append(part)
+            lo = hi
+        names = parts[0].scores if parts else {}
+        return Gradients(
+            torch.cat([p.objective for p in parts]),
+            {name: [v for p in parts for v in p.scores[name]] for name in names},
+            torch.cat([p.grad for p in parts]),
+        )
 
     # -- selection -------------------------------------------------------------------------
     def _rerank(self) -> None:

@@ -97,6 +97,7 @@ def plan(
     strategy.check_options(config.strategy_options)
     strategy.create(**config.strategy_options)  # strategies load nothing: bad values fail here, before loading
     _check_strategy_fits(strategy, [*verifiers, *([evaluator] if evaluator else [])], config)
+    _check_gradients(strategy, verifiers, config, registries)
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
     if unknown:
         raise ConfigError("verifier_options", f"options for verifiers not in use: {sorted(unknown)}")
@@ -286,6 +287,33 @@ def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunCon
                 f"{strategy.name!r} does not keep (it re-noises or resamples along the way); "
                 f"use it with random or zero-order search"
             )
+
+
+def _check_gradients(strategy: Entry, verifiers: list[Entry], config: RunConfig,
+                     registries: Registries) -> None:
+    """A strategy that follows gradients (``needs_gradients = True``, e.g. ``gradient``): its
+    option values, then every verifier it differentiates (its ``weights``, else the objective)
+    declares ``differentiable = True``; and a core solver, not a model's own. Before loading."""
+    if not getattr(strategy.factory, "needs_gradients", False):
+        return
+    strategy.create(**config.strategy_options)  # option values (lr > 0, ...): cheap, no torch
+    weights = config.strategy_options.get("weights")
+    names = list(weights) if isinstance(weights, dict) and weights else [verifiers[0].name]
+    in_run = {entry.name: entry for entry in verifiers}
+    for name in names:
+        if name not in in_run:
+            raise ConfigError(f"strategy {strategy.name}: option 'weights'",
+                              f"{name!r} is not one of this run's verifiers ({', '.join(in_run)})")
+        if not getattr(in_run[name].factory, "differentiable", False):
+            usable = sorted(e.name for e in registries.verifiers
+                            if getattr(e.factory, "differentiable", False))
+            raise IncompatibleError(
+                f"strategy {strategy.name!r} follows the gradient of its verifiers, and verifier "
+                f"{name!r} is not differentiable; differentiable verifiers: {', '.join(usable)}"
+            )
+    if config.solver == "native":
+        raise IncompatibleError(f"strategy {strategy.name!r} differentiates through the core "
+                                f"solvers only; use --solver ddim or heun")
 
 
 def _check_budget(budget: Budget, steps: int, solver: str) -> None:

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "noisesearch_builtin.search.smc",
     "noisesearch_builtin.search.pruning",
     "noisesearch_builtin.search.stochastic",
+    "noisesearch_builtin.search.gradient",
     "noisesearch_builtin.search.evolution",
     "noisesearch_builtin.executors.ray_executor",
 )

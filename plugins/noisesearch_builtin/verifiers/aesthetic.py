@@ -85,6 +85,8 @@ class AestheticPredictor:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: The score is differentiable in the image (``score_with_grad``: the ``gradient`` strategy).
+    differentiable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -131,6 +133,10 @@ class AestheticPredictor:
         embeddings = self.backbone.encode_images(images)  # (B, D), L2-normalised, float32
         with torch.inference_mode():
             return self.mlp(embeddings)[:, 0]
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """``score`` with its autograd graph kept (B,)."""
+        return self.mlp(self.backbone.encode_images(images, grad=True))[:, 0]
 
 
 @hookimpl

@@ -155,11 +155,12 @@ class ClipBackbone:
         x = x.clamp(0.0, 1.0)
         return self._normalize(x).to(self.dtype)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings (B, D), float32."""
+    def encode_images(self, images: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """L2-normalised image embeddings (B, D), float32; with ``grad``, differentiable in the
+        images (autograd on; the weights stay frozen)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(not grad):
             pixels = self.preprocess(images)  # (B, 3, S, S)
             if self.kind == "transformers":
                 features = _pooled(self.model.get_image_features(pixel_values=pixels))

@@ -42,6 +42,8 @@ class ClipScore:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"prompt"})
+    #: The score is differentiable in the image (``score_with_grad``: the ``gradient`` strategy).
+    differentiable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -65,9 +67,11 @@ class ClipScore:
             self._prompts[prompt] = self.backbone.encode_texts([prompt])[0]
         return self._prompts[prompt]
 
-    def cosine(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
-        """Raw cosine similarity (B,) of each image with ``prompt``."""
-        return self.backbone.encode_images(images) @ self.prompt_embedding(prompt)
+    def cosine(self, images: torch.Tensor, prompt: str, grad: bool = False) -> torch.Tensor:
+        """Raw cosine similarity (B,) of each image with ``prompt``; with ``grad``, differentiable
+        in the images (the cached prompt embedding is an inference tensor: a copy enters the graph)."""
+        text = self.prompt_embedding(prompt)
+        return self.backbone.encode_images(images, grad=grad) @ (text.clone() if grad else text)
 
     def score(
         self,
@@ -75,9 +79,16 @@ class ClipScore:
         condition: Condition,
         trajectory: Mapping[float, Any] | None = None,
     ) -> torch.Tensor:
+        return self._score(images, condition, grad=False)
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """``score`` with its autograd graph kept (B,)."""
+        return self._score(images, condition, grad=True)
+
+    def _score(self, images: torch.Tensor, condition: Condition, grad: bool) -> torch.Tensor:
         if condition.prompt is None:
             raise ValueError("clip-score needs a prompt; the condition has none")
-        cosine = self.cosine(images, condition.prompt)
+        cosine = self.cosine(images, condition.prompt, grad=grad)
         if self.scale == "clipscore":
             return CLIPSCORE_WEIGHT * cosine.clamp(min=0.0)
         return cosine

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 class _DigitsClassifier:
     requires: ClassVar[frozenset[str]] = frozenset({"label"})
+    #: The score is differentiable in the image (``score_with_grad``: the ``gradient`` strategy).
+    differentiable: ClassVar[bool] = True
     network_name: ClassVar[str]
     weights_name: ClassVar[str]
 
@@ -33,12 +35,13 @@ class _DigitsClassifier:
         self.network = load_network(path, network_class, device)
         self.device = device
 
-    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (B, 10) for images (B, 3, 8, 8) in [0, 1] (dark ink on white)."""
+    def log_probs(self, images: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Log-probabilities (B, 10) for images (B, 3, 8, 8) in [0, 1] (dark ink on white);
+        with ``grad``, differentiable in the images (autograd on)."""
         import torch
 
         inputs = 1.0 - 2.0 * images.mean(dim=1, keepdim=True)  # back to ink in [-1, 1]
-        with torch.inference_mode():
+        with torch.inference_mode(not grad):
             return self.network(inputs.to(self.device)).log_softmax(dim=1)
 
     def score(
@@ -48,6 +51,10 @@ class _DigitsClassifier:
         trajectory: Mapping[float, Any] | None = None,
     ) -> torch.Tensor:
         return self.log_probs(images)[:, int(condition.label)]
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """``score`` with its autograd graph kept (B,)."""
+        return self.log_probs(images, grad=True)[:, int(condition.label)]
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The most likely digit of each image, (B,)."""
