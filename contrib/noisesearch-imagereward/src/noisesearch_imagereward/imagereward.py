@@ -242,6 +242,8 @@ class ImageRewardVerifier:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"prompt"})
+    #: The reward is differentiable in the image (``score_with_grad``: the ``gradient`` strategy).
+    differentiable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -281,6 +283,8 @@ class ImageRewardVerifier:
         self.vision.to(self.device, self.dtype).eval()
         self.text.to(self.device, self.dtype).eval()
         self.head.to(self.device, torch.float32).eval()
+        for module in (self.vision, self.text, self.head):  # never trained here: no weight gradients
+            module.requires_grad_(False)
         self._tokens: tuple[str, torch.Tensor, torch.Tensor] | None = None
 
     def tokens(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,13 +311,14 @@ class ImageRewardVerifier:
         x = F.center_crop(x, [size, size]).clamp(0.0, 1.0)
         return F.normalize(x, CLIP_MEAN, CLIP_STD).to(self.dtype)  # (B, 3, size, size)
 
-    def rewards(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
-        """Normalised rewards ``(B,)`` in float32."""
+    def rewards(self, images: torch.Tensor, prompt: str, grad: bool = False) -> torch.Tensor:
+        """Normalised rewards ``(B,)`` in float32; with ``grad``, differentiable in the images
+        (autograd on; the weights are frozen)."""
         import torch
 
         ids, mask = self.tokens(prompt)
         batch = images.shape[0]
-        with torch.inference_mode():
+        with torch.inference_mode(not grad):
             image_embeds = self.vision(pixel_values=self.preprocess(images)).last_hidden_state  # (B, 1+N, Dv)
             image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
             text = self.text(
@@ -336,6 +341,12 @@ class ImageRewardVerifier:
         if condition.prompt is None:
             raise ValueError("ImageReward scores an image against a prompt; the condition has none")
         return self.rewards(images, condition.prompt)
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """``score`` with its autograd graph kept (B,): ReNO's ImageReward objective."""
+        if condition.prompt is None:
+            raise ValueError("ImageReward scores an image against a prompt; the condition has none")
+        return self.rewards(images, condition.prompt, grad=True)
 
 
 def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], part: str) -> None:

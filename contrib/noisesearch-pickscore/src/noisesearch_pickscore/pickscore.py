@@ -64,6 +64,8 @@ class PickScoreVerifier:
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"prompt"})
+    #: The score is differentiable in the image (``score_with_grad``: the ``gradient`` strategy).
+    differentiable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class PickScoreVerifier:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = AutoModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        self.model.requires_grad_(False)  # never trained here: no weight gradients
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "logit_scale"):
             raise ValueError(f"PickScore needs a CLIP model; {model!r} is {type(self.model).__name__}")
         self.tokenizer = AutoTokenizer.from_pretrained(processor)
@@ -103,13 +106,22 @@ class PickScoreVerifier:
         condition: Condition,
         trajectory: Mapping[float, Any] | None = None,
     ) -> torch.Tensor:
+        return self._score(images, condition, grad=False)
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """``score`` with its autograd graph kept (B,): the processor's torchvision ops
+        (resize, crop, normalise) are differentiable on tensors."""
+        return self._score(images, condition, grad=True)
+
+    def _score(self, images: torch.Tensor, condition: Condition, grad: bool) -> torch.Tensor:
         import torch
 
         if condition.prompt is None:
             raise ValueError("PickScore scores an image against a prompt; the condition has none")
-        text = self.text_embedding(condition.prompt)
-        with torch.inference_mode():
+        text = self.text_embedding(condition.prompt)  # an inference tensor: a copy enters a graph
+        with torch.inference_mode(not grad):
             pixels = pixel_values(self.image_processor, images, self.device, self.dtype)
             image = _embedding(self.model.get_image_features(pixel_values=pixels)).float()  # (B, D)
             image = image / image.norm(dim=-1, keepdim=True)
-            return self.model.logit_scale.exp().float() * (image @ text)  # (B,)
+            scale = self.model.logit_scale.exp().float()
+            return scale * (image @ (text.clone() if grad else text))  # (B,)
