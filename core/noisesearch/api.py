@@ -34,6 +34,7 @@ from noisesearch.types import Candidate, Condition
 if TYPE_CHECKING:
     from noisesearch.engine import Listener
     from noisesearch.journal import Journal
+    from noisesearch.units import Dispatch
 
 
 
@@ -102,13 +103,15 @@ def condition_slug(condition: Condition) -> str:
 
 
 def run_plan(
-    plan: Plan, progress: bool = False, write: bool = True, resume: bool = False, report: bool = True
+    plan: Plan, progress: bool = False, write: bool = True, resume: bool = False, report: bool = True,
+    dispatch: Dispatch | None = None,
 ) -> SearchResult:
     """Build the plugins of a checked plan, search, and write the run directory.
 
     While the search runs, ``run.json`` says it is incomplete and every expensive engine call
     is journaled; an interrupted run (Ctrl-C, a crash) keeps its folder consistent and
-    ``resume=True`` continues it to the same result as an uninterrupted run.
+    ``resume=True`` continues it to the same result as an uninterrupted run. ``dispatch``:
+    who computes the model's batches (``noisesearch.units``; default: this process).
     """
     import contextlib
 
@@ -185,6 +188,7 @@ def run_plan(
             listeners=listeners,
             journal=journal,
             owners=owners,
+            dispatch=dispatch,
         )
         outcome = engine.run(strategy)
         _close(listeners)
@@ -452,6 +456,8 @@ def search(
     write: bool | None = None,
     registries: Registries | None = None,
     built_verifiers: dict[str, Any] | None = None,
+    executor: Any = "local",
+    executor_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> SearchResult:
     """Run one search and return its result.
@@ -468,6 +474,13 @@ def search(
     which writes nothing unless asked. The best image is ``result.image`` (PIL).
     ``built_verifiers`` maps verifier names to built verifiers, and ``registries`` are reused: a
     loop or a bench pays for building them once.
+
+    ``executor="ray"`` (``pip install 'noisesearch[ray]'``) solves and decodes the search's
+    batches on model-holding Ray actors and gathers them in order: the same winner and
+    ``candidates.jsonl`` as a local search with the same seed and batch size.
+    ``executor_options`` as for ``noisesearch bench`` (``workers``, ``address``, ``threads``,
+    ...). An executor object (``noisesearch.bench.executors.make_executor("ray", ...)``) is
+    used as it is and left open, so a loop of searches loads the model once per actor.
     """
     built_model = None
     if config is not None and not isinstance(config.model, str):
@@ -487,7 +500,56 @@ def search(
         write = built_model is None or _registered(built_model, registries)
     checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers,
                    check_output=write)
-    return run_plan(checked, progress=progress, write=write)
+    if isinstance(executor, str) and executor == "local" and not executor_options:
+        return run_plan(checked, progress=progress, write=write)
+    spread = search_executor(executor, executor_options or {}, checked)  # before anything is made
+    try:
+        return run_plan(checked, progress=progress, write=write, dispatch=spread_dispatch(spread, checked))
+    finally:
+        if spread is not executor:  # made here: its cluster and actors go with the search
+            spread.close()
+
+
+def spread_dispatch(spread: Any, checked: Plan) -> Dispatch:
+    """The dispatch of ``spread`` (an executor from :func:`search_executor`) for one search:
+    workers that build the plan's model by its name and options, as this process does."""
+    from noisesearch.planning import with_device
+
+    options = with_device(checked.model, checked.config.model_options, checked.config.device)
+    return spread.dispatch(checked.model.name, options)
+
+
+def search_executor(executor: Any, options: dict[str, Any], checked: Plan) -> Any:
+    """The executor that spreads one search's batches over its workers: ``executor`` itself
+    when it is one, else the one a plugin registers under that name (``register_executors``),
+    built with ``options``. Bad input is refused before anything is created."""
+    if checked.built_model is not None:
+        raise ConfigError("executor", "spreading a search over workers needs the model by name "
+                          "(each worker builds its own), not a model object")
+    if not isinstance(executor, str):
+        if not callable(getattr(executor, "dispatch", None)):
+            raise ConfigError("executor", f"{type(executor).__name__} cannot spread a search "
+                              "(it has no dispatch(model, options))")
+        return executor
+    from noisesearch.plugins import get_plugin_manager
+
+    factories: dict[str, Any] = {}
+    get_plugin_manager().hook.register_executors(
+        register=lambda name, factory: factories.setdefault(name, factory))
+    if executor == "local":
+        raise ConfigError("executor_options", "the local executor takes no options")
+    if executor not in factories:
+        names = ", ".join(["local", *factories])
+        raise ConfigError("executor", f"unknown executor {executor!r}; available: {names}")
+    try:
+        built = factories[executor](**options)
+    except TypeError as exc:
+        raise ConfigError("executor_options", f"{executor}: {exc}") from None
+    if not callable(getattr(built, "dispatch", None)):
+        built.close()
+        raise ConfigError("executor", f"the {executor!r} executor runs bench cells only; it "
+                          "cannot spread one search over workers")
+    return built
 
 
 def _registered(built: Any, registries: Registries) -> bool:

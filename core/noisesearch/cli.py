@@ -192,6 +192,9 @@ def _run_command(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
         as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything (names, options, devices, budget, output folder), print the plan as JSON, and stop: nothing is loaded or written."),  # noqa: E501
+        executor: str = typer.Option("local", help="Who solves and decodes the search's batches: local (this process) or ray (model-holding Ray actors, noisesearch[ray]; the same result)."),  # noqa: E501
+        address: Optional[str] = typer.Option(None, help="Ray: join this cluster (default: start a local one and shut it down)."),  # noqa: E501, UP045
+        workers: Optional[int] = typer.Option(None, help="Ray: model-holding actors (default: one per GPU, else one per CPU slot)."),  # noqa: E501, UP045
     ) -> None:
         """Search for better samples: generate candidates, score them, keep the best."""
         from noisesearch.config import config_from_mapping, load_config_file, merge_config, parse_set
@@ -207,7 +210,8 @@ def _run_command(app: typer.Typer) -> None:
                     "--device": device, "--output": output, "--model-opt": model_opt,
                     "--verifier-opt": verifier_opt, "--strategy-opt": strategy_opt,
                     "--config": config_file, "--set": set_, "--overwrite": overwrite or None,
-                    "--dry-run": dry_run or None,
+                    "--dry-run": dry_run or None, "--executor": None if executor == "local" else executor,
+                    "--address": address, "--workers": workers,
                 })
             _resume(resume, quiet, as_json)
             return
@@ -228,11 +232,19 @@ def _run_command(app: typer.Typer) -> None:
             ))
             config = config_from_mapping(merge_config(*layers))
             plans = _plan_searches(config, prompts_file)
+            spread = _spread(executor, address, workers, plans[0])  # Ray missing: refused here
             if dry_run:
+                if spread is not None:
+                    spread.close()
                 described = [_describe_plan(checked) for checked in plans]
                 _print_json(described if prompts_file else described[0])
                 return
-            outcomes = [run_plan(checked, progress=not quiet and not as_json) for checked in plans]
+            try:
+                outcomes = [run_plan(checked, progress=not quiet and not as_json, spread=spread)
+                            for checked in plans]
+            finally:
+                if spread is not None:
+                    spread.close()
         if as_json:
             summaries = [result.summary() for result in outcomes]
             _print_json(summaries if prompts_file else summaries[0])
@@ -272,10 +284,24 @@ def _resume(run_dir: str, quiet: bool, as_json: bool) -> None:
         print_summary(result)
 
 
-def run_plan(checked: Plan, progress: bool) -> SearchResult:
+def run_plan(checked: Plan, progress: bool, spread: Any = None) -> SearchResult:
     from noisesearch.api import run_plan as run
+    from noisesearch.api import spread_dispatch
 
-    return run(checked, progress=progress)
+    return run(checked, progress=progress, dispatch=spread_dispatch(spread, checked) if spread else None)
+
+
+def _spread(executor: str, address: str | None, workers: int | None, checked: Plan) -> Any:
+    """``run --executor NAME``: the executor that spreads each search's batches over its
+    workers (None: local), built before anything is written."""
+    if executor == "local":
+        if address is not None or workers is not None:
+            raise ConfigError("executor", "--address and --workers are for --executor ray")
+        return None
+    from noisesearch.api import search_executor
+
+    options = {k: v for k, v in {"address": address, "workers": workers}.items() if v is not None}
+    return search_executor(executor, options, checked)
 
 
 def _describe_plan(checked: Plan) -> dict[str, Any]:

@@ -37,12 +37,12 @@ from noisesearch.sampling import (
     is_stochastic,
     renoise,
     resolve_solver,
-    solve,
     solver_nfe,
 )
 from noisesearch.scoring import Scorer
 from noisesearch.selection import Selection
 from noisesearch.types import Candidate, Condition
+from noisesearch.units import DECODE, PREDICT, SOLVE, Dispatch, LocalDispatch, Output, Unit
 
 __all__ = [  # Budget, Usage, Scorer and SearchContext live in their own modules; re-exported here
     "Budget",
@@ -115,8 +115,11 @@ class Engine:
         listeners: Sequence[Listener] = (),
         journal: Journal | None = None,
         owners: Mapping[str, Owner] | None = None,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.model = model
+        # Who computes the model's batches (noisesearch.units): here by default, or on workers.
+        self.dispatch: Dispatch = dispatch or LocalDispatch()
         self.owners = dict(owners or {})  # "model", "strategy" -> who to blame when it raises
         self.journal = journal
         self.condition = condition
@@ -164,6 +167,7 @@ class Engine:
         with blame(self.owner("model", self.model)):
             self._prepared = self.model.prepare(self.condition)
         self.usage.model_seconds += time.perf_counter() - start
+        self.dispatch.open(self.model, self._prepared, self.solver, self.owner("model", self.model))
         owner = self.owner("strategy", strategy)
         # BudgetExhausted: the engine refused to overspend; the search ends with what it has.
         with contextlib.suppress(BudgetExhausted), blame(owner):
@@ -219,17 +223,31 @@ class Engine:
 
         return denoise
 
-    def _in_batches(self, rows: int, work: Callable[[int, int], None]) -> None:
-        """Run ``work(lo, hi)`` over row chunks of ``batch_size``; on out-of-memory, halve the
-        batch size and retry the chunk (the rest of the run keeps the smaller size)."""
+    def _in_batches(
+        self,
+        rows: int,
+        unit: Callable[[int, int], Unit | None],
+        use: Callable[[int, int, Output | None], None],
+    ) -> None:
+        """Row chunks of ``batch_size``: ``unit(lo, hi)`` is a chunk's model work (``None``: the
+        journal serves the chunk), all computed by the dispatch (``noisesearch.units``: here, or
+        on workers at once), and ``use(lo, hi, output)`` takes each chunk's output in order: the
+        engine's state changes only there. On out-of-memory, halve the batch size and retry the
+        chunk (the rest of the run keeps the smaller size)."""
         lo = 0
         while lo < rows:
             if self.journal is not None and self.journal.replaying:
-                # Resuming: the chunks the run made (after any out-of-memory halving).
+                # Resuming: the chunks the run made (after any out-of-memory halving), one by one.
                 self.batch_size = self.journal.next_batch_size() or self.batch_size
-            hi = min(lo + self.batch_size, rows)
+                chunks = [(lo, min(lo + self.batch_size, rows))]
+            else:  # the journal only grows from here: every chunk left is computed
+                chunks = [(a, min(a + self.batch_size, rows)) for a in range(lo, rows, self.batch_size)]
+            units = [unit(a, b) for a, b in chunks]
+            outputs = self.dispatch.map([u for u in units if u is not None])
             try:
-                work(lo, hi)
+                for (a, b), work in zip(chunks, units):
+                    use(a, b, None if work is None else next(outputs))
+                    lo = b
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
@@ -237,8 +255,10 @@ class Engine:
                     raise PluginFailed(self.owner("model", self.model), error) from error
                 self.batch_size = max(1, self.batch_size // 2)
                 _empty_accelerator_cache()
-                continue
-            lo = hi
+            finally:
+                close = getattr(outputs, "close", None)
+                if close is not None:  # drop what was not used (a worker's pending units)
+                    close()
 
     # -- primitives (charged to the budget before compute) -------------------------------
     def start(
@@ -281,9 +301,15 @@ class Engine:
         captured: dict[float, list[torch.Tensor]] = {}
         recipes: list[dict[str, Any]] = []
 
-        def work(lo: int, hi: int) -> None:
+        def unit(lo: int, hi: int) -> Unit | None:
+            if self.journal is not None and self.journal.replaying:
+                return None
             seeds = None if step_seeds is None else step_seeds[lo:hi]
-            result = self._journaled_solve(states.x[lo:hi], levels, capture, seeds)
+            return Unit(SOLVE, states.x[lo:hi], levels, tuple(capture), seeds)
+
+        def work(lo: int, hi: int, output: Output | None) -> None:
+            seeds = None if step_seeds is None else step_seeds[lo:hi]
+            result = self._journaled_solve(states.x[lo:hi], output)
             xs.append(result.x)
             for level, x0 in result.x0.items():
                 captured.setdefault(level, []).append(x0)
@@ -295,7 +321,7 @@ class Engine:
             )
             self.usage.nfe += result.nfe * (hi - lo)
 
-        self._in_batches(len(states), work)
+        self._in_batches(len(states), unit, work)
         joined = {level: torch.cat(parts) for level, parts in captured.items()}
         return Trajectories(torch.cat(xs), levels[-1], recipes), joined
 
@@ -312,29 +338,20 @@ class Engine:
         fresh = iter(self.next_seeds(sum(seed is None for seed in own)))
         return [next(fresh) if seed is None else seed for seed in own]
 
-    def _journaled_solve(
-        self, x: torch.Tensor, levels: list[float], capture: Sequence[float], seeds: list[int] | None = None
-    ) -> SolveResult:
+    def _journaled_solve(self, x: torch.Tensor, output: Output | None) -> SolveResult:
+        """A chunk's solve: computed (``output``) and journaled, or, resuming, read back."""
         rows = x.shape[0]
-        if self.journal is not None and self.journal.replaying:
+        if output is None:
             tensors, meta = self.journal.read("solve", rows)
             x0 = {float(level): tensors[f"x0_{i}"].to(x.device) for i, level in enumerate(meta["levels"])}
             return SolveResult(tensors["x"].to(x.device), meta["nfe"], x0)
-        result = self._timed_solve(x, levels, capture, seeds)
+        self.usage.model_seconds += output.seconds
+        result = SolveResult(output.x.to(x.device), output.nfe, output.x0)
         if self.journal is not None:
             tensors = {"x": result.x, **{f"x0_{i}": v for i, v in enumerate(result.x0.values())}}
             self.journal.write("solve", rows, tensors, {"nfe": result.nfe, "levels": list(result.x0),
                                                         "batch_size": self.batch_size})
         return result
-
-    def _timed_solve(
-        self, x: torch.Tensor, levels: list[float], capture: Sequence[float], seeds: list[int] | None = None
-    ) -> SolveResult:
-        start = time.perf_counter()
-        try:
-            return solve(self.denoiser(), x, self.model.schedule, levels, self.solver, capture, seeds)
-        finally:
-            self.usage.model_seconds += time.perf_counter() - start
 
     def on_grid(self, levels: Sequence[float]) -> list[float]:
         """The levels a solve really goes through. A model's own solver steps along its own grid
@@ -373,33 +390,47 @@ class Engine:
             return states.x
         self.charge(0, len(states))
         parts: list[torch.Tensor] = []
-        denoise = self.denoiser()
 
-        def work(lo: int, hi: int) -> None:
+        def unit(lo: int, hi: int) -> Unit | None:
             if self.journal is not None and self.journal.replaying:
+                return None
+            return Unit(PREDICT, states.x[lo:hi], [states.level])
+
+        def work(lo: int, hi: int, output: Output | None) -> None:
+            if output is None:
                 parts.append(self.journal.read("predict", hi - lo)[0]["x0"].to(states.x.device))
             else:
-                start = time.perf_counter()
-                parts.append(denoise(states.x[lo:hi], states.level))
-                self.usage.model_seconds += time.perf_counter() - start
+                parts.append(output.x.to(states.x.device))
+                self.usage.model_seconds += output.seconds
                 if self.journal is not None:
                     self.journal.write("predict", hi - lo, {"x0": parts[-1]}, {"batch_size": self.batch_size})
             self.usage.nfe += hi - lo
 
-        self._in_batches(len(states), work)
+        self._in_batches(len(states), unit, work)
         return torch.cat(parts)
 
     def score_latents(self, x0: torch.Tensor) -> dict[str, list[float]]:
         """Decode clean latents and score them (no candidate is recorded)."""
         scores: dict[str, list[float]] = {}
 
-        def work(lo: int, hi: int) -> None:
-            chunk, _ = self._journaled_scores("score", hi - lo, lambda: (self._decode(x0[lo:hi]), {}))
+        def unit(lo: int, hi: int) -> Unit | None:
+            if self.journal is not None and self.journal.replaying:
+                return None
+            return Unit(DECODE, x0[lo:hi])
+
+        def work(lo: int, hi: int, output: Output | None) -> None:
+            chunk, _ = self._journaled_scores("score", hi - lo, lambda: self._decoded(output))
             for name, values in chunk.items():
                 scores.setdefault(name, []).extend(values)
 
-        self._in_batches(x0.shape[0], work)
+        self._in_batches(x0.shape[0], unit, work)
         return scores
+
+    def _decoded(self, output: Output | None) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+        """A decode unit's images and the trajectory's, its model time counted."""
+        assert output is not None  # a chunk that the journal does not serve was computed
+        self.usage.model_seconds += output.seconds
+        return output.x, output.x0
 
     def _journaled_scores(
         self,
@@ -453,14 +484,16 @@ class Engine:
             )
         candidates: list[Candidate] = []
 
-        def work(lo: int, hi: int) -> None:
-            def decode() -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
-                images = self._decode(states.x[lo:hi])
-                return images, {level: self._decode(x0[lo:hi]) for level, x0 in (trajectory or {}).items()}
+        def unit(lo: int, hi: int) -> Unit:
+            if self.journal is not None and self.journal.replaying:  # the scores are journaled
+                return Unit(DECODE, states.x[lo:hi])
+            also = {level: x0[lo:hi] for level, x0 in (trajectory or {}).items()}
+            return Unit(DECODE, states.x[lo:hi], also=also)
 
-            scores, images = self._journaled_scores("finish", hi - lo, decode)
+        def work(lo: int, hi: int, output: Output | None) -> None:
+            scores, images = self._journaled_scores("finish", hi - lo, lambda: self._decoded(output))
             if images is None:  # read back from the journal: the images are still needed
-                images = self._decode(states.x[lo:hi])
+                images = self._decoded(output)[0]
             batch = []
             names = list(scores)
             rows = [dict(zip(names, values)) for values in zip(*scores.values())] if names else \
@@ -488,7 +521,7 @@ class Engine:
                 if handler is not None:
                     handler(batch, self.usage)
 
-        self._in_batches(len(states), work)
+        self._in_batches(len(states), unit, work)
         return candidates
 
     def evaluate(

@@ -9,6 +9,11 @@ duplicates a row, and a retried cell rewrites its run folder from scratch.
 
 Cells write their run folders where their configuration says: on a multi-node cluster the
 bench folder must be on a filesystem that every node mounts at the same path.
+
+One search across actors (``search(..., executor="ray")``, ``noisesearch run --executor ray``):
+:meth:`RayExecutor.dispatch` makes actors that each hold the model and compute the engine's
+units of work (``noisesearch.units``); :class:`RayDispatch` sends one engine call's units to
+them round-robin and gathers the outputs in order, so the search ends as a local one.
 Ray is imported only when this executor is built: the core never imports it.
 """
 
@@ -43,6 +48,86 @@ class _Worker:
         return os.getpid()
 
 
+class _ModelWorker:
+    """The actor of one search across actors: holds one model and computes units of work
+    (``noisesearch.units.compute``) with the job (prepared condition, solver, owner) that the
+    driver put in the object store once per search."""
+
+    def __init__(self, model: str, options: dict[str, Any], threads: int | None) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from noisesearch.plugins import build_registries
+
+        self.model = build_registries().models.get(model).create(**options)
+        self.token: str | None = None
+        self.job: tuple[Any, Any, Any] | None = None
+        self.computed = 0
+
+    def compute(self, token: str, job: list[Any], unit: Any) -> Any:
+        """``job``: ``[ref]``, a reference in a list so that Ray does not fetch it for every
+        unit; an actor restarted after a crash fetches it again."""
+        import ray
+
+        from noisesearch.units import compute
+
+        if token != self.token:
+            self.job, self.token = ray.get(job[0]), token
+        prepared, solver, owner = self.job
+        self.computed += 1
+        return compute(self.model, prepared, solver, unit, owner)
+
+    def count(self) -> int:
+        return self.computed
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RayDispatch:
+    """One search's units on model-holding actors (``noisesearch.units.Dispatch``): all units
+    of an engine call sent at once, round-robin, one unit per model batch (never regrouped:
+    results depend on batch composition), outputs gathered in order."""
+
+    def __init__(self, ray: Any, actors: Sequence[Any]) -> None:
+        self.ray = ray
+        self.actors = list(actors)
+        self._job: tuple[str, list[Any]] | None = None
+        self._next = 0
+
+    def open(self, model: Any, prepared: Any, solver: Any, owner: Any) -> None:
+        import uuid
+
+        self._job = (uuid.uuid4().hex, [self.ray.put((prepared, solver, owner))])
+
+    def map(self, units: Sequence[Any]) -> Any:
+        if self._job is None:
+            raise RuntimeError("RayDispatch.map before open")
+        ray = self.ray
+        token, job = self._job
+        first, self._next = self._next, self._next + len(units)  # round-robin across calls too
+        refs = [self.actors[(first + i) % len(self.actors)].compute.remote(token, job, unit)
+                for i, unit in enumerate(units)]
+        done = 0
+        try:
+            for ref in refs:
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayTaskError as error:  # the unit's own error, as if local
+                    cause = getattr(error, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None
+                    raise
+                done += 1
+        finally:  # dropped early (an error, out of memory): units not yet run are not needed
+            for ref in refs[done:]:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+
 class RayExecutor:
     """Runs cells on Ray actors; see the module docstring.
 
@@ -71,6 +156,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.gpus_per_worker = gpus_per_worker
         self.actors: list[Any] = []
+        self._serving: tuple[str, str] | None = None  # the model the actors hold: (kind, key)
         self._started_cluster = False
         self._saved_env: str | None = None
         self._saved_flag = True
@@ -91,7 +177,8 @@ class RayExecutor:
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
             self._started_cluster = True
 
-    def _spawn(self, resources: dict[str, float]) -> None:
+    def _spawn(self, resources: dict[str, float], worker: type = _Worker,
+               args: tuple[Any, ...] = ()) -> None:
         """Actors for one model: its declared resources (a cell's ``resources``), else one GPU
         each where the cluster has GPUs, else one CPU slot each."""
         ray = self.ray
@@ -106,8 +193,31 @@ class RayExecutor:
             count = max(1, int(gpus / options["num_gpus"]))
         else:
             count = max(1, int(cpus / max(options["num_cpus"], 1e-9)))
-        actor_class = ray.remote(max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [actor_class.options(**options).remote(self.threads) for _ in range(count)]
+        actor_class = ray.remote(max_restarts=-1, max_task_retries=-1)(worker)
+        args = args or (self.threads,)
+        self.actors = [actor_class.options(**options).remote(*args) for _ in range(count)]
+
+    def dispatch(self, model: str, options: dict[str, Any],
+                 resources: dict[str, float] | None = None) -> RayDispatch:
+        """A dispatch for one search of ``model`` (a registered name, built on each actor with
+        ``options``): the actors are made once and serve every search of the same model. They
+        run as many torch threads as this process unless ``threads`` says (on CPUs the thread
+        count can change results by ~1e-7, like batch composition)."""
+        import json
+
+        import torch
+
+        self.start()
+        threads = self.threads or torch.get_num_threads()
+        key = json.dumps([model, options, resources or {}, threads], sort_keys=True, default=str)
+        if self._serving != ("search", key):
+            self._spawn(dict(resources or {}), _ModelWorker, (model, options, threads))
+            self._serving = ("search", key)
+        return RayDispatch(self.ray, self.actors)
+
+    def computed(self) -> list[int]:
+        """Units each actor of a search has computed (tests check that work was spread)."""
+        return [self.ray.get(actor.count.remote()) for actor in self.actors]
 
     def pids(self) -> list[int]:
         """The actors' process ids (tests kill one to check recovery)."""
@@ -164,6 +274,7 @@ class RayExecutor:
             with contextlib.suppress(Exception):  # already gone
                 self.ray.kill(actor)
         self.actors = []
+        self._serving = None
 
     def close(self) -> None:
         self._kill_actors()

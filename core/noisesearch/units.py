@@ -1,0 +1,113 @@
+"""The engine's unit of model work, and the dispatch seam that computes units.
+
+A :class:`Unit` is one batch of model work with everything it needs: latents, the levels to
+solve over, a stochastic solver's step seeds. :func:`compute` reads no engine state: given
+the model, its prepared condition and the solver, the same unit gives the same tensors in
+this process or on a worker that holds its own copy of the model. The engine keeps the
+budget, the journal, the records of candidates and selection; it cuts each call into units of
+``batch_size`` rows and hands them to a :class:`Dispatch`, which returns their outputs in
+order. :class:`LocalDispatch` (the default) computes them here, one after the other, when the
+engine asks for the next; a plugin's dispatch (the Ray executor's) sends them to
+model-holding workers at once and gathers them in order. Results depend on batch
+composition (by ~1e-7), so a dispatch never regroups rows: one unit, one model batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from noisesearch.faults import Owner, blame, is_out_of_memory
+from noisesearch.sampling import Solver, solve
+
+if TYPE_CHECKING:
+    import torch
+
+#: Unit kinds: solve latents over levels; predict ``x0_hat`` at one level; decode latents.
+SOLVE, PREDICT, DECODE = "solve", "predict", "decode"
+
+
+@dataclass
+class Unit:
+    """One batch of model work: what :func:`compute` needs besides the model, its prepared
+    condition and the solver."""
+
+    kind: str  # SOLVE, PREDICT or DECODE
+    x: torch.Tensor  # (B, *latent_shape): at levels[0] (solve, predict), or clean (decode)
+    levels: list[float] = field(default_factory=list)  # solve: the levels; predict: [level]
+    capture: tuple[float, ...] = ()  # solve: keep x0_hat at these levels
+    seeds: list[int] | None = None  # solve with a stochastic solver: one step-noise seed per row
+    also: dict[float, torch.Tensor] = field(default_factory=dict)  # decode: more latents (B, ...)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class Output:
+    """What a unit computed, as tensors (on the device it ran on)."""
+
+    x: torch.Tensor  # solve: (B, *latent) at levels[-1]; predict: x0_hat; decode: (B, 3, H, W) in [0, 1]
+    nfe: int = 0  # denoiser evaluations per row
+    x0: dict[float, torch.Tensor] = field(default_factory=dict)  # solve: captured x0_hat; decode: `also`
+    seconds: float = 0.0  # time in the model
+
+
+def compute(
+    model: Any, prepared: Any, solver: str | Solver, unit: Unit, owner: Owner | None = None
+) -> Output:
+    """Compute ``unit`` with ``model`` (no autograd). ``owner``: who is blamed for an exception
+    of the model (``noisesearch.faults``); out-of-memory errors pass through unchanged, for the
+    engine to retry with smaller batches."""
+    import torch
+
+    owner = owner or Owner.of("model", model)
+    start = time.perf_counter()
+    if unit.kind == DECODE:
+        with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
+            images = model.decode(unit.x).float().clamp(0, 1)  # (B, 3, H, W)
+            also = {level: model.decode(x0).float().clamp(0, 1) for level, x0 in unit.also.items()}
+        return Output(images, 0, also, time.perf_counter() - start)
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
+            return model.denoise(x, sigma, prepared)
+
+    if unit.kind == PREDICT:
+        x0 = denoise(unit.x, unit.levels[0])
+        return Output(x0, 1, {}, time.perf_counter() - start)
+    if unit.kind != SOLVE:
+        raise ValueError(f"unknown unit kind {unit.kind!r}")
+    result = solve(denoise, unit.x, model.schedule, unit.levels, solver, unit.capture, unit.seeds)
+    return Output(result.x, result.nfe, result.x0, time.perf_counter() - start)
+
+
+class Dispatch(Protocol):
+    """Computes one search's units. ``open`` once the engine has prepared the condition;
+    ``map`` yields each unit's output in the units' order (an error raised by a unit's compute
+    is raised when its output is reached; the engine then drops the iterator)."""
+
+    def open(self, model: Any, prepared: Any, solver: str | Solver, owner: Owner) -> None: ...
+
+    def map(self, units: Sequence[Unit]) -> Iterator[Output]: ...
+
+
+class LocalDispatch:
+    """In this process: each unit computed when the engine asks for its output, so a failing
+    unit stops the work there (out of memory: nothing after it was computed)."""
+
+    def __init__(self) -> None:
+        self._job: tuple[Any, Any, str | Solver, Owner] | None = None
+
+    def open(self, model: Any, prepared: Any, solver: str | Solver, owner: Owner) -> None:
+        self._job = (model, prepared, solver, owner)
+
+    def map(self, units: Sequence[Unit]) -> Iterator[Output]:
+        if self._job is None:
+            raise RuntimeError("LocalDispatch.map before open")
+        model, prepared, solver, owner = self._job
+        for unit in units:
+            yield compute(model, prepared, solver, unit, owner)
