@@ -209,6 +209,7 @@ def test_a_band_wider_than_the_latent_is_refused_naming_the_option() -> None:
 # -- replay ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~3-7 s on 2 shared cores
 def test_replay_regenerates_the_best_bit_for_bit(tmp_path: Path) -> None:
     out = tmp_path / "evolution"
     noisesearch.search(model="digits", label=2, strategy="evolution", budget_nfe=400, seed=4,
@@ -240,3 +241,25 @@ def test_every_reported_candidate_replays_bit_for_bit() -> None:
         image = image.float().clamp(0, 1)
         assert torch.equal(image, candidate.image), candidate.index
         assert candidate.recipe["ops"][0]["levels"] == levels  # finalists are solved on the full grid
+
+
+# -- the measurement script ----------------------------------------------------------------------
+
+
+def test_the_comparison_script_runs_within_its_budgets(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_evolution.py"
+    spec = importlib.util.spec_from_file_location("compare_evolution", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.parse("evolution:band=2,finalists=1") == ("evolution", {"band": 2, "finalists": 1})
+    rows = module.run([100], 1, [0, 1], ["random", "evolution:band=2"])
+    assert [r["searches"] for r in rows] == [2, 2] and all(r["max_nfe_spent"] <= 100 for r in rows)
+    assert rows[0]["elite_norm_drift_last_generation"] is None
+    assert isinstance(rows[1]["elite_norm_drift_last_generation"], float)
+    module.write_markdown(rows, tmp_path / "t.md", "the command", "the machine")
+    assert "| evolution:band=2 | 100 |" in (tmp_path / "t.md").read_text()
