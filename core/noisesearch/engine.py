@@ -443,6 +443,8 @@ class Engine:
         if self.journal is not None and self.journal.replaying:
             meta = self.journal.read(kind, rows)[1]
             self.usage.verifier_calls += meta["verifier_calls"]
+            for name, cost in meta.get("verifier_cost", {}).items():  # generative judges' tokens
+                self.usage.add_verifier_cost(name, cost)
             return meta["scores"], None
         import torch
 
@@ -451,10 +453,14 @@ class Engine:
         with torch.inference_mode():
             images, trajectory = decode()
             calls = self.usage.verifier_calls
+            costs = {name: dict(cost) for name, cost in self.usage.verifier_cost.items()}
             scores = self.scorer.score(images, self.condition, trajectory or None, self.usage)
         if self.journal is not None:
             meta = {"scores": scores, "verifier_calls": self.usage.verifier_calls - calls,
                     "batch_size": self.batch_size}
+            spent = self.usage.verifier_cost_since(costs)
+            if spent:
+                meta["verifier_cost"] = spent
             self.journal.write(kind, rows, {}, meta)
         return scores, images
 

@@ -96,8 +96,7 @@ class Scorer:
                 else:
                     values = verifier.score(images, condition, trajectory=trajectory)
                     scores[name] = self._as_list(name, values, images)
-            usage.verifier_seconds += time.perf_counter() - start
-            usage.verifier_calls += 1
+            self._charge(name, verifier, time.perf_counter() - start, usage)
         return scores
 
     def evaluate(self, images: torch.Tensor, condition: Condition, usage: Usage) -> list[float]:
@@ -107,9 +106,18 @@ class Scorer:
         start = time.perf_counter()
         with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
             values = self._as_list(name, verifier.score(images, condition, trajectory=None), images)
-        usage.verifier_seconds += time.perf_counter() - start
-        usage.verifier_calls += 1
+        self._charge(name, verifier, time.perf_counter() - start, usage)
         return values
+
+    @staticmethod
+    def _charge(name: str, verifier: Verifier, seconds: float, usage: Usage) -> None:
+        """One verifier call's seconds; with the counters of a verifier that reports a cost of
+        its own (``take_cost()``: a generative judge's tokens, retries and failures)."""
+        usage.verifier_seconds += seconds
+        usage.verifier_calls += 1
+        take_cost = getattr(verifier, "take_cost", None)
+        if callable(take_cost):
+            usage.add_verifier_cost(name, {**take_cost(), "seconds": seconds})
 
     @staticmethod
     def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:

@@ -112,6 +112,10 @@ class Verifier(Protocol):
     ``requires`` (class attribute): a subset of ``{"prompt", "label", "trajectory"}``.
     A verifier requiring ``"trajectory"`` also sets ``trajectory_levels``: the levels whose
     decoded clean predictions it receives in ``trajectory``.
+
+    Optional, for generative judges: ``take_cost() -> dict[str, number]`` (counters since the
+    last call, e.g. tokens in and out, added to ``run.json``'s ``usage.verifier_cost``);
+    ``failures_allowed`` and ``score_tolerance`` (see :class:`noisesearch.testing.VerifierContract`).
     """
 
     requires: ClassVar[frozenset[str]]
