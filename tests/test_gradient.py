@@ -320,7 +320,8 @@ def test_gradient_search_on_a_tiny_sd_pipeline_keeps_the_budget_and_replays(
     with plain_cpu_kernels():
         result = noisesearch.search(
             model="hf", model_options={"path": str(tiny_sd), "height": IMAGE_SIZE, "width": IMAGE_SIZE},
-            prompt="a red circle", verifiers=["shapes-clip"], verifier_options={"shapes-clip": {"device": "cpu"}},
+            prompt="a red circle", verifiers=["shapes-clip"],
+            verifier_options={"shapes-clip": {"device": "cpu"}},
             evaluator="none", strategy="gradient", steps=2, budget_nfe=40, batch_size=2,
             strategy_options={"iterations": 2, "batch": 2}, output=str(out), registries=registries,
         )
@@ -331,3 +332,26 @@ def test_gradient_search_on_a_tiny_sd_pipeline_keeps_the_budget_and_replays(
         assert len(trace) == 2 and all(math.isfinite(v) for v in trace)
         outcome = replay_run(out, registries=registries)
     assert outcome.identical, outcome.max_abs_diff
+
+
+def test_the_comparison_script_runs_and_keeps_equal_budgets(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_gradient.py"
+    spec = importlib.util.spec_from_file_location("compare_gradient", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--budgets", "28", "--seeds", "1", "--labels", "0", "1",
+                     "--gradient-opt", "iterations=2", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "gradient.json").read_text())["rows"]
+    assert [r["strategy"] for r in rows] == ["gradient", "random", "zero-order"]
+    assert all(r["mean_nfe_spent"] == 28 and r["searches"] == 2 for r in rows)  # 2 restarts of 14
+    assert rows[0]["mean_backward_nfe"] > 0 == rows[1]["mean_backward_nfe"]
+    assert "| gradient | 28 |" in (tmp_path / "gradient.md").read_text()

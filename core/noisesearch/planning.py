@@ -291,12 +291,12 @@ def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunCon
 
 def _check_gradients(strategy: Entry, verifiers: list[Entry], config: RunConfig,
                      registries: Registries) -> None:
-    """A strategy that follows gradients (``needs_gradients = True``, e.g. ``gradient``): its
-    option values, then every verifier it differentiates (its ``weights``, else the objective)
-    declares ``differentiable = True``; and a core solver, not a model's own. Before loading."""
+    """A strategy that follows gradients (``needs_gradients = True``, e.g. ``gradient``): every
+    verifier it differentiates (its ``weights``, else the objective)
+    declares ``differentiable = True``; and a core solver, not a model's own. Before loading
+    (option values, such as lr > 0, were checked when ``plan`` built the strategy)."""
     if not getattr(strategy.factory, "needs_gradients", False):
         return
-    strategy.create(**config.strategy_options)  # option values (lr > 0, ...): cheap, no torch
     weights = config.strategy_options.get("weights")
     names = list(weights) if isinstance(weights, dict) and weights else [verifiers[0].name]
     in_run = {entry.name: entry for entry in verifiers}
