@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 Recipe = dict[str, Any]
 
 DERIVABLE_KINDS = ("seed", "neighbour", "subspace")
+#: The transform of ``subspace`` noise recipes (``noisesearch.spectral``).
+SUBSPACE_TRANSFORM = spectral.TRANSFORM
 
 
 def seed_recipe(seed: int) -> Recipe:
@@ -76,6 +78,12 @@ def subspace_recipe(
     return {"kind": "subspace", "seed": int(seed), "transform": spectral.TRANSFORM,
             "layout": [int(d) for d in grid], "band": [int(d) for d in band],
             "coefficients": [float(c) for c in coefficients]}
+
+
+def subspace_grid(shape: Sequence[int]) -> tuple[int, int, int]:
+    """How subspace recipes read a latent of ``shape``: ``(C, H, W)`` (``spectral.layout``; a
+    ``ValueError`` for a latent with no spatial layout)."""
+    return spectral.layout(shape)
 
 
 def solve_op(levels: Sequence[float], batch: int, row: int, noise_seed: int | None = None) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 Search, arXiv 2602.03208; DiffSynth-Studio's ``enable_ses``).
 
 The cross-entropy method over the ``C * band * band`` lowest-frequency coefficients of an
-orthonormal 2-D DCT-II of the initial noise, per channel (``noisesearch.spectral``); the rest of
-the noise stays as drawn from the search's first seed. Generation 0 samples the coefficients
-from ``N(0, I)``, so its noises are exactly ``N(0, I)``; each generation then refits a diagonal
-Gaussian (mean, std; the std floored at ``min_std``) to its elite fraction.
+orthonormal 2-D DCT-II of the initial noise, per channel (``noisesearch.spectral``, through the
+subspace recipes of ``noisesearch.recipes``); the rest of the noise stays as drawn from the
+search's first seed. Generation 0 samples the coefficients from ``N(0, I)``, so its noises are
+exactly ``N(0, I)``; each generation then refits a diagonal Gaussian (mean, std; the std floored
+at ``min_std``) to its elite fraction.
 
 Candidates are scored on cheap *previews*: solved over ``preview_steps`` levels taken evenly from
 the run's grid, decoded and scored (no candidate recorded). Only the ``finalists`` best noises by
@@ -25,7 +26,7 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import ConfigError, hookimpl
-from noisesearch.recipes import subspace_recipe
+from noisesearch.recipes import SUBSPACE_TRANSFORM, subspace_grid, subspace_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -117,11 +118,9 @@ class EvolutionSearch:
     def run(self, context: SearchContext) -> None:
         import torch
 
-        from noisesearch import spectral
-
         shape = context.latent_shape
         try:
-            grid = spectral.layout(shape)
+            grid = subspace_grid(shape)
         except ValueError as exc:
             raise ConfigError("evolution", str(exc)) from None
         if self.band > min(grid[1], grid[2]):
@@ -173,7 +172,7 @@ class EvolutionSearch:
                 chosen.extend(row.tolist() for row in extra)
             context.evaluate([subspace_recipe(base, grid, band, c) for c in chosen])
         context.report("evolution", {
-            "transform": spectral.TRANSFORM, "layout": list(grid), "band": list(band), "dimensions": dims,
+            "transform": SUBSPACE_TRANSFORM, "layout": list(grid), "band": list(band), "dimensions": dims,
             "preview_levels": preview, "preview_nfe": preview_nfe, "full_nfe": full_nfe,
             "full_previews": full, "generation_sizes": sizes, "finalists": finalists,
             "planned_nfe": sum(sizes) * (full_nfe if full else preview_nfe) + finalists * full_nfe,
