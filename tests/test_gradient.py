@@ -192,6 +192,37 @@ def test_the_recorded_optimisation_re_runs_bit_for_bit(tmp_path: Path, registrie
     assert again.noise is not None and torch.equal(again.noise, saved)
 
 
+def test_a_crashed_gradient_run_resumes_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: Any) -> None:
+    """Gradient steps are not journaled (recomputed, deterministic on the CPU); the candidates'
+    evaluations are, so the resumed run ends exactly as an uninterrupted one."""
+    from noisesearch.api import resume_run
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    options = {"restarts": 4, "batch": 2, "iterations": 2}
+    out = tmp_path / "run"
+    original = digits_classifiers.DigitsClassifier.score
+    calls = {"n": 0}
+
+    def flaky(self: Any, images: torch.Tensor, condition: Condition, trajectory: Any = None) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second batch of candidates
+            raise RuntimeError("disk on fire")
+        return original(self, images, condition, trajectory)
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
+        noisesearch.search(model="digits", label=6, strategy="gradient", strategy_options=options, steps=2,
+                           budget_nfe=1000, seed=1, output=str(out))
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    resumed = resume_run(out)
+    reference = noisesearch.search(model="digits", label=6, strategy="gradient", strategy_options=options,
+                                   steps=2, budget_nfe=1000, seed=1, write=False)
+    assert resumed.best.recipe == reference.best.recipe
+    assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
+    assert resumed.usage.nfe == reference.usage.nfe
+    assert resumed.usage.backward_nfe == reference.usage.backward_nfe
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 
