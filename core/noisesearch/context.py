@@ -130,7 +130,7 @@ class SearchContext:
     ) -> list[Candidate]:
         """Generate, score and record one candidate per noise recipe; returns them in order.
 
-        Derivable recipes (``noisesearch.recipes``: seed, neighbour) need no ``noises``; other
+        Derivable recipes (``noisesearch.recipes``: seed, neighbour, subspace) need no ``noises``; other
         kinds pass the noise tensor ``(len(recipes), *latent_shape)`` they describe. No
         recipes: nothing is computed and the result is ``[]``.
         """
