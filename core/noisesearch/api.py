@@ -500,7 +500,7 @@ def search(
         write = built_model is None or _registered(built_model, registries)
     checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers,
                    check_output=write)
-    if isinstance(executor, str) and executor == "local" and not executor_options:
+    if executor in (None, "local") and not executor_options:
         return run_plan(checked, progress=progress, write=write)
     spread = search_executor(executor, executor_options or {}, checked)  # before anything is made
     try:
