@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
 
+import noisesearch
 from noisesearch import Condition
 from noisesearch.accounting import Usage
+from noisesearch.api import resume_run
 from noisesearch.scoring import Scorer
 from noisesearch.testing import BrightnessVerifier, VerifierContract
 
@@ -124,3 +128,41 @@ def test_the_cost_since_a_copy_is_what_the_journal_replays() -> None:
     for name, cost in spent.items():
         replayed.add_verifier_cost(name, cost)
     assert replayed.verifier_cost == usage.verifier_cost
+
+
+def test_a_resumed_run_keeps_the_verifier_cost_of_the_part_it_replays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal holds each batch's cost: a run that crashed after three batches and resumed
+    reports the cost of all five, as an uninterrupted run does."""
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    original = digits_classifiers.DigitsClassifier.score
+    state = {"calls": 0, "crash": True}
+
+    def counted(self: Any, images: torch.Tensor, condition: Condition, trajectory: Any = None
+                ) -> torch.Tensor:
+        state["calls"] += 1
+        if state["crash"] and state["calls"] == 4:
+            raise RuntimeError("disk on fire")
+        self.tokens = getattr(self, "tokens", 0) + 10 * images.shape[0]
+        return original(self, images, condition, trajectory)
+
+    def take_cost(self: Any) -> dict[str, int]:
+        cost, self.tokens = {"tokens_in": getattr(self, "tokens", 0)}, 0
+        return cost
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", counted)
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "take_cost", take_cost, raising=False)
+    options = {"model": "digits", "label": 6, "candidates": 40, "batch_size": 8, "seed": 1,
+               "verifiers": ["digits-classifier"], "evaluator": "none"}
+    out = tmp_path / "run"
+    with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
+        noisesearch.search(**options, output=str(out))
+    state["crash"] = False
+    resumed = resume_run(out)
+    reference = noisesearch.search(**options, write=False)
+    assert reference.usage.verifier_cost["digits-classifier"]["tokens_in"] == 40 * 10
+    assert resumed.usage.verifier_cost["digits-classifier"]["tokens_in"] == 40 * 10
+    run = json.loads((out / "run.json").read_text())
+    assert run["usage"]["verifier_cost"]["digits-classifier"]["tokens_in"] == 40 * 10
