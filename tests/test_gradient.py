@@ -113,7 +113,7 @@ def test_an_out_of_memory_halves_the_differentiable_chunks_and_gives_the_same_gr
 
 @pytest.mark.parametrize(("budget", "options"), [
     (60, {"iterations": 2}), (50, {"iterations": 4}), (13, {"iterations": 8}),
-    (200, {"restarts": 3, "iterations": 2}),
+    (200, {"restarts": 3, "iterations": 2}), (7, {}),
 ])
 def test_the_budget_is_planned_first_and_never_exceeded(
     budget: int, options: dict[str, Any], registries: Any
@@ -132,8 +132,11 @@ def test_the_budget_is_planned_first_and_never_exceeded(
         assert restarts == options["restarts"]
     elif budget >= GradientSearch.nfe_cost(forward + backward, 2, iterations, 1):  # as many as fit
         assert budget - result.usage.nfe < GradientSearch.nfe_cost(forward + backward, 2, iterations, 1)
-    else:  # not one restart of the asked iterations: fewer iterations
+    elif budget >= 2 + forward + backward:  # not one restart of the asked iterations: fewer
         assert iterations == (budget - 2) // (forward + backward) < options["iterations"]
+    else:  # not one gradient step: plain samples of the seeds' noises
+        assert iterations == 0 and restarts == budget // 2
+        assert result.best.recipe["start"]["kind"] == "seed" and result.usage.backward_nfe == 0
 
 
 def test_gradient_ascent_improves_the_verifier_on_digits(registries: Any) -> None:

@@ -24,7 +24,8 @@ Cost: ``restarts * (iterations * (F + B) + K)`` NFEs, with ``F`` the sub-grid's 
 ``B = BACKWARD_NFE_FACTOR * F`` the backward pass (``noisesearch.gradients``) and ``K`` one full
 sample. The plan is made from the remaining budget before anything is spent: ``restarts`` (left
 unset: as many as the budget pays for) is lowered to what fits, and if not even one restart fits,
-``iterations`` is.
+``iterations`` is; a budget too small for one gradient step and one sample is spent on plain
+samples (random search).
 
 Recipes: the start is ``{"kind": "gradient", "seed": s, ...}`` with the optimisation's settings
 (levels, lr, iterations, regulariser, momentum, max_grad_norm, weights, and the rows optimised
@@ -146,9 +147,12 @@ class GradientSearch:
         restarts = min(fits)
         if restarts >= 1:
             return restarts, iterations
-        if nfe is None or nfe < full + step_nfe or (candidates is not None and candidates < 1):
-            return 0, 0  # not one step and one sample: nothing to optimise
-        return 1, (nfe - full) // step_nfe
+        if candidates is not None and candidates < 1:
+            return 0, 0
+        if nfe is not None and nfe >= full + step_nfe:
+            return 1, (nfe - full) // step_nfe
+        # not one gradient step: the budget goes to plain samples (random search)
+        return (nfe // full if candidates is None else min(candidates, nfe // full)), 0
 
     # -- running ------------------------------------------------------------------------------------
     def run(self, context: SearchContext) -> None:
@@ -161,6 +165,10 @@ class GradientSearch:
         while done < restarts:
             rows = min(self.batch, restarts - done)
             seeds = context.seeds(rows)
+            if iterations == 0:  # plain samples of the seeds' noises
+                context.evaluate([seed_recipe(seed) for seed in seeds])
+                done += rows
+                continue
             noises = self.optimise(context, seeds, levels, weights, iterations, history)
             recipes = [self.recipe(seed, levels, weights, iterations, rows, row)
                        for row, seed in enumerate(seeds)]
