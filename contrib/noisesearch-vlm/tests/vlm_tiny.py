@@ -116,4 +116,25 @@ def qwen2_vl(folder: Path, seed: int = 0) -> Path:
     return save(Qwen2VLForConditionalGeneration(config), processor, folder, tokenizer)
 
 
-BUILDERS = {"idefics3": idefics3, "qwen2_vl": qwen2_vl}
+def qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
+    """A tiny Qwen2.5-VL: Qwen2-VL's processor and tokens, windowed vision attention (one block
+    full), a 2-layer decoder."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    qwen2_vl(folder, seed)  # the tokenizer, image processor and template are Qwen2-VL's
+    processor = Qwen2_5_VLProcessor.from_pretrained(folder)
+    tokenizer = processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, out_hidden_size=32,
+                           fullatt_block_indexes=[1]),
+        text_config=text_config(tokenizer, rope_scaling={"type": "mrope", "mrope_section": [4, 2, 2]}),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    return save(Qwen2_5_VLForConditionalGeneration(config), processor, folder, tokenizer)
+
+
+BUILDERS = {"idefics3": idefics3, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl}

@@ -1,8 +1,8 @@
 """A local vision-language model as rubric judge, through transformers' own classes.
 
 ``AutoProcessor`` and ``AutoModelForImageTextToText`` load any hub id or folder whose
-``config.json`` names a model of that auto class: tested with Qwen2-VL and Idefics3 (the
-architecture of SmolVLM's first release), and written for Qwen2.5-VL and SmolVLM as well. The
+``config.json`` names a model of that auto class: tested with Qwen2-VL, Qwen2.5-VL and Idefics3
+(the architecture of SmolVLM's first release), and written for SmolVLM as well. The
 question goes through the processor's own chat template; generation is greedy and batched
 (left padding), and by default constrained to the grammar of a score (:class:`ScoreOnly`), so
 that every reply is one.
@@ -160,7 +160,11 @@ class VLMJudge(Judge):
         if dtype is None and self.device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         self.dtype = resolve_dtype(dtype, self.device)
-        self.processor = AutoProcessor.from_pretrained(model)
+        try:
+            self.processor = AutoProcessor.from_pretrained(model)
+        except ImportError as exc:  # SmolVLM's processor spells numbers with num2words
+            raise ValueError(f"the processor of {model!r} needs a package that is not installed ({exc}); "
+                             f"SmolVLM's: pip install 'noisesearch-vlm[smolvlm]'") from None
         if not getattr(self.processor, "chat_template", None):
             raise ValueError(f"the processor of {model!r} has no chat template to put the question in")
         self.tokenizer = self.processor.tokenizer
