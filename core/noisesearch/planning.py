@@ -15,7 +15,7 @@ from typing import Any
 
 from noisesearch.accounting import Budget
 from noisesearch.config import RunConfig, check_output_writable, config_from_mapping
-from noisesearch.errors import ConfigError, IncompatibleError
+from noisesearch.errors import ConfigError, IncompatibleError, NoiseSearchError
 from noisesearch.plugins import Registries, build_registries
 from noisesearch.registry import Entry, verifier_requirements
 from noisesearch.types import Condition
@@ -95,7 +95,7 @@ def plan(
         _check_verifier_fits(entry, options, condition, model)
     strategy = registries.strategies.get(config.strategy)
     strategy.check_options(config.strategy_options)
-    strategy.create(**config.strategy_options)  # strategies load nothing: bad values fail here, before loading
+    _check_strategy_values(strategy, config.strategy_options)
     _check_strategy_fits(strategy, [*verifiers, *([evaluator] if evaluator else [])], config)
     _check_gradients(strategy, verifiers, config, registries)
     unknown = set(config.verifier_options) - {e.name for e in verifiers} - {evaluator_name}
@@ -272,6 +272,18 @@ def _check_verifier_fits(
                 f"{model.name!r} has none; choose a verifier that needs no {need} "
                 f"(see `noisesearch verifiers`)"
             )
+
+
+def _check_strategy_values(strategy: Entry, options: dict[str, Any]) -> None:
+    """Build the strategy once, so that a bad option value (a ``ValueError`` or ``TypeError`` of its
+    constructor: a ``ConfigError``) exits 2 before anything loads; strategies load nothing when
+    built. Any other exception is the plugin's own failure, reported when the run builds it."""
+    try:
+        strategy.create(**options)
+    except NoiseSearchError:
+        raise
+    except Exception:  # noqa: BLE001 - blamed on the plugin when api.py builds it again
+        return
 
 
 def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunConfig) -> None:
