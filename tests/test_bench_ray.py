@@ -180,3 +180,28 @@ def test_one_search_across_two_ray_actors_equals_the_local_search(
     assert result.exit_code == 0, result.output
     same(tmp_path / "local-random", tmp_path / "cli")
     assert not ray.is_initialized()  # the cluster that `run` started is shut down
+
+
+def test_units_and_prepared_conditions_travel_with_their_tensors_moved() -> None:
+    """Between the driver and the actors tensors go on the CPU, and each side moves them to its
+    model's device: nested in units, outputs and prepared conditions (dataclasses, dicts,
+    tuples). Moved here to the meta device, which no tensor is on by accident."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from noisesearch.units import Unit
+    from noisesearch_builtin.executors.ray_executor import _moved
+
+    @dataclass(frozen=True)
+    class Embeddings:
+        cond: torch.Tensor
+        uncond: torch.Tensor | None
+        extra: tuple[torch.Tensor, ...]
+
+    prepared = {"embeddings": Embeddings(torch.ones(2, 3), None, (torch.zeros(1),)), "scale": 7.5}
+    moved = _moved(prepared, "meta")
+    assert moved["embeddings"].cond.is_meta and moved["embeddings"].extra[0].is_meta
+    assert moved["embeddings"].uncond is None and moved["scale"] == 7.5
+    unit = _moved(Unit("decode", torch.ones(4, 8), also={0.5: torch.ones(4, 8)}), "meta")
+    assert unit.x.is_meta and unit.also[0.5].is_meta and unit.kind == "decode"

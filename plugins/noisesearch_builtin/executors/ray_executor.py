@@ -72,11 +72,13 @@ class _ModelWorker:
 
         from noisesearch.units import compute
 
+        device = getattr(self.model, "device", "cpu")
         if token != self.token:
-            self.job, self.token = ray.get(job[0]), token
+            prepared, solver, owner = ray.get(job[0])
+            self.job, self.token = (_moved(prepared, device), solver, owner), token
         prepared, solver, owner = self.job
         self.computed += 1
-        return compute(self.model, prepared, solver, unit, owner)
+        return _moved(compute(self.model, prepared, solver, _moved(unit, device), owner), "cpu")
 
     def count(self) -> int:
         return self.computed
@@ -101,7 +103,7 @@ class RayDispatch:
     def open(self, model: Any, prepared: Any, solver: Any, owner: Any) -> None:
         import uuid
 
-        self._job = (uuid.uuid4().hex, [self.ray.put((prepared, solver, owner))])
+        self._job = (uuid.uuid4().hex, [self.ray.put((_moved(prepared, "cpu"), solver, owner))])
 
     def map(self, units: Sequence[Any]) -> Any:
         if self._job is None:
@@ -109,7 +111,7 @@ class RayDispatch:
         ray = self.ray
         token, job = self._job
         first, self._next = self._next, self._next + len(units)  # round-robin across calls too
-        refs = [self.actors[(first + i) % len(self.actors)].compute.remote(token, job, unit)
+        refs = [self.actors[(first + i) % len(self.actors)].compute.remote(token, job, _moved(unit, "cpu"))
                 for i, unit in enumerate(units)]
         done = 0
         try:
@@ -303,6 +305,26 @@ class RayExecutor:
             else:
                 os.environ[LOOPBACK_ENV] = self._saved_env
             ray_constants.ENABLE_RAY_CLUSTER = self._saved_flag
+
+
+def _moved(thing: Any, device: Any) -> Any:
+    """``thing`` with its tensors on ``device`` (in dicts, lists, tuples and dataclasses, such as
+    a unit, its output or a prepared condition): tensors travel between processes and nodes on
+    the CPU, and each side puts them where its model is (exact copies: results do not change)."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(thing, torch.Tensor):
+        return thing.to(device)
+    if isinstance(thing, dict):
+        return {key: _moved(value, device) for key, value in thing.items()}
+    if isinstance(thing, (list, tuple)) and not hasattr(thing, "_fields"):
+        return type(thing)(_moved(value, device) for value in thing)
+    if dataclasses.is_dataclass(thing) and not isinstance(thing, type):
+        return dataclasses.replace(thing, **{f.name: _moved(getattr(thing, f.name), device)
+                                             for f in dataclasses.fields(thing) if f.init})
+    return thing
 
 
 def _same_model(a: Any, b: Any) -> bool:
