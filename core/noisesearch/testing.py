@@ -105,9 +105,11 @@ class GaussianModel:
 
 
 class BrightnessVerifier:
-    """Mean brightness of each image: a cheap, smooth objective for strategy tests."""
+    """Mean brightness of each image: a cheap, smooth objective for strategy tests (gradient
+    strategies included: it is differentiable)."""
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    differentiable: ClassVar[bool] = True
 
     def score(
         self,
@@ -115,6 +117,9 @@ class BrightnessVerifier:
         condition: Condition,
         trajectory: Mapping[float, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2, 3))
+
+    def score_with_grad(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return images.float().mean(dim=(1, 2, 3))
 
 
@@ -366,6 +371,30 @@ class VerifierContract:
         assert torch.equal(images, before), "score() modified its input images"
         for level, tensor in (trajectory or {}).items():
             assert torch.equal(tensor, trajectory_before[level]), f"score() modified level {level}"
+
+    def test_a_differentiable_score_keeps_its_graph(self) -> None:
+        """``differentiable = True`` (on the factory too: planning reads it before building):
+        ``score_with_grad(images, condition)`` gives ``score``'s values with an autograd graph back
+        to the pixels, for the ``gradient`` strategy."""
+        import torch
+
+        verifier = self.make_verifier()
+        if not getattr(verifier, "differentiable", False):
+            _skip("not differentiable (no `differentiable = True`)")
+        factory = self.factory()
+        if factory is not None:
+            assert getattr(factory, "differentiable", False), "declare `differentiable` on the factory"
+        images = self.make_images()
+        condition = self.make_condition(verifier)
+        plain = verifier.score(images, condition).detach().float().cpu()
+        pixels = images.clone().requires_grad_(True)
+        scores = verifier.score_with_grad(pixels, condition)
+        assert tuple(scores.shape) == (self.batch,) and scores.requires_grad, (
+            "score_with_grad must keep its graph (no inference_mode or no_grad inside)")
+        atol = max(self.atol, float(getattr(verifier, "score_tolerance", 0.0)))
+        assert torch.allclose(scores.detach().float().cpu(), plain, atol=atol, rtol=self.rtol)
+        (grad,) = torch.autograd.grad(scores.sum(), pixels)
+        assert torch.isfinite(grad).all()
 
     def test_every_option_is_documented(self) -> None:
         factory = self.factory()
