@@ -263,3 +263,35 @@ def test_the_comparison_script_runs_within_its_budgets(tmp_path: Path) -> None:
     assert isinstance(rows[1]["elite_norm_drift_last_generation"], float)
     module.write_markdown(rows, tmp_path / "t.md", "the command", "the machine")
     assert "| evolution:band=2 | 100 |" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.slow  # two searches and a resume
+def test_a_run_that_failed_mid_search_resumes_to_the_same_result(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previews' scorings are journaled like any other engine call: a verifier failing in
+    generation 1 leaves a run that resumes to what an uninterrupted run finds."""
+    from noisesearch.api import resume_run
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    out = tmp_path / "run"
+    original = digits_classifiers.DigitsClassifier.score
+    calls = {"n": 0}
+
+    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("disk on fire")
+        return original(self, images, condition, trajectory)
+
+    fields = {"model": "digits", "label": 6, "strategy": "evolution", "budget_nfe": 400, "batch_size": 8,
+              "seed": 1}
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
+        noisesearch.search(**fields, output=str(out))
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    resumed = resume_run(out)
+    reference = noisesearch.search(**fields, write=False)
+    assert resumed.best.recipe == reference.best.recipe
+    assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
+    assert resumed.usage.nfe == reference.usage.nfe == 400
+    assert resumed.strategy_report == reference.strategy_report
