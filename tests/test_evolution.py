@@ -168,6 +168,12 @@ def test_generation_zero_samples_coefficients_from_n01_and_the_search_moves_the_
     second = torch.tensor([c.recipe["start"]["coefficients"] for c in result.top if c.index >= 64])
     assert float(second.std()) < float(first.std())  # refitted on the elites: narrower
     generations = report["generations"]
+    elites = sorted((c for c in result.top if c.index < 64), key=lambda c: c.objective, reverse=True)[:16]
+    noises = torch.stack([recipes.initial_noise(c.recipe["start"], (64,)) for c in elites])
+    norms = noises.double().norm(dim=1)
+    assert generations[0]["elites"] == 16
+    assert generations[0]["elite_norm_mean"] == pytest.approx(float(norms.mean()), abs=1e-6)
+    assert generations[0]["elite_norm_drift_mean"] == pytest.approx(float(norms.mean()) / 8 - 1, abs=1e-6)
     assert generations[0]["std_mean"] < 1.0  # refitted on elites
     for g in generations:  # the elites' noise norms sit near the shell sqrt(64) = 8
         assert abs(g["elite_norm_drift_mean"]) < 0.5
