@@ -136,6 +136,11 @@ def test_a_batch_size_below_the_images_generates_in_chunks(folders: dict[str, Pa
 # -- bad input ---------------------------------------------------------------------------------
 
 
+def test_too_few_tokens_for_a_constrained_ten_are_refused_before_loading() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 3 with constrain=True, got 2"):
+        VLMJudge(model="/nonexistent", max_new_tokens=2)
+
+
 def test_a_folder_that_is_not_a_vision_language_model_is_refused_naming_the_supported_classes(
     tmp_path: Path,
 ) -> None:

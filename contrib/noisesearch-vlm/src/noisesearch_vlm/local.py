@@ -148,6 +148,8 @@ class VLMJudge(Judge):
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError(f"max_new_tokens and batch_size must be at least 1, got "
                              f"{max_new_tokens} and {batch_size}")
+        if constrain and max_new_tokens < 3:  # "1", "0", then the end: else 10 reads as 1
+            raise ValueError(f"max_new_tokens must be at least 3 with constrain=True, got {max_new_tokens}")
         import torch
         from noisesearch.devices import resolve_device, resolve_dtype
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
