@@ -142,6 +142,13 @@ class EvolutionSearch:
         shell = math.sqrt(math.prod(shape))
         archive: list[tuple[tuple[bool, float], int, list[float]]] = []  # (rank, order, coefficients)
         history: list[dict[str, Any]] = []
+        context.report("evolution", {  # filled in as generations end (a run stopped early keeps them)
+            "transform": SUBSPACE_TRANSFORM, "layout": list(grid), "band": list(band), "dimensions": dims,
+            "preview_levels": preview, "preview_nfe": preview_nfe, "full_nfe": full_nfe,
+            "full_previews": full, "generation_sizes": sizes, "finalists": finalists,
+            "planned_nfe": sum(sizes) * (full_nfe if full else preview_nfe) + finalists * full_nfe,
+            "gaussian_shell": shell, "generations": history,
+        })
         for generation, size in enumerate(sizes):
             generator = torch.Generator("cpu").manual_seed(context.seeds(1)[0])
             draws = mean + std * torch.randn((size, dims), generator=generator, dtype=torch.float64)
@@ -171,13 +178,6 @@ class EvolutionSearch:
                 extra = torch.randn((finalists - len(chosen), dims), generator=generator, dtype=torch.float64)
                 chosen.extend(row.tolist() for row in extra)
             context.evaluate([subspace_recipe(base, grid, band, c) for c in chosen])
-        context.report("evolution", {
-            "transform": SUBSPACE_TRANSFORM, "layout": list(grid), "band": list(band), "dimensions": dims,
-            "preview_levels": preview, "preview_nfe": preview_nfe, "full_nfe": full_nfe,
-            "full_previews": full, "generation_sizes": sizes, "finalists": finalists,
-            "planned_nfe": sum(sizes) * (full_nfe if full else preview_nfe) + finalists * full_nfe,
-            "gaussian_shell": shell, "generations": history,
-        })
 
 
 def _generation_report(
