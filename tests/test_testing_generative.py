@@ -166,3 +166,18 @@ def test_a_resumed_run_keeps_the_verifier_cost_of_the_part_it_replays(
     assert resumed.usage.verifier_cost["digits-classifier"]["tokens_in"] == 40 * 10
     run = json.loads((out / "run.json").read_text())
     assert run["usage"]["verifier_cost"]["digits-classifier"]["tokens_in"] == 40 * 10
+
+
+def test_an_ensemble_reports_the_summed_cost_of_its_members_that_keep_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    options = {"model": "digits", "label": 3, "candidates": 8, "batch_size": 4, "evaluator": "none",
+               "verifiers": ["ensemble"], "write": False,
+               "verifier_options": {"ensemble": {"members": "digits-classifier,digits-evaluator"}}}
+    assert noisesearch.search(**options).usage.verifier_cost == {}  # no member keeps a cost
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "take_cost", lambda self: {"tokens_in": 5},
+                        raising=False)
+    cost = noisesearch.search(**options).usage.verifier_cost
+    assert set(cost) == {"ensemble"} and cost["ensemble"]["tokens_in"] == 2 * 5  # two batches

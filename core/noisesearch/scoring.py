@@ -116,8 +116,9 @@ class Scorer:
         usage.verifier_seconds += seconds
         usage.verifier_calls += 1
         take_cost = getattr(verifier, "take_cost", None)
-        if callable(take_cost):
-            usage.add_verifier_cost(name, {**take_cost(), "seconds": seconds})
+        cost = take_cost() if callable(take_cost) else None
+        if cost:  # an ensemble without a generative member reports none
+            usage.add_verifier_cost(name, {**cost, "seconds": seconds})
 
     @staticmethod
     def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:

@@ -168,6 +168,17 @@ class Ensemble:
             for name, member in self.members.items()
         }
 
+    def take_cost(self) -> dict[str, float]:
+        """The counters of the members that keep them (generative judges), summed by name;
+        empty when none does."""
+        total: dict[str, float] = {}
+        for member in self.members.values():
+            take_cost = getattr(member, "take_cost", None)
+            if callable(take_cost):
+                for key, value in take_cost().items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
     def combine(self, member_scores: Mapping[str, Sequence[float]]) -> list[float]:
         """The ensemble score of every candidate in a pool, from each member's raw scores.
 
