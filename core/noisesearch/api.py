@@ -210,6 +210,10 @@ def run_plan(
         )
         result.best_latents, result.latents_info = pipeline_latents_info(
             model, outcome.best, engine.levels, config.solver, plan.steps)
+        inputs = dict(getattr(model, "input_hashes", None) or {})
+        for candidate in {id(c): c for c in (result.best, result.baseline)}.values():
+            if inputs:  # files the result depends on (img2img's image): replay checks them
+                candidate.recipe["inputs"] = inputs
         if run_dir is not None:
             _write_run_dir(result, run_dir, engine, plan, report)
     except BaseException as error:  # Ctrl-C or a crash: leave a folder that says so
@@ -602,19 +606,23 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     except Exception as exc:  # truncated, a pickle, or any other non-safetensors file
         raise ConfigError("replay", f"{saved_path} is not a readable safetensors file of this "
                           f"run ({type(exc).__name__}: {exc}); the run folder is damaged") from None
+    _check_inputs(recipe.get("inputs") or {}, checked.config.model_options)
     model = checked.build_model()
     noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
     prepared = model.prepare(checked.condition)
+    solver = resolve_solver(model, checked.config.solver, checked.steps)
+    start, first = getattr(model, "initial_state", None), search_levels(model, checked.steps, solver)[0]
     with torch.inference_mode():
         latent = recipes.replay(
             recipe,
             lambda x, sigma: model.denoise(x, sigma, prepared),
             model.schedule,
-            resolve_solver(model, checked.config.solver, checked.steps),
+            solver,
             tuple(model.latent_shape),
             getattr(model, "device", "cpu"),
             getattr(model, "dtype", None),
             noise=noise,
+            initial_state=None if start is None else (lambda x: start(x, first)),
         )
         decode = lambda latents: model.decode(latents).float().clamp(0, 1)  # noqa: E731
         image = recipes.decode_padded(decode, latent, **recipe.get("decode", {})).cpu()
@@ -628,6 +636,22 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
         score=score,
         recorded_score=recorded_score,
     )
+
+
+def _check_inputs(inputs: dict[str, str], model_options: dict[str, Any]) -> None:
+    """The files a winner depends on (model option -> SHA-256 in its recipe, e.g. img2img's
+    ``init_image``) must be the same files now: another image gives another result."""
+    import hashlib
+
+    for option, digest in inputs.items():
+        path = Path(str(model_options.get(option) or "")).expanduser()
+        if not path.is_file():
+            raise ConfigError(option, f"the run used the file {str(path)!r} (sha256 {digest[:12]}...), "
+                              f"which is gone; replay needs that same file")
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        if found != digest:
+            raise ConfigError(option, f"{str(path)!r} is not the file the run used (sha256 {found[:12]}... "
+                              f"instead of {digest[:12]}...); replay needs the same file")
 
 
 def _check_run_json(run_dir: Path) -> None:

@@ -67,6 +67,7 @@ def generate(engine: Engine, seed: int) -> Candidate:
     recipe = plain_recipe(seed, engine.levels, step_seed)
     noise = initial_noise(recipe["start"], tuple(engine.model.latent_shape), "cpu", engine.dtype)
     x = noise[None].to(device=engine.device, dtype=engine.dtype or noise.dtype)  # (1, *latent)
+    x = engine.initial_state(x)  # img2img: the noised image
     scorer, usage = engine.scorer, engine.usage
     start = time.perf_counter()
     with torch.inference_mode():

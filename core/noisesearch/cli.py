@@ -151,6 +151,17 @@ def _parse_verifier_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def _model_options(model_opt: list[str] | None, init_image: str | None, strength: float | None
+                   ) -> dict[str, Any] | None:
+    """``--model-opt`` pairs, with ``--init-image`` and ``--strength`` as the model options
+    ``init_image`` and ``strength`` (the model checks them before loading)."""
+    options = _parse_options(model_opt, "--model-opt") if model_opt else {}
+    for key, value in (("init_image", init_image), ("strength", strength)):
+        if value is not None:
+            options[key] = value
+    return options or None
+
+
 def _cli_layer(**given: Any) -> dict[str, Any]:
     """The RunConfig fields given on the command line: options left out are ``None`` and
     must not override a configuration file."""
@@ -169,6 +180,8 @@ def _run_command(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models). Default: the model's own, where it has one (shapes has one)."),  # noqa: E501, UP045
         prompts_file: Optional[str] = typer.Option(None, help="Text file, one prompt per line (# comments and blank lines skipped): one search per prompt, each in a sub-folder of the output folder."),  # noqa: E501, UP045
         negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt."),  # noqa: UP045
+        init_image: Optional[str] = typer.Option(None, help="img2img: start from this image file (diffusers SD 1.x/2.x; the model option init_image)."),  # noqa: E501, UP045
+        strength: Optional[float] = typer.Option(None, help="img2img: share of the steps run from the noised --init-image, in (0, 1]. Default: 0.8."),  # noqa: E501, UP045
         strategy: Optional[str] = typer.Option(None, help="Search strategy (see `noisesearch strategies`). Default: random."),  # noqa: E501, UP045
         verifier: Optional[list[str]] = typer.Option(None, help="Verifier; repeat for several (the first one is searched on). Default: the model's."),  # noqa: E501, UP045
         evaluator: Optional[str] = typer.Option(None, help="Independent judge for reports, or 'none'. Default: the model's."),  # noqa: E501, UP045
@@ -204,6 +217,7 @@ def _run_command(app: typer.Typer) -> None:
                 _refuse_options_with_resume({
                     "--model": model, "--label": label, "--prompt": prompt, "--prompts-file": prompts_file,
                     "--negative-prompt": negative_prompt, "--strategy": strategy, "--verifier": verifier,
+                    "--init-image": init_image, "--strength": strength,
                     "--evaluator": evaluator, "--evaluate-all": evaluate_all or None,
                     "--candidates": candidates, "--budget-nfe": budget_nfe, "--steps": steps,
                     "--solver": solver, "--seed": seed, "--batch-size": batch_size, "--top-k": top_k,
@@ -224,7 +238,7 @@ def _run_command(app: typer.Typer) -> None:
                 candidates=candidates, budget_nfe=budget_nfe, steps=steps, solver=solver,
                 seed=seed, batch_size=batch_size, top_k=top_k, device=device, output=output,
                 overwrite=overwrite or None, evaluate_all=evaluate_all or None,
-                model_options=_parse_options(model_opt, "--model-opt") if model_opt else None,
+                model_options=_model_options(model_opt, init_image, strength),
                 verifier_options=_parse_verifier_options(verifier_opt) if verifier_opt else None,
                 strategy_options=(
                     _parse_options(strategy_opt, "--strategy-opt") if strategy_opt else None

@@ -268,8 +268,14 @@ class Engine:
             noises = self._noise_for(noise_recipes)
         if noises.shape[0] != len(noise_recipes):
             raise ValueError(f"{len(noise_recipes)} recipes but {noises.shape[0]} noises")
-        x = noises.to(device=self.device, dtype=self.dtype or noises.dtype)
+        x = self.initial_state(noises.to(device=self.device, dtype=self.dtype or noises.dtype))
         return Trajectories(x, self.levels[0], [rec.candidate_recipe(r) for r in noise_recipes])
+
+    def initial_state(self, noise: torch.Tensor) -> torch.Tensor:
+        """The state at the grid's first level from initial noises ``(B, *latent)``: the noise, or
+        what the model's ``initial_state(noise, level)`` makes of it (img2img: a noised image)."""
+        start = getattr(self.model, "initial_state", None)
+        return noise if start is None else start(noise, self.levels[0])
 
     def _noise_for(self, noise_recipes: Sequence[dict[str, Any]]) -> torch.Tensor:
         import torch
@@ -538,8 +544,10 @@ class Engine:
         if n == 0:  # nothing asked, nothing computed (torch.cat of no batch would fail)
             return []
         self.charge(n, n * self.nfe_per_candidate)
-        states = self.start(noise_recipes, noises)
-        initial = states.x
+        if noises is None:
+            noises = self._noise_for(noise_recipes)
+        initial = noises.to(device=self.device, dtype=self.dtype or noises.dtype)  # kept as the noise
+        states = self.start(noise_recipes, initial)  # img2img: a noised image, not the noise
         capture = self.scorer.trajectory_levels
         done, x0 = self.solve(states, self.levels, capture)
         return self.finish(done, x0, noises=initial)
@@ -623,7 +631,8 @@ class Engine:
         derivable = rec.is_derivable(candidate.recipe["start"])
         with torch.inference_mode():
             latent = rec.replay(candidate.recipe, self.denoiser(), self.model.schedule, self.solver,
-                                shape, self.device, self.dtype, noise=None if derivable else candidate.noise)
+                                shape, self.device, self.dtype, noise=None if derivable else candidate.noise,
+                                initial_state=self.initial_state)
             image = rec.decode_padded(self._decode, latent, **candidate.recipe.get("decode", {}))
         self.usage.final_nfe += candidate.nfe
         candidate.image = image.cpu()

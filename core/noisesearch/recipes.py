@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from noisesearch import spectral
@@ -213,16 +213,21 @@ def replay(
     device: Any = "cpu",
     dtype: Any = None,
     noise: torch.Tensor | None = None,
+    initial_state: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Re-run a candidate recipe; returns its final latent ``(*shape)``.
 
     ``noise`` replaces the start noise for recipes whose noise kind cannot be re-derived.
+    ``initial_state`` makes the state at the grid's first level from a batch of noises, where the
+    model starts elsewhere than at the noise (img2img: ``Engine.initial_state``).
     """
     start = recipe["start"]
     if noise is None:
         x = initial_noise(start, shape, device, dtype)
     else:
         x = noise.to(device=device, dtype=dtype or noise.dtype)
+    if initial_state is not None:
+        x = initial_state(x[None])[0]
     for op in recipe["ops"]:
         if op["op"] == "solve":
             x = solve_padded(denoiser, x, schedule, op["levels"], solver, op["batch"], op.get("row", 0),

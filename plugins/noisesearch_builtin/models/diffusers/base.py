@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
-from noisesearch_builtin.models.diffusers import guidance, index, memory, native
+from noisesearch_builtin.models.diffusers import guidance, img2img, index, memory, native
 from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
 
@@ -92,6 +92,11 @@ COMMON_PARAMS = """
 :param lora: LoRA adapter(s) as "PATH[:SCALE]" (a .safetensors file, a folder or a hub id; scale
     1 by default), or a list of them (repeat --model-opt lora=...); loaded with diffusers'
     load_lora_weights. Not for PixArt or DiT (their pipelines take no LoRA).
+:param init_image: img2img: an image file to start from (--init-image); the search starts at
+    the level ``strength`` implies, from the encoded image plus the searched noise, as the
+    family's img2img pipeline. Its size is the run's. SD 1.x/2.x only.
+:param strength: img2img: the share of the steps that run from the noised image (0 < S <= 1;
+    --strength), as the img2img pipelines' ``strength``; None: 0.8, their default.
 """
 
 
@@ -119,6 +124,8 @@ class DiffusersModel:
     attention_slicing_family: ClassVar[bool] = False
     #: Whether the pipeline takes ``guidance_rescale`` and ``clip_skip`` (the UNet families).
     guidance_options_family: ClassVar[bool] = False
+    #: Whether this adapter runs img2img (``init_image``, ``strength``).
+    img2img_family: ClassVar[bool] = False
     #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
     quiet_loading: ClassVar[bool] = False
 
@@ -152,6 +159,8 @@ class DiffusersModel:
         attention_slicing: Any = None,
         guidance_rescale: Any = 0.0,
         clip_skip: Any = None,
+        init_image: Any = None,
+        strength: Any = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
@@ -168,6 +177,7 @@ class DiffusersModel:
                 raise ConfigError(field, f"must be a multiple of {multiple} for {path!r}, got {value}")
         memory.check(attention_slicing, cls.attention_slicing_family, cls.__name__)
         guidance.check(guidance_rescale, clip_skip, cls.guidance_options_family, cls.__name__)
+        img2img.check(init_image, strength, cls.img2img_family, cls.__name__, multiple, height, width)
         if memory.offload_mode(cpu_offload) and resolve_device(device).type == "cpu":
             raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device, "
                               "and this run is on the CPU")
@@ -258,7 +268,15 @@ class DiffusersModel:
         attention_slicing: bool | str | int = False,
         guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
+        init_image: str | None = None,
+        strength: float | None = None,
     ) -> None:
+        family = type(self).__name__
+        size = img2img.check(init_image, strength, self.img2img_family, family, None, height, width)
+        if size is not None:  # the run makes images of the init image's size
+            height, width = size
+        self.init_image = init_image
+        self.strength = img2img.DEFAULT_STRENGTH if strength is None else float(strength)
         memory.check(attention_slicing, self.attention_slicing_family, type(self).__name__)
         guidance.check(guidance_rescale, clip_skip, self.guidance_options_family, type(self).__name__)
         self.guidance_rescale = float(guidance_rescale)
@@ -271,6 +289,14 @@ class DiffusersModel:
         self.scheduler_options = dict(scheduler_options or {})
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
         self._setup(height, width)
+        self._init_latents: torch.Tensor | None = None  # (1, *latent_shape): img2img's image
+        self.input_hashes: dict[str, str] = {}  # files the result depends on: replay checks them
+        if init_image is not None:
+            encoded = img2img.encode(self.pipe, init_image, self.height, self.width, self.device)
+            # Contiguous: the VAE's output may be channels-last, and a state of that layout would
+            # meet other kernels than its replay (a zero-padded contiguous batch), by ~1e-6.
+            self._init_latents = self._image_latents(encoded).contiguous()
+            self.input_hashes["init_image"] = img2img.sha256(init_image)
         own = type(self.pipe.scheduler).__name__
         self._native_class = native.scheduler_class(own, scheduler)  # checked again: in-memory pipelines
         native.check_scheduler_options(self._native_class, self.scheduler_options)
@@ -413,6 +439,7 @@ class DiffusersModel:
         return native.NativeSolver(
             make=lambda: cls.from_config(config, **options),
             steps=steps,
+            first=self._start_index(steps),
             timesteps_kwargs=self._native_timesteps,
             level_of=self._native_level,
             to_output=self._native_output,
@@ -447,6 +474,26 @@ class DiffusersModel:
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
         """Model latents to the VAE's: ``latents / scaling_factor`` (SD, SD-XL, PixArt)."""
         return latents / self.pipe.vae.config.scaling_factor
+
+    # -- img2img --------------------------------------------------------------------------------
+    def _image_latents(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The VAE's posterior mean to model latents as the img2img pipeline scales it (the
+        inverse of ``_vae_input``): ``scaling_factor * z`` (SD)."""
+        return encoded * self.pipe.vae.config.scaling_factor
+
+    def _start_index(self, steps: int) -> int:
+        """The grid index a run of ``steps`` steps starts at: 0, or img2img's ``t_start``."""
+        if getattr(self, "_init_latents", None) is None:
+            return 0
+        return img2img.start_index(steps, self.strength)
+
+    def initial_state(self, noise: torch.Tensor, level: float) -> torch.Tensor:
+        """The state at the grid's first level from initial noises ``(B, *latent_shape)``: the noise
+        itself, or with an init image that image's latents noised to ``level`` (``add_noise``)."""
+        if getattr(self, "_init_latents", None) is None:
+            return noise
+        a, b = self.schedule.scales(level)
+        return a * self._init_latents.to(noise.device, noise.dtype) + b * noise
 
     # -- the pipeline's own call from a noise (best_noise.safetensors' "latents") ------------------
     #: How ``pipeline_latents`` relates to the pipeline's ``latents=`` (said in the saved file).
@@ -595,6 +642,8 @@ class VariancePreservingModel(DiffusersModel):
         final = 0.0 if ddim.config.set_alpha_to_one else 1.0 / total
         if final < levels[-1]:
             levels.append(final)
+        if getattr(self, "_init_latents", None) is not None:  # img2img: from the noised image's level
+            return levels[self._start_index(steps):]
         return levels
 
     def native_solver(self, steps: int) -> native.NativeSolver:

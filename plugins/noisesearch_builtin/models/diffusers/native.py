@@ -123,6 +123,8 @@ class NativeSolver:
     :param level_of: the core level of step ``i`` of a scheduler after ``set_timesteps``
         (``i = len(timesteps)``: the final level).
     :param to_output: the scheduler's ``model_output`` from ``(model input, x0_hat, level)``.
+    :param first: the grid index runs start at (img2img's ``t_start``; the levels above it are
+        not part of the run's grid).
     """
 
     name = "native"
@@ -134,8 +136,10 @@ class NativeSolver:
         timesteps_kwargs: Callable[[int], dict[str, Any]],
         level_of: Callable[[Any, int], float],
         to_output: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
+        first: int = 0,
     ) -> None:
         self._make = make
+        self.first = int(first)
         self._kwargs = timesteps_kwargs
         self._level_of = level_of
         self._to_output = to_output
@@ -178,7 +182,7 @@ class NativeSolver:
         return levels, starts, len(timesteps)
 
     def levels(self, steps: int) -> list[float]:
-        return list(self._grid) if steps == self.steps else self._build(steps)[0]
+        return list(self._grid[self.first:]) if steps == self.steps else self._build(steps)[0][self.first:]
 
     def _span(self, levels: Sequence[float]) -> tuple[int, int]:
         """Grid indices ``(j, k)`` of a solve over ``levels``: the grid levels nearest to its ends

@@ -35,6 +35,7 @@ class StableDiffusionModel(VariancePreservingModel):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     attention_slicing_family: ClassVar[bool] = True
     guidance_options_family: ClassVar[bool] = True
+    img2img_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 7.5
     default_steps: ClassVar[int] = 50
 

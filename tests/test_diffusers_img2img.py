@@ -1,0 +1,170 @@
+"""img2img (``--init-image``, ``--strength``) on the tiny SD pipeline: the search's candidates equal
+diffusers' ``StableDiffusionImg2ImgPipeline`` at the same seed, strength and steps (within
+``ATOL``), a winner replays bit for bit and refuses another image, and bad input exits 2 before
+anything loads.
+
+The pipeline samples the VAE posterior with its generator; noisesearch encodes with the posterior
+mean (the same start for every candidate). So the reference pipeline is given the image's latents,
+encoded by diffusers' own ``image_processor`` and VAE (``latent_dist.mode()``), as its ``image=``
+(a 4-channel tensor, which the img2img pipelines take as latents); its noise then comes from the
+generator of the candidate's seed, as noisesearch's does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
+from typer.testing import CliRunner
+
+import noisesearch
+from noisesearch import ConfigError
+from noisesearch.cli import build_app
+from noisesearch.plugins import Registries
+from noisesearch.sampling import draw_noise
+
+ATOL = 1e-4
+PROMPT = "a photo of a red apple on a wooden table"
+STEPS = 4
+STRENGTH = 0.6  # int(4 * 0.6) = 2 of the 4 steps run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plain_cpu_kernels() -> Iterator[None]:
+    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    return TinyFolders(tmp_path_factory.mktemp("img2img"))
+
+
+@pytest.fixture(scope="module")
+def registries() -> Registries:
+    return registries_with_brightness()
+
+
+def _image(path: Path, size: int = IMAGE_SIZE, seed: int = 0) -> Path:
+    """A random-colour RGB PNG of ``size`` x ``size`` pixels."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(seed))
+    Image.fromarray(pixels.to(torch.uint8).numpy(), mode="RGB").save(path)
+    return path
+
+
+def _search(folder: Path, image: Path, registries: Registries, **fields: Any) -> Any:
+    options = {"init_image": str(image), "strength": STRENGTH, "guidance_scale": 3.0,
+               **fields.pop("model_options", {})}
+    return noisesearch.search(model=f"hf:{folder}", prompt=PROMPT, verifiers=["test-brightness"],
+                              evaluator="none", steps=STEPS, model_options=options, registries=registries,
+                              **{"candidates": 2, "write": False, **fields})
+
+
+def _img2img_pipeline(folder: Path, scheduler: str | None = None) -> Any:
+    import diffusers
+
+    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None:
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    return pipe
+
+
+def _reference(pipe: Any, image: Path, seed: int) -> torch.Tensor:
+    """diffusers' img2img pipeline from the image's latents (posterior mean) and the seed's noise."""
+    from PIL import Image
+
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(Image.open(image).convert("RGB"))  # (1, 3, H, W)
+        latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+        return pipe(PROMPT, image=latents, strength=STRENGTH, num_inference_steps=STEPS,
+                    guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="pt").images  # (1, 3, H, W)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["ddim", "native-euler"])
+def test_img2img_candidates_equal_the_img2img_pipeline_at_the_same_seed(
+    solver: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    image = _image(tmp_path / "init.png")
+    scheduler = "EulerDiscreteScheduler" if solver == "native-euler" else None
+    fields: dict[str, Any] = {}
+    if scheduler:
+        fields = {"solver": "native", "model_options": {"scheduler": scheduler}}
+    result = _search(tiny("sd"), image, registries, **fields)
+    assert result.nfe_per_candidate == int(STEPS * STRENGTH)  # the pipeline's get_timesteps
+    pipe = _img2img_pipeline(tiny("sd"), scheduler)
+    for candidate in result.top:
+        reference = _reference(pipe, image, candidate.recipe["start"]["seed"])
+        torch.testing.assert_close(candidate.image[None].float(), reference, atol=ATOL, rtol=0)
+        assert torch.equal(candidate.noise, draw_noise([candidate.recipe["start"]["seed"]],
+                                                       candidate.noise.shape)[0])  # the noise, not the start
+    assert reference.std() > 0.01
+    # The image matters: another init image gives another result from the same seeds.
+    other = _search(tiny("sd"), _image(tmp_path / "other.png", seed=1), registries, **fields)
+    by_seed = {c.recipe["start"]["seed"]: c.image for c in other.top}
+    for candidate in result.top:
+        assert (by_seed[candidate.recipe["start"]["seed"]] - candidate.image).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_an_img2img_winner_replays_and_refuses_another_image(
+    tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    from noisesearch.api import replay_run
+
+    image = _image(tmp_path / "init.png")
+    out = tmp_path / "run"
+    result = _search(tiny("sd"), image, registries, write=True, output=str(out), candidates=3)
+    assert set(result.best.recipe["inputs"]) == {"init_image"}
+    assert replay_run(out, registries=registries).identical
+    _image(image, seed=2)  # the same file name, another image
+    with pytest.raises(ConfigError, match="init_image.*not the file the run used"):
+        replay_run(out, registries=registries)
+
+
+def _cli(tiny: Callable[[str], Path], tmp_path: Path, *args: str) -> Any:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{tiny('sd')}", "--prompt", PROMPT, "--candidates", "1", "--steps", "2",
+        "--output", str(out), *args,
+    ])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()  # refused before anything was made
+    return " ".join(result.output.split())
+
+
+def test_cli_bad_img2img_input_exits_2_naming_the_option(
+    tiny: Callable[[str], Path], tmp_path: Path
+) -> None:
+    image = _image(tmp_path / "init.png")
+    assert "--init-image" in _cli(tiny, tmp_path, "--init-image", str(tmp_path / "missing.png"))
+    assert "no such file" in _cli(tiny, tmp_path, "--init-image", str(tmp_path / "missing.png"))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert "not an image" in _cli(tiny, tmp_path, "--init-image", str(text))
+    assert "--strength" in _cli(tiny, tmp_path, "--init-image", str(image), "--strength", "1.5")
+    assert "--strength" in _cli(tiny, tmp_path, "--init-image", str(image), "--strength", "0")
+    assert "--init-image too" in _cli(tiny, tmp_path, "--strength", "0.5")
+    said = _cli(tiny, tmp_path, "--init-image", str(_image(tmp_path / "odd.png", size=15)))
+    assert "multiple of 2" in said
+    said = _cli(tiny, tmp_path, "--init-image", str(image), "--model-opt", "height=32")
+    assert "the run's height is 32" in said
+
+
+def test_img2img_is_refused_before_loading_where_the_family_has_none(
+    tiny: Callable[[str], Path], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{tiny('flux')}", "--prompt", PROMPT, "--candidates", "1",
+        "--init-image", str(_image(tmp_path / "init.png")), "--dry-run",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "SD 1.x/2.x" in result.output and "Traceback" not in result.output
