@@ -203,17 +203,16 @@ class RayExecutor:
                  resources: dict[str, float] | None = None) -> RayDispatch:
         """A dispatch for one search of ``model`` (a registered name, built on each actor with
         ``options``): the actors are made once and serve every search of the same model. They
-        run as many torch threads as this process unless ``threads`` says (on CPUs the thread
-        count can change results by ~1e-7, like batch composition)."""
+        run ``threads`` torch threads, else what Ray gives an actor (one per CPU it takes): on
+        CPUs the thread count can change results by ~1e-7, like batch composition, so give the
+        driver the same count for bit-identical results (more threads than the actor's CPUs
+        slow it down many times over on a busy machine)."""
         import json
 
-        import torch
-
         self.start()
-        threads = self.threads or torch.get_num_threads()
-        key = json.dumps([model, options, resources or {}, threads], sort_keys=True, default=str)
+        key = json.dumps([model, options, resources or {}], sort_keys=True, default=str)
         if self._serving != ("search", key):
-            self._spawn(dict(resources or {}), _ModelWorker, (model, options, threads))
+            self._spawn(dict(resources or {}), _ModelWorker, (model, options, self.threads))
             self._serving = ("search", key)
         return RayDispatch(self.ray, self.actors)
 
