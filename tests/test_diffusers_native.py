@@ -262,3 +262,29 @@ def test_cli_unknown_scheduler_exits_2_listing_the_compatible_ones(tiny: Callabl
     ])
     assert result.exit_code == 2, result.output
     assert "UniPCMultistepScheduler" in result.output and "Traceback" not in result.output
+
+
+def test_a_scheduler_without_the_native_solver_is_refused_before_loading(
+    tiny: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The core's ddim and heun never read ``scheduler``: refused (exit 2), not silently unused."""
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{tiny('sd')}", "--prompt", PROMPT, "--model-opt", "scheduler=Euler",
+        "--candidates", "1", "--steps", "2", "--output", str(tmp_path / "run"),
+    ])
+    assert result.exit_code == 2, result.output
+    assert "--solver native" in " ".join(result.output.split()) and not (tmp_path / "run").exists()
+
+
+def test_a_native_heun_budget_below_one_candidate_is_refused_at_planning(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    """Native Heun costs 2 * steps - 1 NFEs per candidate (its last step is one call)."""
+    def config(nfe: int) -> RunConfig:
+        return RunConfig(model="hf", model_options={"path": str(tiny("sd")), "scheduler": "Heun"},
+                         prompt=PROMPT, solver="native", steps=4, budget_nfe=nfe,
+                         verifiers=["test-brightness"])
+
+    with pytest.raises(ConfigError, match="at least 7"):
+        plan(config(6), registries, check_output=False)
+    assert plan(config(7), registries, check_output=False).budget.nfe == 7

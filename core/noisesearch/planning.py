@@ -80,6 +80,7 @@ def plan(
         _check_devices(config)
     # The device too: a model checks options that depend on it (CPU offload) before loading.
     traits = model_traits(model, with_device(model, config.model_options, config.device), built_model)
+    _check_native_options(config, traits)
     condition = _checked_condition(model, _condition(config, model, traits), built_model)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
@@ -106,7 +107,7 @@ def plan(
                           f"use ddim or heun")
     steps = config.steps or traits["default_steps"]
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
-    _check_budget(budget, steps, config.solver)
+    _check_budget(budget, steps, config.solver, int(traits.get("native_order") or 1))
     output = Path(config.output) if config.output else None
     if check_output:
         check_output_writable(output or DEFAULT_OUTPUT_ROOT)
@@ -172,6 +173,8 @@ MODEL_TRAITS: dict[str, Any] = {
     "default_steps": 20,
     "default_prompt": None,
     "native_solver": False,  # the model brings its own sampler: ``native_solver()`` (--solver native)
+    "native_solver_options": (),  # model options only that sampler uses (a diffusers scheduler)
+    "native_order": 1,  # network calls per step of that sampler (2: Heun's, the last step one)
 }
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"
@@ -328,16 +331,29 @@ def _check_gradients(strategy: Entry, verifiers: list[Entry], config: RunConfig,
                                 f"solvers only; use --solver ddim or heun")
 
 
-def _check_budget(budget: Budget, steps: int, solver: str) -> None:
+def _check_native_options(config: RunConfig, traits: dict[str, Any]) -> None:
+    """Options that only the model's own sampler reads (a diffusers ``scheduler``) would change
+    nothing with the core's solvers: refused rather than silently unused."""
+    if config.solver == "native":
+        return
+    for name in traits.get("native_solver_options") or ():
+        if config.model_options.get(name) not in (None, "", {}):
+            raise ConfigError(f"model_options.{name}", f"is used only by --solver native (the model's "
+                              f"own sampler); the {config.solver} solver would ignore it. Add "
+                              f"--solver native, or leave it out")
+
+
+def _check_budget(budget: Budget, steps: int, solver: str, native_order: int = 1) -> None:
     """A budget that cannot pay for one candidate, or a search that would never end, is
     refused here, before any folder exists. One candidate costs at least ``steps`` NFEs
     (DDIM, and a model's native sampler), ``2 * steps - 1`` with Heun (its last step may be an
-    Euler step)."""
+    Euler step), the core's or a native second-order one (``native_order`` 2)."""
     from noisesearch.config import LIMITS
 
     if not isinstance(steps, int) or isinstance(steps, bool) or not 0 < steps <= LIMITS["steps"]:
         raise ConfigError("steps", f"must be a positive integer up to {LIMITS['steps']:,}, got {steps!r}")
-    least = 2 * steps - 1 if solver == "heun" else steps
+    second_order = solver == "heun" or (solver == "native" and native_order >= 2)
+    least = 2 * steps - 1 if second_order else steps
     if budget.nfe is not None and budget.nfe < least:
         raise ConfigError("budget_nfe", f"{budget.nfe} NFEs cannot pay for one candidate: each "
                           f"costs at least {least} ({steps} steps of {solver}); give at least "

@@ -81,7 +81,7 @@ COMMON_PARAMS = """
 :param scheduler: diffusers scheduler class for ``--solver native`` (e.g. DPMSolverMultistepScheduler,
     UniPCMultistepScheduler, EulerAncestralDiscreteScheduler; the "Scheduler" suffix may be left
     out), one that diffusers marks compatible with the pipeline's; None: the pipeline's own.
-    The core's ddim and heun solvers do not use it.
+    Only for --solver native: refused with the core's ddim and heun solvers.
 :param scheduler_options: configuration of that scheduler over the pipeline's, e.g.
     ``{"use_karras_sigmas": true}`` or ``{"timestep_spacing": "trailing"}``.
 :param guidance_rescale: rescale the guided output towards the conditional branch's standard
@@ -126,6 +126,8 @@ class DiffusersModel:
     guidance_options_family: ClassVar[bool] = False
     #: Whether this adapter runs img2img (``init_image``, ``strength``).
     img2img_family: ClassVar[bool] = False
+    #: Options only ``--solver native`` reads: planning refuses them with the core's solvers.
+    native_solver_options: ClassVar[tuple[str, ...]] = ("scheduler", "scheduler_options")
     #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
     quiet_loading: ClassVar[bool] = False
 
@@ -141,7 +143,19 @@ class DiffusersModel:
         if path != cls.default_path or not index.is_local(path):
             cls.check_pipeline(path)  # a preset's hub id too: not cached and no network fails here
         cls.check_before_loading(path, **options)
-        return cls._traits(path)
+        traits = cls._traits(path)
+        if options.get("scheduler") is not None or index.is_local(path):  # a preset's hub id: not read
+            traits["native_order"] = cls._native_order(path, options.get("scheduler"))
+        return traits
+
+    @classmethod
+    def _native_order(cls, path: str, scheduler: str | None) -> int:
+        """Network calls per step of the native scheduler (2: Heun, KDPM2), for the budget check."""
+        config = index.read_json(path, "scheduler/scheduler_config.json", required=False) or {}
+        own = config.get("_class_name")
+        if not isinstance(own, str):
+            return 1
+        return int(getattr(native.scheduler_class(own, scheduler), "order", 1))
 
     @classmethod
     def check_before_loading(
@@ -215,6 +229,7 @@ class DiffusersModel:
             "default_evaluator": cls.default_evaluator,
             "default_steps": cls.default_steps,
             "native_solver": True,  # the pipeline's scheduler, with --solver native
+            "native_solver_options": cls.native_solver_options,
         }
 
     @classmethod
@@ -300,6 +315,7 @@ class DiffusersModel:
         own = type(self.pipe.scheduler).__name__
         self._native_class = native.scheduler_class(own, scheduler)  # checked again: in-memory pipelines
         native.check_scheduler_options(self._native_class, self.scheduler_options)
+        self.native_order = int(getattr(self._native_class, "order", 1))  # Heun: 2 (the budget check)
 
     def _load(
         self,
