@@ -389,3 +389,29 @@ def test_the_comparison_script_runs_and_keeps_equal_budgets(tmp_path: Path) -> N
     assert all(r["mean_nfe_spent"] == 28 and r["searches"] == 2 for r in rows)  # 2 restarts of 14
     assert rows[0]["mean_backward_nfe"] > 0 == rows[1]["mean_backward_nfe"]
     assert "| gradient | 28 |" in (tmp_path / "gradient.md").read_text()
+
+
+@pytest.mark.slow
+def test_img2img_gradients_start_from_the_noised_image(tiny_sd: Path, tmp_path: Path) -> None:
+    """With an init image the differentiated sampler starts where the run's does (the image's
+    latents noised by the optimised noise): before any step, the objective equals the plain
+    sample's (the baseline of the same first seed); the winner replays bit for bit."""
+    from diffusers_tiny import IMAGE_SIZE, plain_cpu_kernels, registries_with_brightness
+    from PIL import Image
+
+    image = tmp_path / "init.png"
+    pixels = torch.randint(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.to(torch.uint8).numpy(), mode="RGB").save(image)
+    registries = registries_with_brightness()
+    out = tmp_path / "run"
+    with plain_cpu_kernels():
+        result = noisesearch.search(
+            model=f"hf:{tiny_sd}", prompt="a red apple", verifiers=["test-brightness"], evaluator="none",
+            model_options={"init_image": str(image), "strength": 0.6, "guidance_scale": 3.0},
+            steps=4, budget_nfe=40, batch_size=1, strategy="gradient", output=str(out),
+            strategy_options={"iterations": 2, "batch": 1, "restarts": 1}, registries=registries,
+        )
+        trace = result.strategy_report["gradient"]["objective_by_iteration"][0]
+        assert trace[0] == pytest.approx(result.baseline.scores["test-brightness"], abs=1e-5)
+        outcome = replay_run(out, registries=registries)
+    assert outcome.identical, outcome.max_abs_diff

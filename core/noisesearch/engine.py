@@ -584,7 +584,7 @@ class Engine:
             hi = min(lo + (self.gradient_rows or rows), rows)
             try:
                 part, seconds = value_and_grad(x[lo:hi], self.model, self._prepared, levels,
-                                               self.solver, score, owner)
+                                               self.solver, score, owner, self.initial_state)
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise

@@ -78,10 +78,13 @@ def value_and_grad(
     solver: str | Solver,
     score: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, list[float]]]],
     model_owner: Owner,
+    initial: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Gradients, float]:
     """Solve ``noises`` ``(N, *latent)`` over ``levels``, decode, score with ``score`` (images ->
     the objective ``(N,)`` with its graph, and the raw scores) and differentiate the objective's
     sum with respect to the noises (rows are independent, so each row's gradient is its own).
+    ``initial`` makes the state at ``levels[0]`` from the noises, differentiably (img2img: the
+    image's latents noised by them; ``Engine.initial_state``).
 
     Returns the gradients and the seconds spent in the model (denoiser and decoder, both passes).
     """
@@ -99,7 +102,8 @@ def value_and_grad(
     start = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         x = noises.detach().clone().requires_grad_(True)  # a leaf of its own, (N, *latent)
-        latents = solve(denoise, x, model.schedule, levels, solver).x
+        state = x if initial is None else initial(x)  # (N, *latent) at levels[0]
+        latents = solve(denoise, state, model.schedule, levels, solver).x
         images = decode(latents).float().clamp(0, 1)  # (N, 3, H, W), as Engine._decode
         model_seconds = time.perf_counter() - start
         objective, scores = score(images)
