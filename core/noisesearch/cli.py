@@ -6,6 +6,7 @@ Listing commands never import torch; ``run`` hands a :class:`RunConfig` to the A
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -203,6 +204,7 @@ def _run_command(app: typer.Typer) -> None:
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run in its folder (other options are taken from its run.json)."),  # noqa: E501, UP045
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --output (its files are removed first); without it, such a folder is refused."),  # noqa: E501
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+        verbose: bool = typer.Option(False, "--verbose", help="Keep the libraries' own loading output (diffusers' and transformers' progress bars and warnings); by default the run's status line stands for them."),  # noqa: E501
         as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Check everything (names, options, devices, budget, output folder), print the plan as JSON, and stop: nothing is loaded or written."),  # noqa: E501
         executor: str = typer.Option("local", help="Who solves and decodes the search's batches: local (this process) or ray (model-holding Ray actors, noisesearch[ray]; the same result)."),  # noqa: E501
@@ -212,6 +214,8 @@ def _run_command(app: typer.Typer) -> None:
         """Search for better samples: generate candidates, score them, keep the best."""
         from noisesearch.config import config_from_mapping, load_config_file, merge_config, parse_set
 
+        if verbose:  # read by the plugins that load models (noisesearch_builtin.quiet)
+            os.environ["NOISESEARCH_VERBOSE"] = "1"
         if resume is not None:
             with user_errors():
                 _refuse_options_with_resume({

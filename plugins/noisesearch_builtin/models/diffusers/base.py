@@ -128,8 +128,8 @@ class DiffusersModel:
     img2img_family: ClassVar[bool] = False
     #: Options only ``--solver native`` reads: planning refuses them with the core's solvers.
     native_solver_options: ClassVar[tuple[str, ...]] = ("scheduler", "scheduler_options")
-    #: Load without diffusers' and transformers' progress bars and advice (small local pipelines).
-    quiet_loading: ClassVar[bool] = False
+    #: Load without diffusers' and transformers' progress bars and advice (unless ``--verbose``).
+    quiet_loading: ClassVar[bool] = True
 
     # -- traits, before loading ------------------------------------------------------------------
     @classmethod
