@@ -74,6 +74,18 @@ class SearchContext:
     def remaining_candidates(self) -> int | None:
         return self._engine.remaining_candidates
 
+    @property
+    def nfe_worth(self) -> int | None:
+        """The NFEs what is left of the budget is worth (``None``: no limit). A budget in
+        candidates pays for that many full samples, so strategies whose candidates cost more
+        or less than one (gradient steps, cheap previews) spend the same compute as random
+        search would at the same N."""
+        nfe = self.remaining_nfe
+        if self.remaining_candidates is not None:
+            worth = self.remaining_candidates * self.nfe_per_candidate
+            nfe = worth if nfe is None else min(nfe, worth)
+        return nfe
+
     def affordable(self, nfe_each: int | None = None) -> int | None:
         """How many more candidates the budget allows (``None``: no limit at all)."""
         nfe_each = self.nfe_per_candidate if nfe_each is None else nfe_each

@@ -130,10 +130,7 @@ class EvolutionSearch:
         dims = grid[0] * self.band * self.band
         preview = self.preview_levels(context.levels)
         preview_nfe, full_nfe = context.solve_nfe(preview), context.nfe_per_candidate
-        budget = context.remaining_nfe
-        if context.remaining_candidates is not None:  # a candidate budget pays for full samples
-            worth = context.remaining_candidates * full_nfe
-            budget = worth if budget is None else min(budget, worth)
+        budget = context.nfe_worth  # a candidate budget pays for full samples
         sizes, finalists = self.plan(budget, preview_nfe, full_nfe, context.remaining_candidates)
         full = preview_nfe >= full_nfe
         base = context.seeds(1)[0]  # the rest of every noise: this seed's

@@ -135,7 +135,8 @@ class GradientSearch:
     def plan(self, context: SearchContext, step_nfe: int) -> tuple[int, int]:
         """(restarts, iterations) that fit what is left of the budget; (0, 0) if nothing does."""
         full = context.nfe_per_candidate
-        nfe, candidates = context.remaining_nfe, context.remaining_candidates
+        # a candidate budget pays for that many full samples' NFEs, as for every strategy
+        nfe, candidates = context.nfe_worth, context.remaining_candidates
         iterations = self.iterations
         if nfe is None and candidates is None:
             return self.restarts or 1, iterations
