@@ -104,7 +104,7 @@ def condition_slug(condition: Condition) -> str:
 
 def run_plan(
     plan: Plan, progress: bool = False, write: bool = True, resume: bool = False, report: bool = True,
-    dispatch: Dispatch | None = None,
+    dispatch: Dispatch | None = None, journaled: bool = True,
 ) -> SearchResult:
     """Build the plugins of a checked plan, search, and write the run directory.
 
@@ -112,6 +112,8 @@ def run_plan(
     is journaled; an interrupted run (Ctrl-C, a crash) keeps its folder consistent and
     ``resume=True`` continues it to the same result as an uninterrupted run. ``dispatch``:
     who computes the model's batches (``noisesearch.units``; default: this process).
+    ``journaled=False`` keeps no journal (nothing to resume from; the finished folder is the
+    same): for a caller that reruns an interrupted run from scratch, as a bench cell does.
     """
     import contextlib
 
@@ -166,7 +168,7 @@ def run_plan(
             )
             _make_run_folder(folder)
             held.enter_context(locking.hold(folder))  # nothing is written here before this
-            journal = _open_journal(folder, plan, resume, fingerprint.fingerprint(plan))
+            journal = _open_journal(folder, plan, resume, fingerprint.fingerprint(plan), journaled)
             run_dir = folder
             _write_status(run_dir, plan, "running")
             listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
@@ -235,10 +237,13 @@ def run_plan(
     return result
 
 
-def _open_journal(folder: Path, plan: Plan, resume: bool, fingerprint: dict[str, Any]) -> Journal:
+def _open_journal(
+    folder: Path, plan: Plan, resume: bool, fingerprint: dict[str, Any], journaled: bool = True
+) -> Journal | None:
     """The run's journal, once ``folder`` is locked. A new run clears what a run before it
     left (``--overwrite``; refused without it) and records the fingerprint of its setup;
-    a resumed one must have the same fingerprint (``noisesearch.fingerprint``)."""
+    a resumed one must have the same fingerprint (``noisesearch.fingerprint``). None for a
+    new run that keeps no journal (``journaled=False``: ~10 ms a run of small files)."""
     from noisesearch import locking
     from noisesearch.fingerprint import check_same
     from noisesearch.journal import Journal
@@ -252,6 +257,12 @@ def _open_journal(folder: Path, plan: Plan, resume: bool, fingerprint: dict[str,
     locking.check_fresh(folder, plan.config.overwrite)  # again, now that the folder is ours
     if plan.config.overwrite:
         locking.clear_run_files(folder)
+    if not journaled:
+        if (folder / JOURNAL_FOLDER).exists():  # an overwritten run's: not this run's
+            import shutil
+
+            shutil.rmtree(folder / JOURNAL_FOLDER)
+        return None
     journal = Journal(folder / JOURNAL_FOLDER)
     journal.record_fingerprint(fingerprint)
     return journal
@@ -423,16 +434,17 @@ def _write_run_dir(
     from noisesearch.report import write_report
 
     writing = time.perf_counter()
-    results.save_png(result.best.image, run_dir / "best.png")
-    results.save_png(result.baseline.image, run_dir / "baseline.png")
+    pictures = results.Pictures()  # the best image is also top/01.png and a grid tile: encoded once
+    results.save_png(result.best.image, run_dir / "best.png", pictures)
+    results.save_png(result.baseline.image, run_dir / "baseline.png", pictures)
     evaluator = result.config.evaluator if result.config.evaluator != NO_EVALUATOR else None
-    results.save_grid(result.top, run_dir / "grid.png", evaluator=evaluator)
+    results.save_grid(result.top, run_dir / "grid.png", evaluator=evaluator, pictures=pictures)
     (run_dir / "top").mkdir(exist_ok=True)
     run_json["top"] = []
     for rank, candidate in enumerate(result.top, 1):
         entry = candidate.to_json()
         if candidate.image is not None:
-            results.save_png(candidate.image, run_dir / "top" / f"{rank:02d}.png")
+            results.save_png(candidate.image, run_dir / "top" / f"{rank:02d}.png", pictures)
             entry["image"] = f"top/{rank:02d}.png"
         run_json["top"].append(entry)
     results.save_noise(

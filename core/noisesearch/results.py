@@ -47,8 +47,13 @@ def default_run_dir(root: Path, model: str, condition_slug: str) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON: non-finite numbers become ``null`` plus a flag (``noisesearch.finite``)."""
-    data = strict_json(data) if isinstance(data, dict) else data
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+    try:  # almost always finite: strict_json's walk of a run.json cost more than writing it
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:  # NaN or an infinity: null plus the flag (noisesearch.finite)
+        if not isinstance(data, dict):
+            raise
+        text = json.dumps(strict_json(data), indent=2, sort_keys=False, allow_nan=False)
+    write_atomic(path, (text + "\n").encode())
 
 
 class CandidatesWriter:
@@ -96,10 +101,15 @@ def _package_versions() -> tuple[tuple[str, str], ...]:
     return tuple(versions)
 
 
+@functools.lru_cache(maxsize=1)
+def _platform() -> str:
+    return platform.platform()  # ~1 ms (uname, libc version): once per process
+
+
 def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": _platform(),
         "packages": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -119,31 +129,62 @@ def to_pil(image: torch.Tensor) -> Any:
     return picture
 
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    import io
+class Pictures:
+    """Each image tensor of a run folder converted (and PNG-encoded) once: the best image is
+    also ``top/01.png`` and a tile of ``grid.png``, and encoding is most of a small run's
+    writing. Keyed by the tensor object; the files are byte-identical to uncached writes."""
 
-    buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    def __init__(self) -> None:
+        self._made: dict[int, tuple[torch.Tensor, Any, bytes | None]] = {}  # id -> (tensor, PIL, PNG)
+
+    def picture(self, image: torch.Tensor) -> Any:
+        if id(image) not in self._made:
+            self._made[id(image)] = (image, to_pil(image), None)  # the tensor keeps its id taken
+        return self._made[id(image)][1]
+
+    def png(self, image: torch.Tensor) -> bytes:
+        import io
+
+        picture = self.picture(image)
+        data = self._made[id(image)][2]
+        if data is None:
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            data = buffer.getvalue()
+            self._made[id(image)] = (image, picture, data)
+        return data
+
+
+def save_png(image: torch.Tensor, path: Path, pictures: Pictures | None = None) -> None:
+    write_atomic(path, (pictures or Pictures()).png(image))
+
+
+@functools.lru_cache(maxsize=1)
+def _grid_font() -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def save_grid(
-    candidates: Sequence[Candidate], path: Path, columns: int = 4, evaluator: str | None = None
+    candidates: Sequence[Candidate], path: Path, columns: int = 4, evaluator: str | None = None,
+    pictures: Pictures | None = None,
 ) -> None:
     """The candidates side by side, best first, with gaps between them and, under each, its
     rank and objective (and the evaluator's score, when one is named)."""
     import io
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     shown = [c for c in candidates if c.image is not None]
     if not shown:
         return
-    tiles = [to_pil(c.image) for c in shown]
-    try:
-        font = ImageFont.load_default(size=12)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    pictures = pictures or Pictures()
+    tiles = [pictures.picture(c.image) for c in shown]
+    font = _grid_font()
     width, height = tiles[0].size
     gap, line = 8, 15
     caption = line * (2 if evaluator else 1) + 4

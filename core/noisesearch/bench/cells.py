@@ -89,6 +89,7 @@ class CellRunner:
         self._verifiers: dict[str, Any] = {}
         self.threads = threads
         self.load_seconds = 0.0
+        self._probed: set[str] = set()  # output folders found writable (config.check_output_writable)
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """The cell's result row; a failure (exception, out of memory) becomes a row with its
@@ -119,12 +120,16 @@ class CellRunner:
 
         config = RunConfig(**cell.config)
         model = self._model(config)
-        checked = plan(config, self.registries, built_model=model)
+        # The bench's run folders share one parent: probing it once per worker is enough.
+        parent = str(Path(cell.run_dir).parent)
+        checked = plan(config, self.registries, built_model=model, check_output=parent not in self._probed)
+        self._probed.add(parent)
         checked.built_verifiers = {
             entry.name: self._verifier(entry.name, config.verifier_options.get(entry.name, {}), config.device)
             for entry in [*checked.verifiers, *([checked.evaluator] if checked.evaluator else [])]
         }
-        result = run_plan(checked, write=True, report=cell.report)
+        # No journal: an interrupted cell is run again from scratch (see run), never resumed.
+        result = run_plan(checked, write=True, report=cell.report, journaled=False)
         scores = dict(result.best.scores)
         image = result.best.image
         for name in cell.evaluators:

@@ -52,7 +52,7 @@ def more_steps_for(budget: int, solver: str) -> int:
 def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     """Every cell of the grid, in its canonical order (model, condition, seed, budget,
     verifier, strategy, then the baselines), each planned: bad input fails here."""
-    from noisesearch.config import RunConfig
+    from noisesearch.config import RunConfig, check_output_writable
     from noisesearch.planning import NO_EVALUATOR, _expand_model_prefix, model_traits, plan
 
     grid.validate()
@@ -134,8 +134,11 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     if len(set(keys)) != len(keys):
         raise ConfigError("grid", "two cells of the grid are the same search (repeated seeds, "
                           "budgets or prompts?)")
+    # Every cell's run folder is in root/runs: its writability is probed once (a folder made
+    # and removed: ~6 ms, which 100 small cells paid 100 times), not once per cell.
+    check_output_writable(root / "runs")
     for cell in cells:  # every combination checked now, before anything loads
-        plan(RunConfig(**copy.deepcopy(cell.config)), registries)
+        plan(RunConfig(**copy.deepcopy(cell.config)), registries, check_output=False)
     return cells
 
 
