@@ -1,7 +1,7 @@
-"""img2img (``--init-image``, ``--strength``) on the tiny SD pipeline: the search's candidates equal
-diffusers' ``StableDiffusionImg2ImgPipeline`` at the same seed, strength and steps (within
-``ATOL``), a winner replays bit for bit and refuses another image, and bad input exits 2 before
-anything loads.
+"""img2img (``--init-image``, ``--strength``) on the tiny pipelines: the search's candidates equal
+diffusers' img2img pipeline of the family (SD, SD-XL, SD3, FLUX) at the same seed, strength and
+steps (within ``ATOL``), a winner replays bit for bit and refuses another image, and bad input
+exits 2 before anything loads.
 
 The pipeline samples the VAE posterior with its generator; noisesearch encodes with the posterior
 mean (the same start for every candidate). So the reference pipeline is given the image's latents,
@@ -113,6 +113,42 @@ def test_img2img_candidates_equal_the_img2img_pipeline_at_the_same_seed(
         assert (by_seed[candidate.recipe["start"]["seed"]] - candidate.image).abs().max() > 1e-3
 
 
+#: family -> (its img2img pipeline class, the image latents from the VAE's posterior mean z)
+FAMILIES: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch.Tensor]]] = {
+    "sdxl": ("StableDiffusionXLImg2ImgPipeline", lambda vae, z: z * vae.config.scaling_factor),
+    "sd3": ("StableDiffusion3Img2ImgPipeline",
+            lambda vae, z: (z - vae.config.shift_factor) * vae.config.scaling_factor),
+    "flux": ("FluxImg2ImgPipeline", lambda vae, z: (z - vae.config.shift_factor) * vae.config.scaling_factor),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_img2img_equals_the_familys_img2img_pipeline(
+    family: str, tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    import diffusers
+    from PIL import Image
+
+    image = _image(tmp_path / "init.png")
+    result = _search(tiny(family), image, registries, candidates=1)
+    flow = family in ("sd3", "flux")  # their get_timesteps round t_start down, SD's the kept steps
+    kept = STEPS - int(STEPS - STEPS * STRENGTH) if flow else int(STEPS * STRENGTH)  # 3 or 2 of 4
+    assert result.nfe_per_candidate == kept
+    name, scale = FAMILIES[family]
+    pipe = getattr(diffusers, name).from_pretrained(tiny(family))
+    pipe.set_progress_bar_config(disable=True)
+    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE} if family == "flux" else {}
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(Image.open(image).convert("RGB"))  # (1, 3, H, W)
+        latents = scale(pipe.vae, pipe.vae.encode(pixels).latent_dist.mode())
+        reference = pipe(PROMPT, image=latents, strength=STRENGTH, num_inference_steps=STEPS,
+                         guidance_scale=3.0, output_type="pt", **size,
+                         generator=torch.Generator("cpu").manual_seed(result.best.recipe["start"]["seed"])).images
+    torch.testing.assert_close(result.best.image[None].float(), reference, atol=ATOL, rtol=0)
+    assert reference.std() > 0.01
+
+
 @pytest.mark.slow
 def test_an_img2img_winner_replays_and_refuses_another_image(
     tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
@@ -163,7 +199,7 @@ def test_img2img_is_refused_before_loading_where_the_family_has_none(
     tiny: Callable[[str], Path], tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(build_app(), [
-        "run", "--model", f"hf:{tiny('flux')}", "--prompt", PROMPT, "--candidates", "1",
+        "run", "--model", f"hf:{tiny('pixart-sigma')}", "--prompt", PROMPT, "--candidates", "1",
         "--init-image", str(_image(tmp_path / "init.png")), "--dry-run",
     ])
     assert result.exit_code == 2, result.output

@@ -181,7 +181,7 @@ def _run_command(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, help="Text prompt (text-to-image models). Default: the model's own, where it has one (shapes has one)."),  # noqa: E501, UP045
         prompts_file: Optional[str] = typer.Option(None, help="Text file, one prompt per line (# comments and blank lines skipped): one search per prompt, each in a sub-folder of the output folder."),  # noqa: E501, UP045
         negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt."),  # noqa: UP045
-        init_image: Optional[str] = typer.Option(None, help="img2img: start from this image file (diffusers SD 1.x/2.x; the model option init_image)."),  # noqa: E501, UP045
+        init_image: Optional[str] = typer.Option(None, help="img2img: start from this image file (diffusers SD 1.x/2.x, SD-XL, SD3, FLUX.1; the model option init_image)."),  # noqa: E501, UP045
         strength: Optional[float] = typer.Option(None, help="img2img: share of the steps run from the noised --init-image, in (0, 1]. Default: 0.8."),  # noqa: E501, UP045
         strategy: Optional[str] = typer.Option(None, help="Search strategy (see `noisesearch strategies`). Default: random."),  # noqa: E501, UP045
         verifier: Optional[list[str]] = typer.Option(None, help="Verifier; repeat for several (the first one is searched on). Default: the model's."),  # noqa: E501, UP045

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from noisesearch import Condition
     from noisesearch.sampling import Schedule
 
-#: Candidates per batch on a CPU (or any device whose free memory cannot be read).
+#: Candidates per batch where free memory cannot be read (a CPU whose host memory cannot be).
 CPU_BATCH_SIZE = 4
 #: Upper bound of the automatic batch size.
 MAX_BATCH_SIZE = 64
@@ -94,7 +94,7 @@ COMMON_PARAMS = """
     load_lora_weights. Not for PixArt or DiT (their pipelines take no LoRA).
 :param init_image: img2img: an image file to start from (--init-image); the search starts at
     the level ``strength`` implies, from the encoded image plus the searched noise, as the
-    family's img2img pipeline. Its size is the run's. SD 1.x/2.x only.
+    family's img2img pipeline. Its size is the run's. SD 1.x/2.x, SD-XL, SD3 and FLUX.1.
 :param strength: img2img: the share of the steps that run from the noised image (0 < S <= 1;
     --strength), as the img2img pipelines' ``strength``; None: 0.8, their default.
 """
@@ -118,7 +118,7 @@ class DiffusersModel:
     default_path: ClassVar[str | None] = None
     #: Weights' dtype for ``dtype="auto"`` on CUDA.
     cuda_dtype: ClassVar[str] = "float16"
-    #: Candidates per batch (and images per VAE decode) on a CPU.
+    #: Candidates per batch (and images per VAE decode) where free memory cannot be read.
     cpu_batch_size: ClassVar[int] = CPU_BATCH_SIZE
     #: Whether the denoiser has diffusers' attention slicing (the UNet families).
     attention_slicing_family: ClassVar[bool] = False
@@ -497,6 +497,12 @@ class DiffusersModel:
         inverse of ``_vae_input``): ``scaling_factor * z`` (SD)."""
         return encoded * self.pipe.vae.config.scaling_factor
 
+    def _from_start(self, levels: list[float], steps: int) -> list[float]:
+        """A grid of ``steps`` steps from where the run starts (img2img: the noised image's level)."""
+        if getattr(self, "_init_latents", None) is None:
+            return levels
+        return levels[self._start_index(steps):]
+
     def _start_index(self, steps: int) -> int:
         """The grid index a run of ``steps`` steps starts at: 0, or img2img's ``t_start``."""
         if getattr(self, "_init_latents", None) is None:
@@ -548,7 +554,9 @@ class DiffusersModel:
     # -- memory ----------------------------------------------------------------------------------
     @property
     def preferred_batch_size(self) -> int:
-        """Candidates per batch: from free accelerator memory and the latent size; fixed on CPU.
+        """Candidates per batch: from free memory (the accelerator's; on a CPU the host's
+        available memory) and the latent size; recorded in the run's configuration, so that
+        replay and resume batch alike.
 
         Bound = ``MEMORY_FRACTION`` x free memory / (``ACTIVATION_FACTOR`` x tokens x width x
         element size x guidance branches), floored to a power of two and capped at
@@ -576,9 +584,12 @@ class DiffusersModel:
         return max(1, int(free * MEMORY_FRACTION // per_image))
 
     def _free_memory(self) -> int | None:
-        """Free bytes on a CUDA device, counting blocks cached by PyTorch's allocator as free."""
+        """Free bytes on a CUDA device, counting blocks cached by PyTorch's allocator as free;
+        on a CPU, the host's available memory (None where it cannot be read)."""
         import torch
 
+        if self.device.type == "cpu":
+            return memory.host_available()
         if self.device.type != "cuda" or not torch.cuda.is_available():
             return None
         free, _total = torch.cuda.mem_get_info(self.device)
@@ -658,9 +669,7 @@ class VariancePreservingModel(DiffusersModel):
         final = 0.0 if ddim.config.set_alpha_to_one else 1.0 / total
         if final < levels[-1]:
             levels.append(final)
-        if getattr(self, "_init_latents", None) is not None:  # img2img: from the noised image's level
-            return levels[self._start_index(steps):]
-        return levels
+        return self._from_start(levels, steps)  # img2img: from the noised image's level
 
     def native_solver(self, steps: int) -> native.NativeSolver:
         if self.clip_sample is not None:

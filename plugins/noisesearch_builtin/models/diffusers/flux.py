@@ -50,6 +50,7 @@ class FluxModel(FlowModel):
     default_guidance_scale: ClassVar[float] = 3.5
     default_steps: ClassVar[int] = 30  # Ma et al. 2025 search FLUX.1-dev with 30 steps
     default_max_sequence_length: ClassVar[int] = 512
+    img2img_family: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -94,8 +95,10 @@ class FluxModel(FlowModel):
         _, h, w = self.latent_shape
         mu = self._dynamic_shift((h // 2) * (w // 2), max_shift_default=1.15)
         if self.pipe.scheduler.config.get("use_flow_sigmas"):
-            return self._flow_levels(steps, num_inference_steps=steps, mu=mu)
-        return self._flow_levels(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+            levels = self._flow_levels(steps, num_inference_steps=steps, mu=mu)
+        else:
+            levels = self._flow_levels(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return self._from_start(levels, steps)  # img2img: from the noised image's level
 
     def _native_timesteps(self, steps: int) -> dict[str, Any]:
         """As ``FluxPipeline``: ``sigmas=linspace(1, 1/steps, steps)`` and ``mu``."""

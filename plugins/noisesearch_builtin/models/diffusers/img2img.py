@@ -1,7 +1,8 @@
 """img2img: the search starts from an init image noised to the level that ``strength`` implies.
 
 As diffusers' img2img pipelines do it: of ``steps`` steps, the last ``int(steps * strength)`` run
-(``get_timesteps``: ``t_start = steps - int(steps * strength)``), and the state at the first of them
+(``get_timesteps``: ``t_start = steps - int(steps * strength)``; SD3's and FLUX's round the other
+way, ``t_start = int(steps - steps * strength)``), and the state at the first of them
 is the image's latents noised to that level, ``a * z_image + b * noise`` (the scheduler's
 ``add_noise``). The searched thing is that noise. The image is encoded once, by the pipeline's own
 ``image_processor`` and VAE, with the posterior's mean (the pipelines sample the posterior with
@@ -10,7 +11,7 @@ family's pipeline scales it (the inverse of decoding).
 
 Checked before loading (exit 2): the file exists and is an image, its size is one the pipeline can
 make (a multiple of the VAE's) and the run's size if one is given, ``strength`` is in (0, 1], and
-the family has img2img here (SD 1.x/2.x).
+the family has img2img here (SD 1.x/2.x, SD-XL, SD3, FLUX.1; not PixArt or DiT).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 #: The families whose adapters run img2img (named in the refusal).
-FAMILIES = "SD 1.x/2.x"
+FAMILIES = "SD 1.x/2.x, SD-XL, SD3 and FLUX.1"
 OPTION = "init_image (--init-image)"
 STRENGTH = "strength (--strength)"
 #: ``strength`` when an init image is given without one (the pipelines' default).
@@ -53,8 +54,8 @@ def check(
         raise ConfigError(STRENGTH, f"must be a number in (0, 1] (the share of the steps that run "
                           f"from the noised image), got {strength!r}")
     if not supported:
-        raise ConfigError(OPTION, f"img2img runs on the {FAMILIES} pipelines here; {family} has it "
-                          f"not yet: leave --init-image out")
+        raise ConfigError(OPTION, f"img2img runs on the {FAMILIES} pipelines; {family}'s has none "
+                          f"here: leave --init-image out")
     path = Path(str(init_image)).expanduser()
     if not path.is_file():
         raise ConfigError(OPTION, f"{str(path)!r}: no such file")
@@ -95,9 +96,13 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def start_index(steps: int, strength: float) -> int:
-    """Index of the grid level the run starts at (the pipelines' ``t_start``)."""
-    kept = min(int(steps * strength), steps)
+def start_index(steps: int, strength: float, flow: bool = False) -> int:
+    """Index of the grid level the run starts at (the pipelines' ``t_start``): ``steps -
+    int(steps * strength)`` (SD, SD-XL), ``int(steps - steps * strength)`` (SD3, FLUX: ``flow``)."""
+    if flow:
+        kept = steps - int(max(steps - min(steps * strength, steps), 0))
+    else:
+        kept = min(int(steps * strength), steps)
     if kept < 1:
         raise ConfigError(STRENGTH, f"{strength} of {steps} steps runs no step; raise --strength "
                           f"or --steps (at least {steps} x strength >= 1)")

@@ -43,6 +43,7 @@ class StableDiffusion3Model(FlowModel):
     default_guidance_scale: ClassVar[float] = 7.0
     default_steps: ClassVar[int] = 28
     cuda_dtype: ClassVar[str] = "float16"
+    img2img_family: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -70,7 +71,7 @@ class StableDiffusion3Model(FlowModel):
         _, h, w = self.latent_shape
         mu = self._dynamic_shift((h // self.patch) * (w // self.patch), max_shift_default=1.16)
         extra = {} if mu is None else {"mu": mu}
-        return self._flow_levels(steps, num_inference_steps=steps, **extra)
+        return self._from_start(self._flow_levels(steps, num_inference_steps=steps, **extra), steps)
 
     def _native_timesteps(self, steps: int) -> dict[str, Any]:
         """As ``StableDiffusion3Pipeline``: ``num_inference_steps``, and ``mu`` with dynamic shifting."""

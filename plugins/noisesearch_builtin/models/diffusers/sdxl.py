@@ -39,6 +39,7 @@ class StableDiffusionXLModel(VariancePreservingModel):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     attention_slicing_family: ClassVar[bool] = True
     guidance_options_family: ClassVar[bool] = True
+    img2img_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 5.0
     default_steps: ClassVar[int] = 50
 
@@ -102,6 +103,20 @@ class StableDiffusionXLModel(VariancePreservingModel):
             std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
             return latents * std_t / config.scaling_factor + mean_t
         return latents / config.scaling_factor
+
+    def _image_latents(self, encoded: torch.Tensor) -> torch.Tensor:
+        """As the SD-XL img2img pipeline: ``(z - mean) * scaling_factor / std`` where the VAE has
+        ``latents_mean``/``latents_std``, else ``scaling_factor * z``."""
+        import torch
+
+        config = self.pipe.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return encoded * config.scaling_factor
+        channels = encoded.shape[1]
+        mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(encoded.device, encoded.dtype)
+        std_t = torch.tensor(std).view(1, channels, 1, 1).to(encoded.device, encoded.dtype)
+        return (encoded - mean_t) * config.scaling_factor / std_t
 
     def _activation_size(self) -> tuple[int, int]:
         _, h, w = self.latent_shape
