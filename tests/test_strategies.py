@@ -192,6 +192,38 @@ def test_pruning_starts_more_candidates_than_random_search_at_equal_nfes() -> No
     assert started > budget // 20
 
 
+def test_one_hard_cut_at_half_the_budget_starts_more_than_random_at_the_whole_budget() -> None:
+    """The configuration docs/performance.md measures: one level, 1/16 kept; charged only for
+    what it runs (the pruned rows' 1 step and scoring, the survivors' whole path)."""
+    strategy = EarlyPruning(checkpoints=0.95, keep=0.0625)
+    run = run_strategy(strategy, Budget(nfe=320), steps=20, batch_size=16)
+    initial = max(n for n in range(1, 400) if strategy_cost(strategy, n) <= 320)
+    assert len(run.candidates) == strategy.sizes(initial)[-1] == math.ceil(initial / 16)
+    assert run.usage.nfe == strategy_cost(strategy, initial) <= 320
+    assert initial > 2 * (320 // 20)  # random search finishes 32 samples with twice the NFEs
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"keep": "abc"}, "pruning.keep"), ({"keep": 0}, "pruning.keep"), ({"keep": True}, "pruning.keep"),
+    ({"keep": 1.5}, "pruning.keep"), ({"checkpoints": "abc"}, "pruning.checkpoints"),
+    ({"checkpoints": [0.5, "x"]}, "pruning.checkpoints"), ({"checkpoints": 1.0}, "pruning.checkpoints"),
+    ({"checkpoints": [0.3, 0.6]}, "pruning.checkpoints"), ({"checkpoints": []}, "pruning.checkpoints"),
+    ({"initial": 2.5}, "pruning.initial"), ({"initial": 0}, "pruning.initial"),
+    ({"initial": True}, "pruning.initial"),
+])
+def test_pruning_refuses_bad_options_naming_them_before_anything_loads(options: dict, field: str) -> None:
+    with pytest.raises(noisesearch.ConfigError) as raised:
+        noisesearch.search(model="digits", label=1, strategy="pruning", strategy_options=options,
+                           budget_nfe=100, write=False)
+    assert raised.value.field == field
+
+
+def test_pruning_takes_one_level_or_a_list() -> None:
+    assert EarlyPruning(checkpoints=0.9).checkpoints == [0.9]
+    assert EarlyPruning(checkpoints=[0.8, 0.5], keep=1).checkpoints == [0.8, 0.5]
+    assert EarlyPruning(initial=4.0).initial == 4
+
+
 # -- every strategy ----------------------------------------------------------------------------
 
 

@@ -33,8 +33,9 @@ class EarlyPruning:
     """Successive halving: score x0_hat part-way, finish only the most promising candidates.
 
     :param initial: N0, candidates started (default: as many as the budget pays for, or 32).
-    :param checkpoints: decreasing levels at which candidates are scored and pruned.
-    :param keep: fraction of candidates continued at each checkpoint, in (0, 1].
+    :param checkpoints: decreasing levels at which candidates are scored and pruned (one level:
+        a single cut there).
+    :param keep: fraction of candidates continued at each checkpoint, in (0, 1] (1 - the cut).
     """
 
     #: Samples are finished from partial paths (no single trajectory of clean predictions).
@@ -43,21 +44,28 @@ class EarlyPruning:
     def __init__(
         self,
         initial: int | None = None,
-        checkpoints: Sequence[float] = (0.6, 0.3),
+        checkpoints: float | Sequence[float] = (0.6, 0.3),
         keep: float = 0.5,
     ) -> None:
+        if initial is not None and (not _is_integer(initial) or initial < 1):
+            raise ConfigError("pruning.initial", f"must be a whole number of at least 1, got {initial!r}")
+        if _is_number(checkpoints):  # one early level: a single hard cut
+            checkpoints = [checkpoints]
+        if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence) or not all(
+            _is_number(c) for c in checkpoints
+        ):
+            raise ConfigError("pruning.checkpoints",
+                              f"must be a level or a list of levels, got {checkpoints!r}")
         checkpoints = [float(c) for c in checkpoints]
-        if initial is not None and initial < 1:
-            raise ConfigError("pruning.initial", f"must be at least 1, got {initial}")
         if not checkpoints or any(not 0.0 < c < 1.0 for c in checkpoints) or any(
             b >= a for a, b in zip(checkpoints, checkpoints[1:])
         ):
             raise ConfigError("pruning.checkpoints", f"must decrease within (0, 1), got {checkpoints}")
-        if not 0.0 < keep <= 1.0:
-            raise ConfigError("pruning.keep", f"must be in (0, 1], got {keep}")
-        self.initial = initial
+        if not _is_number(keep) or not 0.0 < keep <= 1.0:
+            raise ConfigError("pruning.keep", f"must be a fraction in (0, 1], got {keep!r}")
+        self.initial = None if initial is None else int(initial)
         self.checkpoints = checkpoints
-        self.keep = keep
+        self.keep = float(keep)
 
     def sizes(self, initial: int) -> list[int]:
         """How many candidates are alive before each checkpoint, then at the end."""
@@ -103,6 +111,14 @@ class EarlyPruning:
             ranked = sorted(range(len(scores)), key=lambda i: _rank_key(scores[i], i))
             states = states.select(ranked[: sizes[j + 1]])
         context.finish(context.solve(states, stages[-1]))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value: object) -> bool:
+    return _is_number(value) and float(value).is_integer()  # type: ignore[arg-type]
 
 
 def _rank_key(score: float, i: int) -> tuple[bool, float, int]:
