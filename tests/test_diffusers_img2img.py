@@ -159,6 +159,7 @@ def test_an_img2img_winner_replays_and_refuses_another_image(
     out = tmp_path / "run"
     result = _search(tiny("sd"), image, registries, write=True, output=str(out), candidates=3)
     assert set(result.best.recipe["inputs"]) == {"init_image"}
+    assert result.latents_info["regenerates"] is False and "img2img" in result.latents_info["why"]
     assert replay_run(out, registries=registries).identical
     _image(image, seed=2)  # the same file name, another image
     with pytest.raises(ConfigError, match="init_image.*not the file the run used"):

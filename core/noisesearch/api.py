@@ -345,6 +345,7 @@ def pipeline_latents_info(
     if latents is None:
         return None, {}
     call = dict(model.pipeline_call(solver, steps))
+    why_not = call.pop("why_not", None)  # the model says why its pipeline's latents= cannot (img2img)
     ops = best.recipe.get("ops", [])
     whole = (len(ops) == 1 and ops[0].get("op") == "solve"
              and [float(v) for v in ops[0]["levels"]] == [float(v) for v in levels])
@@ -354,6 +355,9 @@ def pipeline_latents_info(
         info["why"] = ("the winner was re-noised, resampled or resumed along its path (paths, SMC, "
                        "pruning): its initial noise alone does not give it; replay its recipe "
                        "(noisesearch replay RUN)")
+    elif why_not:
+        info["regenerates"] = False
+        info["why"] = why_not
     elif call.get("scheduler") is None:
         info["regenerates"] = False
         info["why"] = (f"no diffusers scheduler runs the {solver} solver; search with --solver ddim "

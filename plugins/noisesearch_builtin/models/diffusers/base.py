@@ -545,7 +545,14 @@ class DiffusersModel:
             kwargs["guidance_rescale"] = self.guidance_rescale
         if self.clip_skip is not None:
             kwargs["clip_skip"] = self.clip_skip
-        return {"scheduler": scheduler, "scheduler_options": options, "kwargs": kwargs}
+        call: dict[str, Any] = {"scheduler": scheduler, "scheduler_options": options, "kwargs": kwargs}
+        if getattr(self, "_init_latents", None) is not None:
+            call["why_not"] = (
+                f"img2img: the pipeline's latents= does not start from the init image; run the family's "
+                f"img2img pipeline with image= the image's latents, strength={self.strength} and "
+                f"generator=torch.Generator().manual_seed(seed) for a candidate of seed seed "
+                f"(docs/models.md), or replay the recipe (noisesearch replay RUN)")
+        return call
 
     def _core_solver_scheduler(self) -> str:
         """The diffusers scheduler that the core's ``ddim`` solver equals on this family."""
