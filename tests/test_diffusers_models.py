@@ -523,11 +523,21 @@ def test_bad_resolution_names_the_field(tiny: Callable[[str], Path], registries:
 # -- memory policy and cheap imports -------------------------------------------------------------
 
 
-def test_cpu_batch_size_is_small_and_fixed_and_latents_stay_float32(
-    tiny: Callable[[str], Path], registries: Registries
+def test_cpu_batch_size_follows_host_memory_and_latents_stay_float32(
+    tiny: Callable[[str], Path], registries: Registries, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from noisesearch_builtin.models.diffusers import base, memory
+
     model = _hf(registries, tiny("dit"))
-    assert model.device.type == "cpu" and model.preferred_batch_size == CPU_BATCH_SIZE
+    assert model.device.type == "cpu" and memory.host_available() > 0
+    tokens, width = model._activation_size()
+    per_candidate = base.ACTIVATION_FACTOR * tokens * width * 4 * (2 if model._guided() else 1)
+    room_for = {8: int(per_candidate * 8.5 / base.MEMORY_FRACTION), base.MAX_BATCH_SIZE: 10**15}
+    for expected, available in room_for.items():
+        monkeypatch.setattr(memory, "host_available", lambda available=available: available)
+        assert model.preferred_batch_size == expected
+    monkeypatch.setattr(memory, "host_available", lambda: None)  # unreadable: the fixed fallback
+    assert model.preferred_batch_size == CPU_BATCH_SIZE
     assert model.decode_batch_size() == CPU_BATCH_SIZE
     assert model.dtype == torch.float32 and model.weights_dtype == torch.float32
 

@@ -60,3 +60,22 @@ def apply(pipe: Any, vae_slicing: bool, vae_tiling: bool, attention_slicing: Any
     size = slice_size(attention_slicing)
     if size is not None:
         pipe.enable_attention_slicing(size)
+
+
+def host_available() -> int | None:
+    """Bytes of host memory available now (Linux ``MemAvailable``: free plus reclaimable page
+    cache; else free pages from ``os.sysconf``), or None where neither can be read. The CPU
+    batch size comes from it, as the accelerator's from its free memory."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # "MemAvailable:  123456 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
