@@ -35,6 +35,13 @@ class Usage:
     #: ``noisesearch.gradients.BACKWARD_NFE_FACTOR`` per denoiser call); the rest are forward.
     backward_nfe: int = 0
     verifier_cost: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Seconds of named parts of ``model_seconds`` ("prepare": the prompt's encoding, "decode")
+    #: and ``verifier_seconds`` ("evaluator"), for run.json's ``timings``; not in :meth:`to_json`.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to the named phase (see :attr:`phases`)."""
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def add_verifier_cost(self, name: str, cost: dict[str, float]) -> None:
         """Add a verifier's counters (``{"tokens_in": 512, ...}``) to its running totals."""

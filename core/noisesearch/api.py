@@ -61,6 +61,8 @@ class SearchResult:
     #: how to call the pipeline with it (``pipeline_latents_info``).
     best_latents: Any = None
     latents_info: dict[str, Any] = field(default_factory=dict)
+    #: Seconds spent building the model and the verifiers (run.json ``timings``).
+    loading: dict[str, float] = field(default_factory=dict)
 
     @property
     def image(self) -> Any:
@@ -133,9 +135,12 @@ def run_plan(
 
         loading = LoadingStatus()
         loading.show(f"loading model {plan.model.name}\u2026")
+    loaded = {"load_model": time.perf_counter()}
     try:
         with blame(owners["model"]):
             model = plan.build_model()
+        loaded["load_model"] = time.perf_counter() - loaded["load_model"]
+        loaded["load_verifiers"] = time.perf_counter()
         if loading is not None:
             loading.show("loading verifiers\u2026")
         verifiers = {}
@@ -147,6 +152,7 @@ def run_plan(
             name = plan.evaluator.name
             with blame(owners[name]):
                 evaluator = (name, verifiers.get(name) or plan.build_verifier(plan.evaluator))
+        loaded["load_verifiers"] = time.perf_counter() - loaded["load_verifiers"]
     finally:
         if loading is not None:
             loading.close()
@@ -209,6 +215,7 @@ def run_plan(
             strategy_report=outcome.report,
             non_finite=outcome.non_finite,
             baseline_origin=outcome.baseline_origin,
+            loading=loaded,
         )
         result.best_latents, result.latents_info = pipeline_latents_info(
             model, outcome.best, engine.levels, config.solver, plan.steps)
@@ -455,18 +462,34 @@ def _write_run_dir(
         result.best.noise, result.best.image, run_dir / "best_noise.safetensors", result.best.recipe,
         latents=result.best_latents, latents_info=result.latents_info,
     )
-    usage = result.usage
-    run_json["timings"] = {
-        "model": round(usage.model_seconds, 4),
-        "verifiers": round(usage.verifier_seconds, 4),
-        "other": round(max(result.seconds - usage.model_seconds - usage.verifier_seconds, 0.0), 4),
-        "search_total": round(result.seconds, 4),
-        "writing": round(time.perf_counter() - writing, 4),
-    }
+    run_json["timings"] = timings(result, time.perf_counter() - writing)
     results.write_json(run_dir / "run.json", run_json)
     if report:
         # The plot's rows from memory (history shares each candidate's scores): no re-parse.
         write_report(run_dir, [{"scores": scores, "nfe_spent": nfe} for nfe, _, scores in result.history])
+
+
+def timings(result: SearchResult, writing: float) -> dict[str, float]:
+    """run.json's ``timings``: where ``search_total`` went, in named buckets. ``load_model``,
+    ``load_verifiers``, ``model`` and ``verifiers`` add up to it with ``other`` (engine,
+    strategy, selection, journal, ``candidates.jsonl``); ``prepare`` (the prompt's encoding)
+    and ``decode`` are parts of ``model``, ``evaluator`` of ``verifiers``, and ``baseline`` (a
+    plain sample made apart from the search) spans both. ``writing``: the folder, after."""
+    usage, loading = result.usage, result.loading
+    accounted = usage.model_seconds + usage.verifier_seconds + sum(loading.values())
+    parts = {key: usage.phases.get(key, 0.0) for key in ("prepare", "decode", "evaluator", "baseline")}
+    numbers = {
+        **{key: loading.get(key, 0.0) for key in ("load_model", "load_verifiers")},
+        "model": usage.model_seconds,
+        **{key: parts[key] for key in ("prepare", "decode")},
+        "verifiers": usage.verifier_seconds,
+        "evaluator": parts["evaluator"],
+        "baseline": parts["baseline"],
+        "other": max(result.seconds - accounted, 0.0),
+        "search_total": result.seconds,
+        "writing": writing,
+    }
+    return {key: round(value, 4) for key, value in numbers.items()}
 
 
 def search(

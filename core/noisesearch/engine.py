@@ -167,6 +167,7 @@ class Engine:
         with blame(self.owner("model", self.model)):
             self._prepared = self.model.prepare(self.condition)
         self.usage.model_seconds += time.perf_counter() - start
+        self.usage.add_phase("prepare", time.perf_counter() - start)
         self.dispatch.open(self.model, self._prepared, self.solver, self.owner("model", self.model))
         owner = self.owner("strategy", strategy)
         # BudgetExhausted: the engine refused to overspend; the search ends with what it has.
@@ -182,7 +183,9 @@ class Engine:
             raise self.selection.nothing_selectable(self.scorer.objective_name)
         # The searched candidate that is exactly the plain first sample, or else one made apart.
         found = self.selection.baseline
+        start = time.perf_counter()
         baseline = found or plain.generate(self, derive_seed(self.seed, 0))
+        self.usage.add_phase("baseline", time.perf_counter() - start)  # wall, model and verifiers
         self.reported.complete([*top, baseline])
         return EngineResult(top, baseline, self.usage, self._history, self.report,
                             self.selection.non_finite(self.reported.non_finite),
@@ -436,6 +439,7 @@ class Engine:
         """A decode unit's images and the trajectory's, its model time counted."""
         assert output is not None  # a chunk that the journal does not serve was computed
         self.usage.model_seconds += output.seconds
+        self.usage.add_phase("decode", output.seconds)
         return output.x, output.x0
 
     def _journaled_scores(
@@ -474,7 +478,9 @@ class Engine:
         start = time.perf_counter()
         with blame(self.owner("model", self.model), keep=is_out_of_memory):
             images = self.model.decode(latents).float().clamp(0, 1)  # (B, 3, H, W)
-        self.usage.model_seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.usage.model_seconds += seconds
+        self.usage.add_phase("decode", seconds)
         return images
 
     def finish(

@@ -97,6 +97,8 @@ class Scorer:
                     values = verifier.score(images, condition, trajectory=trajectory)
                     scores[name] = self._as_list(name, values, images)
             self._charge(name, verifier, time.perf_counter() - start, usage)
+            if self.evaluator is not None and name == self.evaluator[0] and name not in self.verifiers:
+                usage.add_phase("evaluator", time.perf_counter() - start)  # --evaluate-all
         return scores
 
     def evaluate(self, images: torch.Tensor, condition: Condition, usage: Usage) -> list[float]:
@@ -107,6 +109,7 @@ class Scorer:
         with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
             values = self._as_list(name, verifier.score(images, condition, trajectory=None), images)
         self._charge(name, verifier, time.perf_counter() - start, usage)
+        usage.add_phase("evaluator", time.perf_counter() - start)
         return values
 
     @staticmethod
