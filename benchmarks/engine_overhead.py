@@ -19,6 +19,15 @@ defaults search per N shows whether per-candidate state grows with N.
 
     python benchmarks/engine_overhead.py                  # N = 16, 256, 4096
     python benchmarks/engine_overhead.py --sizes 16 --reps 3 --json out.json
+
+``--shapes`` measures the embedded diffusers pipeline instead (issue 12 item 3): diffusers' own
+batched call ``pipe(prompt, num_images_per_prompt=N)`` plus the searched verifier on its N
+images (**diffusers**), against ``noisesearch.search`` random N on the same loaded pipeline
+and verifiers with the model's defaults (20 DDIM steps, CFG 2, the ``shapes-judge``
+evaluator), nothing written (**search**) and with its run folder (**search, folder**: journal,
+``candidates.jsonl``, PNGs, run.json, report). Ratio = search / diffusers (goal <= 1.3):
+
+    python benchmarks/engine_overhead.py --shapes --sizes 16 --reps 5 --threads 2
 """
 
 from __future__ import annotations
@@ -78,6 +87,36 @@ def make_arms(n: int, built: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     }
 
 
+def shapes_arms(n: int, built: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """diffusers' batched call + the verifier, against the search, on one loaded pipeline."""
+    import tempfile
+
+    from noisesearch import Condition
+
+    model, clip = built["model"], built["shapes-clip"]
+    prompt = model.default_prompt
+    condition = Condition(prompt=prompt)
+    verifiers = {"shapes-clip": clip, "shapes-judge": built["shapes-judge"]}
+    steps = built.get("steps") or model.default_steps
+    common = dict(model=model, prompt=prompt, candidates=n, steps=steps, registries=built["registries"],
+                  built_verifiers=verifiers)
+    folder = tempfile.mkdtemp(prefix="engine-overhead-")
+
+    def diffusers_call() -> torch.Tensor:
+        generator = torch.Generator("cpu").manual_seed(0)
+        with torch.inference_mode():
+            images = model.pipe(prompt, num_images_per_prompt=n, num_inference_steps=steps,
+                                guidance_scale=model.guidance_scale, height=model.height, width=model.width,
+                                generator=generator, output_type="pt").images  # (N, 3, H, W) in [0, 1]
+            return clip.score(images, condition)  # (N,)
+
+    return {
+        "diffusers": diffusers_call,
+        "search": lambda: noisesearch.search(write=False, **common),
+        "search_folder": lambda: noisesearch.search(write=True, output=folder, overwrite=True, **common),
+    }
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one call."""
     cpu, wall = time.process_time(), time.perf_counter()
@@ -86,7 +125,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
-    arms = make_arms(n, built)
+    arms = (shapes_arms if "shapes-clip" in built else make_arms)(n, built)
     names = list(arms)
     for fn in arms.values():  # warm-up: first calls pay for lazy imports and allocator growth
         fn()
@@ -100,7 +139,7 @@ def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
                            "median_wall_s": {k: statistics.median(w for _, w in v) for k, v in times.items()}}
     for name in names[1:]:
         for clock, i in (("", 0), ("wall_", 1)):
-            ratios = [s[i] / h[i] for s, h in zip(times[name], times["loop"])]
+            ratios = [s[i] / h[i] for s, h in zip(times[name], times[names[0]])]
             out[clock + name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
@@ -123,9 +162,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=0, help="repetitions (default: by N)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both arms)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--shapes", action="store_true",
+                        help="the embedded diffusers pipeline: search / diffusers' batched call")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="--shapes: DDIM steps per candidate (default: the model's 20)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     registries = build_registries()
+    if args.shapes:
+        shapes_main(args, registries)
+        return
     built = {
         "registries": registries,
         "model": registries.models.get("digits").create(),
@@ -160,6 +206,30 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"threads": args.threads, "ratios": results,
                        "peak_python_kb": {str(k): v for k, v in memory.items()}}, handle, indent=2)
+
+
+def shapes_main(args: argparse.Namespace, registries: Any) -> None:
+    """``--shapes``: search / (diffusers' batched call + verifier), interleaved, per N."""
+    built = {"registries": registries, "model": registries.models.get("shapes").create(), "steps": args.steps}
+    for name in ("shapes-clip", "shapes-judge"):
+        built[name] = registries.verifiers.get(name).create()
+    model = built["model"]
+    print(f"torch {torch.__version__}, {args.threads} thread(s), shapes (batch {model.preferred_batch_size}, "
+          f"{args.steps or model.default_steps} steps); ratio = search / (diffusers' batched call + "
+          "verifier), median [min, max] over interleaved repetitions; CPU time (wall time)")
+    print(f"{'N':>6} {'reps':>4} {'diffusers s':>11} {'search':>22} {'search, folder':>22}"
+          f" {'wall: search':>22} {'wall: search, folder':>22}")
+    results = []
+    for n in args.sizes:
+        row = measure(n, args.reps or 5, built)
+        results.append(row)
+        cells = [f"{row[k]['median']:.3f} [{row[k]['min']:.2f}, {row[k]['max']:.2f}]"
+                 for k in ("search", "search_folder", "wall_search", "wall_search_folder")]
+        print(f"{n:>6} {row['reps']:>4} {row['median_cpu_s']['diffusers']:>11.2f} "
+              + " ".join(f"{cell:>22}" for cell in cells), flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"threads": args.threads, "model": "shapes", "ratios": results}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,29 @@ def test_engine_overhead_prints_both_ratios_and_memory(
     model = registries.models.get("digits").create()
     verifier = registries.verifiers.get("digits-classifier").create()
     assert script.hand_loop(model, verifier, 12, 5).shape == (script.TOP_K, 3, 8, 8)
+
+
+@pytest.mark.slow
+def test_shapes_mode_prints_search_over_diffusers_batched_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "s.json"
+    argv = ["engine_overhead.py", "--shapes", "--sizes", "2", "--steps", "2", "--reps", "1",
+            "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        script.main()
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = json.loads(out.read_text())["ratios"]
+    assert set(row["median_cpu_s"]) == {"diffusers", "search", "search_folder"}
+    for arm in ("search", "search_folder", "wall_search", "wall_search_folder"):
+        assert 0 < row[arm]["min"] <= row[arm]["median"] <= row[arm]["max"]
+    assert "search, folder" in capsys.readouterr().out
