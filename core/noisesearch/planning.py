@@ -107,7 +107,10 @@ def plan(
                           f"use ddim or heun")
     steps = config.steps or traits["default_steps"]
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
-    _check_budget(budget, steps, config.solver, int(traits.get("native_order") or 1))
+    order = traits.get("native_order") or 1
+    if callable(order):  # read only when it matters: it may import the model's library
+        order = order() if config.solver == "native" else 1
+    _check_budget(budget, steps, config.solver, int(order))
     output = Path(config.output) if config.output else None
     if check_output:
         check_output_writable(output or DEFAULT_OUTPUT_ROOT)
@@ -174,7 +177,9 @@ MODEL_TRAITS: dict[str, Any] = {
     "default_prompt": None,
     "native_solver": False,  # the model brings its own sampler: ``native_solver()`` (--solver native)
     "native_solver_options": (),  # model options only that sampler uses (a diffusers scheduler)
-    "native_order": 1,  # network calls per step of that sampler (2: Heun's, the last step one)
+    # network calls per step of that sampler (2: Heun's, the last step one); or a callable that
+    # returns it, called only for --solver native (finding it may import the model's library)
+    "native_order": 1,
 }
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"

@@ -24,6 +24,7 @@ Conventions (see ``docs/models.md``):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,7 +146,9 @@ class DiffusersModel:
         cls.check_before_loading(path, **options)
         traits = cls._traits(path)
         if options.get("scheduler") is not None or index.is_local(path):  # a preset's hub id: not read
-            traits["native_order"] = cls._native_order(path, options.get("scheduler"))
+            # lazily: resolving the scheduler class imports diffusers, which planning a run with
+            # the core's own solvers (or refusing a bad prompt) must not pay for
+            traits["native_order"] = functools.partial(cls._native_order, path, options.get("scheduler"))
         return traits
 
     @classmethod
