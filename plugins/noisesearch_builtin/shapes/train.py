@@ -60,7 +60,7 @@ from noisesearch_builtin.shapes.world import COLOURS, SHAPES
 #: In the order ``all`` runs them.
 STAGES = ("text", "vae", "unet", "decoder", "clip")
 #: Scenes drawn per stage (each stage sees about one pass, or a little more, of its set).
-DATASET_SIZE = {"vae": 20_000, "unet": 40_000, "decoder": 20_000, "clip": 50_000}
+DATASET_SIZE = {"vae": 20_000, "unet": 100_000, "decoder": 20_000, "clip": 50_000}
 CHUNK = 1000
 
 #: Cosine schedules are this long; a stage may stop before the end (``--steps``), as the
@@ -81,7 +81,7 @@ DECODER_STEPS = 600
 DECODER_ROUNDS = 2
 DECODER_LR = 1e-3
 
-UNET_STEPS = 3588
+UNET_STEPS = 10_000
 UNET_BATCH = 32
 UNET_LR = 5e-4
 WARMUP_STEPS = 200
@@ -528,7 +528,7 @@ def train_clip(out: Path, seed: int, steps: int, minutes: float | None, device: 
 def run(stages: Sequence[str], out: Path, seed: int = 0, steps: int | None = None,
         minutes: float | None = None, device: str = "cpu", workers: int = 1,
         checkpoints: Path | None = None, every: int = 1000, log: Log = print,
-        scenes: int | None = None, threads: int = 2) -> dict[str, float]:  # fmt: skip
+        scenes: int | None = None, threads: int = 1) -> dict[str, float]:  # fmt: skip
     """Run ``stages`` in order into ``out``; ``steps`` / ``minutes`` override each stage's budget."""
     import torch
 
@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also save the pipeline every --every UNet steps here")
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--scenes", type=int, default=None, help="override the stage's training set size")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on the CPU (the shipped weights: 1 in every stage)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         print("error: --steps must be at least 1", file=sys.stderr)
