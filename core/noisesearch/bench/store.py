@@ -40,12 +40,13 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
 
 class RowAppender:
     """Appends rows to ``results.jsonl`` as cells finish, each flushed to the OS at once (a
-    crashed or killed bench loses none) and synced to disk at most every ``sync_seconds`` and
-    on close: an fsync per row cost ~10 ms, as much as a small cell's search. A power loss may
-    lose the last second's rows; their cells are then run again (a leftover run folder is
-    removed first), so nothing is duplicated."""
+    crashed or killed bench loses none) and synced to disk at most every ``sync_seconds`` (the
+    kernel's own writeback period) and on close: an fsync per row cost 10-30 ms on a busy
+    disk, as much as a small cell's search. A power loss may lose the rows since the last
+    sync; their cells are then run again (a leftover run folder is removed first, and run
+    folders are not synced either), so nothing is duplicated."""
 
-    def __init__(self, path: Path, sync_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, sync_seconds: float = 30.0) -> None:
         self.path = path
         _drop_partial_line(path)
         self._handle = path.open("a", encoding="utf-8")
