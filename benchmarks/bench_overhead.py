@@ -48,11 +48,11 @@ def overhead(folder: Path, quick: bool, budgets: list[int]) -> dict[str, Any]:
             "overhead_in_cells": round((cells - search) / search, 4)}
 
 
-def scale_out(folder: Path, quick: bool) -> dict[str, Any]:
+def scale_out(folder: Path, quick: bool, budget: int = 131072) -> dict[str, Any]:
     """The same 40-cell bench with 1 and with 2 Ray workers (4 cells with --quick)."""
     labels = 2 if quick else 10
     grid = dict(models=["digits"], strategies=[StrategySpec("random")],
-                budgets=[131072], seeds=[0, 1] if quick else [0, 1, 2, 3], limit=labels,
+                budgets=[budget], seeds=[0, 1] if quick else [0, 1, 2, 3], limit=labels,
                 baselines=[], threads=1)
     times: dict[str, float] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--json", default="bench_overhead.json", help="Where to write the numbers.")
     parser.add_argument("--budgets", type=int, nargs=5, default=BUDGETS,
                         help="The overhead bench's 5 NFE budgets (cell size); default 80 ... 1280.")
+    parser.add_argument("--scale-budget", type=int, default=131072,
+                        help="NFEs of each scale-out cell: size it so a cell takes >= 2 s here.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -87,7 +89,7 @@ def main() -> None:
         report: dict[str, Any] = {"overhead": overhead(root / "local", args.quick, args.budgets)}
         print(f"overhead: {report['overhead']}")
         if not args.skip_ray:
-            report["scale_out"] = scale_out(root, args.quick)
+            report["scale_out"] = scale_out(root, args.quick, args.scale_budget)
             print(f"scale-out: {report['scale_out']}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
