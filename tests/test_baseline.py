@@ -106,6 +106,8 @@ def _ddim_pair(spacing: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = scheduler.step(eps(x, float(t)), t, x).prev_sample
 
     owner = SimpleNamespace(pipe=SimpleNamespace(scheduler=scheduler), schedule=schedule)
+    # a text-to-image model (no init image): the grid starts at pure noise
+    owner._from_start = lambda levels, steps: VariancePreservingModel._from_start(owner, levels, steps)
     levels = VariancePreservingModel.levels(owner, steps)
 
     def denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
