@@ -1,7 +1,9 @@
 """What `noisesearch bench` costs beyond its searches, and what Ray's scale-out buys.
 
-1. **Overhead** (local executor): a bench of 100 small cells on the embedded digits model,
-   run folders included. Overhead = (bench wall time - sum of the cells' search seconds) /
+1. **Overhead** (local executor): a bench of 100 small cells on an embedded model, run
+   folders included: `digits` (default; cells of ~10 ms of search, so a run folder's writing
+   dominates) or `--model shapes --budgets 40 80 120 160 200` (the default model; cells of
+   2-10 candidates, ~0.4-2 s). Overhead = (bench wall time - sum of the cells' search seconds) /
    sum of search seconds. torch is imported before the clock starts; the model and verifier
    loads (once per worker) are counted as overhead. Target: <= 10%.
 2. **Scale-out** (Ray executor, `noisesearch[ray]`): a 40-cell bench whose cells take >= 2 s
@@ -33,11 +35,12 @@ from noisesearch.bench.runner import run_bench
 BUDGETS = [80, 160, 320, 640, 1280]
 
 
-def overhead(folder: Path, quick: bool, budgets: list[int]) -> dict[str, Any]:
-    """100 cells: 10 labels x 2 seeds x 5 budgets of random search (10 cells with --quick)."""
-    grid = BenchGrid(models=["digits"], strategies=[StrategySpec("random")],
+def overhead(folder: Path, quick: bool, budgets: list[int], model: str = "digits") -> dict[str, Any]:
+    """100 cells: 10 labels (or suite prompts) x 2 seeds x 5 budgets of random search (10 cells
+    with --quick)."""
+    grid = BenchGrid(models=[model], strategies=[StrategySpec("random")],
                      budgets=budgets[:1] if quick else budgets, seeds=[0] if quick else [0, 1],
-                     baselines=[], threads=1, output=str(folder))
+                     limit=10, baselines=[], threads=1, output=str(folder))
     started = time.perf_counter()
     result = run_bench(grid)
     wall = time.perf_counter() - started
@@ -80,13 +83,15 @@ def main() -> None:
     parser.add_argument("--json", default="bench_overhead.json", help="Where to write the numbers.")
     parser.add_argument("--budgets", type=int, nargs=5, default=BUDGETS,
                         help="The overhead bench's 5 NFE budgets (cell size); default 80 ... 1280.")
+    parser.add_argument("--model", default="digits",
+                        help="The overhead bench's model: digits (cells of ~10 ms) or shapes (~1 s).")
     parser.add_argument("--scale-budget", type=int, default=131072,
                         help="NFEs of each scale-out cell: size it so a cell takes >= 2 s here.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     try:
-        report: dict[str, Any] = {"overhead": overhead(root / "local", args.quick, args.budgets)}
+        report: dict[str, Any] = {"overhead": overhead(root / "local", args.quick, args.budgets, args.model)}
         print(f"overhead: {report['overhead']}")
         if not args.skip_ray:
             report["scale_out"] = scale_out(root, args.quick, args.scale_budget)
