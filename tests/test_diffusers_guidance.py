@@ -2,7 +2,8 @@
 
 Our sampler with the options must equal the diffusers pipeline called with the same options from
 the same latents (within 1e-4), and the options must change the image (else the equivalence says
-nothing). Other families refuse them while planning, before any weights load.
+nothing). Other families refuse them while planning, before any weights load. SD3's skip-layer
+guidance likewise, against ``StableDiffusion3Pipeline``'s ``skip_guidance_layers``.
 """
 
 from __future__ import annotations
@@ -102,4 +103,70 @@ def test_guidance_options_are_refused_at_planning_where_they_do_not_apply(
 ) -> None:
     config = RunConfig(model=f"hf:{tiny(family)}", prompt="x", verifiers=["clip"], model_options=options)
     with pytest.raises(ConfigError, match=message):
+        plan(config, registries)
+
+
+#: SD3 skip-layer guidance: block 1 of the tiny transformer's two, on steps 1 and 2 of 4
+#: (4 * 0.01 < i < 4 * 0.6), so the window's edges are exercised too.
+SLG = {"skip_guidance_layers": [1], "skip_layer_guidance_scale": 2.0,
+       "skip_layer_guidance_start": 0.01, "skip_layer_guidance_stop": 0.6}
+
+
+@pytest.mark.parametrize("solver", ["ddim", "native"])
+def test_sd3_skip_layer_guidance_reproduces_the_pipeline(
+    solver: str, tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    from noisesearch.sampling import resolve_solver
+
+    steps = 4
+
+    def ours(**options: Any) -> torch.Tensor:
+        model = registries.models.create("hf", path=str(tiny("sd3")), height=IMAGE_SIZE, width=IMAGE_SIZE,
+                                         guidance_scale=3.0, **options)
+        chosen = resolve_solver(model, solver, steps)
+        levels = chosen.levels(steps) if solver == "native" else model.levels(steps)
+        prepared = model.prepare(Condition(prompt=PROMPT))
+        with torch.inference_mode():
+            solved = solve(lambda x, s: model.denoise(x, s, prepared), draw_noise(SEEDS, model.latent_shape),
+                           model.schedule, levels, chosen)
+            assert model.pipeline_call(solver, steps)["kwargs"].get("skip_guidance_layers") == \
+                options.get("skip_guidance_layers")
+            return model.decode(solved.x)  # (2, 3, H, W)
+
+    with_slg, plain = ours(**SLG), ours()
+    pipe = DiffusionPipeline.from_pretrained(tiny("sd3"))
+    pipe.set_progress_bar_config(disable=True)
+    side = IMAGE_SIZE // pipe.vae_scale_factor
+    latents = draw_noise(SEEDS, (pipe.transformer.config.in_channels, side, side))
+    reference = pipe(prompt=[PROMPT] * len(SEEDS), latents=latents, num_inference_steps=steps,
+                     height=IMAGE_SIZE, width=IMAGE_SIZE, guidance_scale=3.0, output_type="pt", **SLG).images
+    torch.testing.assert_close(with_slg, reference, atol=ATOL, rtol=0)
+    assert (with_slg - plain).abs().max() > 10 * ATOL  # skip-layer guidance did change the image
+    narrow = pipe(prompt=[PROMPT] * len(SEEDS), latents=latents, num_inference_steps=steps, height=IMAGE_SIZE,
+                  width=IMAGE_SIZE, guidance_scale=3.0, output_type="pt",
+                  **{**SLG, "skip_layer_guidance_stop": 0.3}).images  # step 1 only
+    assert (narrow - reference).abs().max() > 10 * ATOL  # the window matters, so it was checked
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"skip_guidance_layers": "7,8"}, "list of transformer block indices"),
+    ({"skip_guidance_layers": [1], "skip_layer_guidance_start": 0.5, "skip_layer_guidance_stop": 0.2},
+     "start < stop"),
+])
+def test_bad_skip_layer_guidance_is_refused_at_planning(
+    options: dict[str, Any], message: str, tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    config = RunConfig(model=f"hf:{tiny('sd3')}", prompt="x", verifiers=["clip"], model_options=options)
+    with pytest.raises(ConfigError, match=message):
+        plan(config, registries)
+
+
+def test_skip_layer_guidance_is_an_sd3_option_only(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    config = RunConfig(model=f"hf:{tiny('sd')}", prompt="x", verifiers=["clip"],
+                       model_options={"skip_guidance_layers": [1]})
+    with pytest.raises(ConfigError, match="skip_guidance_layers"):
         plan(config, registries)
