@@ -5,11 +5,11 @@ finalists are charged within the budget, and replay is bit for bit (core and nat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from diffusers_tiny import TinyFolders, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import registries_with_brightness
 
 import noisesearch
 from noisesearch.api import replay_run
@@ -18,15 +18,7 @@ from noisesearch.plugins import Registries
 PROMPT = "a photo of a red apple on a wooden table"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return TinyFolders(tmp_path_factory.mktemp("evolution"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

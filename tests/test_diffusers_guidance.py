@@ -9,13 +9,13 @@ guidance likewise, against ``StableDiffusion3Pipeline``'s ``skip_guidance_layers
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
+from diffusers_tiny import IMAGE_SIZE
 
 from noisesearch import Condition, ConfigError
 from noisesearch.api import plan
@@ -29,15 +29,7 @@ PROMPT = "a photo of a red apple on a wooden table"
 STEPS, SEEDS = 3, [11, 12]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return TinyFolders(tmp_path_factory.mktemp("guidance"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ generator of the candidate's seed, as noisesearch's does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import IMAGE_SIZE, TinyFolders, registries_with_brightness
 from typer.testing import CliRunner
 
 import noisesearch
@@ -32,10 +32,7 @@ STEPS = 4
 STRENGTH = 0.6  # int(4 * 0.6) = 2 of the 4 steps run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

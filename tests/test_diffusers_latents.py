@@ -8,13 +8,13 @@ saved folder and, for the reference, with diffusers' own ``from_pretrained``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import IMAGE_SIZE, registries_with_brightness
 
 import noisesearch
 from noisesearch.plugins import Registries
@@ -24,15 +24,7 @@ PROMPT = "a photo of a red apple on a wooden table"
 STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    return TinyFolders(tmp_path_factory.mktemp("latents"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ pipeline given the same adapters with ``load_lora_weights`` and ``set_adapters``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels, save
+from diffusers_tiny import IMAGE_SIZE, build, save
 from typer.testing import CliRunner
 
 from noisesearch import Condition, ConfigError
@@ -28,10 +27,7 @@ ATOL = 1e-4
 PROMPT = "a photo of a red apple on a wooden table"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ refusal is tested here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels
+from diffusers_tiny import IMAGE_SIZE
 
 from noisesearch import Condition, ConfigError
 from noisesearch.api import plan
@@ -24,16 +24,7 @@ ATOL = 1e-4
 PROMPT = "a photo of a red apple on a wooden table"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
-    return TinyFolders(tmp_path_factory.mktemp("memory"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

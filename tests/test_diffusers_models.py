@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import IMAGE_SIZE, registries_with_brightness
 from typer.testing import CliRunner
 
 import noisesearch
@@ -54,17 +54,7 @@ STRATEGIES = [s for s in ("random", "zero-order", "paths") if s in _BUILTIN_STRA
 # -- fixtures -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
-    return TinyFolders(tmp_path_factory.mktemp("diffusers"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

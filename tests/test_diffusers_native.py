@@ -11,13 +11,13 @@ agrees and a replay is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, TinyFolders, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import IMAGE_SIZE, registries_with_brightness
 from typer.testing import CliRunner
 
 import noisesearch
@@ -68,16 +68,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny(family)``: the folder of that family's tiny pipeline, built once per module."""
-    return TinyFolders(tmp_path_factory.mktemp("native"))
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ that image is the pipeline's own output from the winner's noise."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from diffusers_tiny import IMAGE_SIZE, build, plain_cpu_kernels, registries_with_brightness
+from diffusers_tiny import IMAGE_SIZE, build, registries_with_brightness
 
 import noisesearch
 from noisesearch import ConfigError, IncompatibleError
@@ -20,10 +19,7 @@ PROMPT = "a photo of a red apple on a wooden table"
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels() -> Iterator[None]:
-    with plain_cpu_kernels():  # tiny convolutions are far slower with oneDNN here
-        yield
+pytestmark = pytest.mark.usefixtures("plain_kernels")
 
 
 @pytest.fixture(scope="module")
