@@ -255,6 +255,16 @@ def test_no_strategy_ever_exceeds_its_nfe_budget(
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_budget_of_one_sample_gives_one_candidate(strategy: str) -> None:
+    """A budget that pays for one plain sample and no more (the smallest cell of a bench) still
+    gives a candidate: a strategy whose smallest search costs more spends it on plain samples.
+    SMC and pruning used to end with no candidate (BudgetExhausted) at 20 NFEs."""
+    result = noisesearch.search(model="digits", label=3, strategy=strategy, budget_nfe=20, write=False)
+    assert result.usage.candidates == 1
+    assert result.usage.nfe == 20
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_replay_regenerates_the_best_bit_for_bit(strategy: str, tmp_path: Path) -> None:
     out = tmp_path / strategy
     noisesearch.search(model="digits", label=2, strategy=strategy, budget_nfe=500, seed=4, output=str(out))

@@ -137,6 +137,13 @@ class SearchContext:
         return self._engine._noise_for(noise_recipes)
 
     # -- full samples -------------------------------------------------------------------------
+    def plain_samples(self) -> list[Candidate]:
+        """Spend what is left of the budget on plain samples of fresh seeds (random search): what
+        a strategy does when its smallest search (one path, two particles, a pruning stage) costs
+        more than the budget, so that a budget of one sample still gives a candidate."""
+        affordable = self.affordable() or 0
+        return self.evaluate([rec.seed_recipe(seed) for seed in self.seeds(affordable)])
+
     def evaluate(
         self, noise_recipes: Sequence[dict[str, Any]], noises: torch.Tensor | None = None
     ) -> list[Candidate]:

@@ -113,9 +113,7 @@ class SearchOverPaths:
             raise ConfigError("paths.start_level", f"must be above the grid's last level {end}")
         paths = self._paths(context)
         if paths == 0:  # too small a budget for one path: spend it on plain samples instead
-            affordable = context.affordable() or 0
-            if affordable > 0:
-                context.evaluate([seed_recipe(seed) for seed in context.seeds(affordable)])
+            context.plain_samples()
             return
         states = context.start([seed_recipe(seed) for seed in context.seeds(paths)])
         states = context.solve(states, context.grid(context.levels[0], self.start_level))

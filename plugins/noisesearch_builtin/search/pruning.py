@@ -105,7 +105,8 @@ class EarlyPruning:
 
     def run(self, context: SearchContext) -> None:
         initial = self._initial(context)
-        if initial == 0:
+        if initial == 0:  # too small a budget for the stages: spend it on plain samples instead
+            context.plain_samples()
             return
         stages = self.stages(context)
         sizes = self.sizes(initial)

@@ -105,7 +105,8 @@ class SequentialMonteCarlo:
 
     def run(self, context: SearchContext) -> None:
         k = self._particles(context)
-        if k == 0:
+        if k == 0:  # too small a budget for one particle's run: spend it on plain samples instead
+            context.plain_samples()
             return
         levels = context.levels
         steps = len(levels) - 1
