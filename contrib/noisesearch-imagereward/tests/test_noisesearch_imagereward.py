@@ -325,17 +325,3 @@ def test_preprocessing_matches_the_original_torchvision_pipeline_on_pil_images(
 def test_imagereward_is_refused_for_the_class_conditional_digits_model() -> None:
     with pytest.raises(IncompatibleError, match="verifier 'imagereward' needs a prompt"):
         noisesearch.search(model="digits", verifiers=["imagereward"], write=False)
-
-
-def test_score_with_grad_is_the_score_with_a_gradient_in_the_pixels(verifier: ImageRewardVerifier) -> None:
-    """The ``gradient`` strategy's path (ReNO optimises ImageReward): same values as ``score``, and
-    a finite, non-zero gradient through the preprocessing, the ViT, the cross-attending text
-    encoder and the head, each image's from its own pixels."""
-    assert ImageRewardVerifier.differentiable is True
-    images = smooth_images(3, 40, 36)
-    plain = verifier.score(images, Condition(prompt=PROMPT))
-    pixels = images.clone().requires_grad_(True)
-    scores = verifier.score_with_grad(pixels, Condition(prompt=PROMPT))
-    assert torch.allclose(scores.detach(), plain, atol=1e-5)
-    (grad,) = torch.autograd.grad(scores[0], pixels)
-    assert torch.isfinite(grad).all() and grad[0].abs().sum() > 0 and grad[1:].abs().max() == 0

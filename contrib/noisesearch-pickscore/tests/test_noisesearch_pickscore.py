@@ -149,16 +149,3 @@ def test_pickscore_refuses_a_model_that_is_not_clip(tmp_path: Path) -> None:
                          intermediate_size=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs a CLIP model"):
         PickScoreVerifier(model=str(tmp_path), processor=str(tmp_path))
-
-
-def test_score_with_grad_is_the_score_with_a_gradient_in_the_pixels(verifier: PickScoreVerifier) -> None:
-    """The ``gradient`` strategy's path: same values as ``score``, and a finite, non-zero gradient
-    through the processor's resize, crop and normalisation, each image's from its own pixels."""
-    assert PickScoreVerifier.differentiable is True
-    images = smooth_images(3, 40, 36)
-    plain = verifier.score(images, Condition(prompt=PROMPT))
-    pixels = images.clone().requires_grad_(True)
-    scores = verifier.score_with_grad(pixels, Condition(prompt=PROMPT))
-    assert torch.allclose(scores.detach(), plain, atol=1e-5)
-    (grad,) = torch.autograd.grad(scores[0], pixels)
-    assert torch.isfinite(grad).all() and grad[0].abs().sum() > 0 and grad[1:].abs().max() == 0
