@@ -7,29 +7,42 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_overhead.py"
 
 
-def test_engine_overhead_prints_both_ratios_and_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def load_script() -> Any:
+    """The benchmark script as a module (it is not a package)."""
     spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    out = tmp_path / "o.json"
-    argv = ["engine_overhead.py", "--sizes", "8", "--reps", "2", "--json", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
+    return script
+
+
+def run_main(script: Any) -> None:
+    """``script.main()`` with sys.argv already set; the script pins torch's thread count, so the
+    later tests in this process get theirs back."""
     import torch
 
     threads = torch.get_num_threads()
     try:
         script.main()
-    finally:  # the script pins one thread; later tests in this process keep theirs
+    finally:
         torch.set_num_threads(threads)
+
+
+def test_engine_overhead_prints_both_ratios_and_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = load_script()
+    out = tmp_path / "o.json"
+    argv = ["engine_overhead.py", "--sizes", "8", "--reps", "2", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    run_main(script)
     data = json.loads(out.read_text())
     (row,) = data["ratios"]
     for arm in ("like_for_like", "defaults", "wall_like_for_like", "wall_defaults"):
@@ -49,21 +62,12 @@ def test_engine_overhead_prints_both_ratios_and_memory(
 def test_shapes_mode_prints_search_over_diffusers_batched_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     out = tmp_path / "s.json"
     argv = ["engine_overhead.py", "--shapes", "--sizes", "2", "--steps", "2", "--reps", "1",
             "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        script.main()
-    finally:
-        torch.set_num_threads(threads)
+    run_main(script)
     (row,) = json.loads(out.read_text())["ratios"]
     assert set(row["median_cpu_s"]) == {"diffusers", "search", "search_folder"}
     for arm in ("search", "search_folder", "wall_search", "wall_search_folder"):
