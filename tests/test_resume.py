@@ -112,3 +112,40 @@ def test_resume_refuses_a_run_whose_configuration_changed(tmp_path: Path, monkey
     # The journal's fingerprint names the change before any call is replayed.
     with pytest.raises(noisesearch.ConfigError, match=r"config\.batch_size \(was 4, now 3\)"):
         resume_run(out)
+
+
+def test_ctrl_c_between_two_listeners_still_records_the_batch_whole(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a scored batch is being recorded (here: inside the listener
+    before the candidates writer) is held until the batch is whole, so that the usage and
+    ``candidates.jsonl`` agree; CI once caught a SIGINT in that gap (108 counted, 104 lines)."""
+    from noisesearch.accounting import Budget
+    from noisesearch.engine import Engine
+    from noisesearch.results import CandidatesWriter
+    from noisesearch.scoring import Scorer
+    from noisesearch.testing import BrightnessVerifier, GaussianModel, default_condition
+    from noisesearch_builtin.search.random_search import RandomSearch
+
+    class CtrlCOnFirstBatch:
+        def __init__(self) -> None:
+            self.sent = False
+
+        def on_candidates(self, candidates, usage) -> None:  # noqa: ANN001
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10**5):  # Python runs the handler here, between two bytecodes
+                    pass
+
+    model = GaussianModel()
+    writer = CandidatesWriter(tmp_path / "candidates.jsonl")
+    engine = Engine(model, default_condition("none", None), Scorer({"objective": BrightnessVerifier()}),
+                    Budget(candidates=12), model.schedule.levels(4), batch_size=4, seed=0,
+                    listeners=[CtrlCOnFirstBatch(), writer])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run(RandomSearch())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        writer.close()
+    assert engine.usage.candidates == lines(tmp_path / "candidates.jsonl") == 4

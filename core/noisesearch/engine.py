@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from noisesearch import baseline as plain
+from noisesearch import interrupts
 from noisesearch import recipes as rec
 from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
@@ -517,27 +518,28 @@ class Engine:
             rows = [dict(zip(names, values)) for values in zip(*scores.values())] if names else \
                 [{} for _ in range(hi - lo)]
             objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
-            for row, row_scores in enumerate(rows):
-                candidate = Candidate(
-                    index=self.selection.count,
-                    recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
-                    scores=row_scores,
-                    objective=objectives[row],
-                    nfe=_recipe_nfe(states.recipes[lo + row], self),
-                )
-                self.usage.candidates += 1
-                self._history.append((self.usage.nfe, candidate.objective, row_scores))
-                noise = None if noises is None else partial(noises.__getitem__, lo + row)
-                self.selection.add(candidate, partial(images.__getitem__, row), noise)
-                batch.append(candidate)
-            if self.scorer.pooled:
-                self._rerank()
-            self.reported.on_batch(batch, images)  # the running bests, before they stream out
-            candidates.extend(batch)
-            for listener in self.listeners:
-                handler = getattr(listener, "on_candidates", None)
-                if handler is not None:
-                    handler(batch, self.usage)
+            with interrupts.deferred():  # the batch is recorded whole or not at all
+                for row, row_scores in enumerate(rows):
+                    candidate = Candidate(
+                        index=self.selection.count,
+                        recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
+                        scores=row_scores,
+                        objective=objectives[row],
+                        nfe=_recipe_nfe(states.recipes[lo + row], self),
+                    )
+                    self.usage.candidates += 1
+                    self._history.append((self.usage.nfe, candidate.objective, row_scores))
+                    noise = None if noises is None else partial(noises.__getitem__, lo + row)
+                    self.selection.add(candidate, partial(images.__getitem__, row), noise)
+                    batch.append(candidate)
+                if self.scorer.pooled:
+                    self._rerank()
+                self.reported.on_batch(batch, images)  # the running bests, before they stream out
+                candidates.extend(batch)
+                for listener in self.listeners:
+                    handler = getattr(listener, "on_candidates", None)
+                    if handler is not None:
+                        handler(batch, self.usage)
 
         self._in_batches(len(states), unit, work)
         return candidates

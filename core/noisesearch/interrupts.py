@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -40,6 +41,38 @@ def requested() -> bool:
 
 def reset() -> None:
     _state["requested"] = False
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then raise it.
+
+    The engine records a scored batch in several places (usage, the selection, the listeners
+    that write ``candidates.jsonl``); a ``KeyboardInterrupt`` between two of them left a run
+    folder whose ``run.json`` counted candidates that ``candidates.jsonl`` never got. Only the
+    main thread's own Ctrl-C handlers (ours or Python's default) are swapped; a handler someone
+    else installed is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not _record and previous is not signal.default_int_handler:
+        yield
+        return
+    held = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if previous is _record:
+            _state["requested"] = True
+        held.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 class Checkpoint:
