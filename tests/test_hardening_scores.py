@@ -80,7 +80,7 @@ def test_selection_ranks_nan_and_infinities_below_every_finite_score() -> None:
 
         candidate = Candidate(index, {"start": {"kind": "seed", "seed": index}, "ops": []},
                               {"v": objective}, objective, 1)
-        selection.add(candidate, torch.zeros(3, 2, 2), None)
+        selection.add(candidate, torch.zeros(1, 3, 2, 2), 0)
     assert [c.objective for c in selection.ranked()] == [0.9, 0.69, 0.60, -5.0]
     assert selection.best() is not None and selection.best().objective == 0.9
     assert selection.non_finite() == {"candidates": 5, "scores": {"v": 5}}

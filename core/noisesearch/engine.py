@@ -13,7 +13,6 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from noisesearch import baseline as plain
@@ -31,6 +30,7 @@ from noisesearch.gradients import (
     value_and_grad,
     weighted_objective,
 )
+from noisesearch.heap import search_objects_only
 from noisesearch.sampling import (
     Solver,
     SolveResult,
@@ -164,6 +164,10 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------
     def run(self, strategy: SearchStrategy) -> EngineResult:
+        with search_objects_only():  # collections skip torch and the model (noisesearch.heap)
+            return self._run(strategy)
+
+    def _run(self, strategy: SearchStrategy) -> EngineResult:
         start = time.perf_counter()
         with blame(self.owner("model", self.model)):
             self._prepared = self.model.prepare(self.condition)
@@ -529,8 +533,7 @@ class Engine:
                     )
                     self.usage.candidates += 1
                     self._history.append((self.usage.nfe, candidate.objective, row_scores))
-                    noise = None if noises is None else partial(noises.__getitem__, lo + row)
-                    self.selection.add(candidate, partial(images.__getitem__, row), noise)
+                    self.selection.add(candidate, images, row, noises, lo + row)
                     batch.append(candidate)
                 if self.scorer.pooled:
                     self._rerank()

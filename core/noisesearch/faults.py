@@ -68,9 +68,20 @@ def blame(owner: Owner, keep: Callable[[BaseException], bool] = lambda error: Fa
     unless it is the core's own (:class:`NoiseSearchError`) or ``keep(error)`` is true."""
     try:
         yield
-    except NoiseSearchError:
-        raise
     except Exception as error:
-        if keep(error):
+        failure = blamed(owner, error, keep)
+        if failure is error:
             raise
-        raise PluginFailed(owner, error) from error
+        raise failure from error
+
+
+def blamed(
+    owner: Owner, error: Exception, keep: Callable[[BaseException], bool] = lambda error: False
+) -> Exception:
+    """What :func:`blame` raises for ``error``: ``error`` itself (the core's own, or kept),
+    else a :class:`PluginFailed` of ``owner``. For a hot path (a denoiser step) that can't
+    afford a context manager's entry and exit: ``try: ... except Exception as e:``, then
+    raise ``e`` unchanged when this returns it, else this ``from e``."""
+    if isinstance(error, NoiseSearchError) or keep(error):
+        return error
+    return PluginFailed(owner, error)

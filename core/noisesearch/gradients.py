@@ -1,9 +1,9 @@
 """Differentiable evaluation: the objective of initial noises and its gradient, through the solve,
 the decoder and differentiable verifiers (for gradient strategies such as ``gradient``).
 
-Everything else in the engine runs under ``inference_mode`` and scores are Python floats; here
-autograd is on, from the noise to a weighted sum of verifier scores. Memory is kept to one
-denoiser call at a time: every denoiser call and the decoder run under
+Everything else in the engine runs without autograd (``no_grad``, ``inference_mode``) and
+scores are Python floats; here autograd is on, from the noise to a weighted sum of verifier
+scores. Memory is kept to one denoiser call at a time: every denoiser call and the decoder run under
 ``torch.utils.checkpoint`` (non-reentrant), so their activations are recomputed during the
 backward pass instead of being held for every step.
 

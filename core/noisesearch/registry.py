@@ -258,6 +258,13 @@ def _param_docs(obj: object) -> dict[str, str]:
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
+    if isinstance(factory, Hashable):  # cached as option_names is: checked on every search
+        return _cached_takes_var_keyword(factory)
+    return _option_sources(factory)[1]
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_takes_var_keyword(factory: Callable[..., Any]) -> bool:
     return _option_sources(factory)[1]
 
 

@@ -9,6 +9,7 @@ one and is never selected; such candidates are counted, per score, for the repor
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +20,6 @@ from noisesearch.types import Candidate
 
 if TYPE_CHECKING:
     import torch
-
-
-#: A tensor, or a callable that gives it when it is needed.
-Lazy = Any
-
-
-def _get(value: Lazy) -> torch.Tensor:
-    return value() if callable(value) else value
 
 
 def selection_key(candidate: Candidate) -> tuple[tuple[int, float], int]:
@@ -55,11 +48,19 @@ class Selection:
         self._non_finite_scores: dict[str, int] = {}
         self.baseline: Candidate | None = None
         self._heap: list[tuple[tuple[tuple[int, float], int], int, Candidate]] = []  # min-heap
+        self._floor = -math.inf  # see _update_floor
 
-    def add(self, candidate: Candidate, image: Lazy, noise: Lazy | None) -> None:
-        """Record a scored candidate; keep its image if it enters the top-k or is the baseline
-        (only those are copied to the CPU). ``image`` and ``noise``: tensors, or callables that
-        give them, called only for a kept candidate (a row of a batch costs a tensor view)."""
+    def add(
+        self,
+        candidate: Candidate,
+        images: torch.Tensor,
+        row: int,
+        noises: torch.Tensor | None = None,
+        noise_row: int = 0,
+    ) -> None:
+        """Record a scored candidate; keep its image ``images[row]`` (of a batch ``(B, 3, H, W)``)
+        and its noise ``noises[noise_row]`` if it enters the top-k or is the baseline: only those
+        rows are viewed and copied to the CPU (most candidates of a big search are neither)."""
         self.count += 1
         if self.keep_all:
             self.all.append(candidate)
@@ -68,17 +69,29 @@ class Selection:
             for name, value in candidate.scores.items():
                 if not is_finite(value):
                     self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
-        entry = (selection_key(candidate), candidate.index, candidate)
         baseline = self.baseline is None and self.is_baseline(candidate)
+        objective = candidate.objective
+        if not baseline and type(objective) is float and objective <= self._floor:
+            return  # the heap is full and this one can't enter it (most candidates of a big N)
+        entry = (selection_key(candidate), candidate.index, candidate)
         if baseline or len(self._heap) < self.top_k or entry[0] > self._heap[0][0]:
-            candidate.image = _get(image).cpu()
-            candidate.noise = _get(noise).cpu() if noise is not None else None
+            candidate.image = images[row].cpu()
+            candidate.noise = noises[noise_row].cpu() if noises is not None else None
         if baseline:
             self.baseline = candidate
         if len(self._heap) < self.top_k:
             heapq.heappush(self._heap, entry)
         elif entry[0] > self._heap[0][0]:
             self._drop(heapq.heapreplace(self._heap, entry)[2])
+        self._update_floor()
+
+    def _update_floor(self) -> None:
+        """The objective a candidate must beat to enter the full heap: its lowest finite one
+        (a later candidate loses ties), or -inf while the heap has room or holds a non-finite
+        objective (then only the full comparison of :func:`selection_key` can tell)."""
+        heap = self._heap
+        full = len(heap) >= self.top_k and heap[0][0][0][0] == 1
+        self._floor = heap[0][2].objective if full else -math.inf
 
     def _drop(self, dropped: Candidate) -> None:
         if dropped is self.baseline:
@@ -93,6 +106,7 @@ class Selection:
             candidate.objective = objective
         self._heap = [(selection_key(c), c.index, c) for _, _, c in self._heap]
         heapq.heapify(self._heap)
+        self._update_floor()
 
     def best(self) -> Candidate | None:
         """The best candidate so far (``None`` before the first), finite or not."""
