@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from noisesearch import interrupts
+from noisesearch import batch_memory, interrupts
 from noisesearch.config import RunConfig
 from noisesearch.engine import Engine, EngineResult, Scorer, Usage
 from noisesearch.errors import ConfigError, RunInterrupted
@@ -63,6 +63,9 @@ class SearchResult:
     latents_info: dict[str, Any] = field(default_factory=dict)
     #: Seconds spent building the model and the verifiers (run.json ``timings``).
     loading: dict[str, float] = field(default_factory=dict)
+    #: Where ``config.batch_size`` came from: "user", "remembered" or "model default"
+    #: (``noisesearch.batch_memory``).
+    batch_size_from: str | None = None
 
     @property
     def image(self) -> Any:
@@ -159,8 +162,11 @@ def run_plan(
     with blame(owners["strategy"]):
         strategy = plan.strategy.create(**config.strategy_options)
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
-    # and a resumed or repeated run must batch alike.
-    config.batch_size = config.batch_size or getattr(model, "preferred_batch_size", 16)
+    # and a resumed or repeated run must batch alike. Unset: the size that fit last time
+    # (noisesearch.batch_memory) or the model's; run.json says which (batch_size_from).
+    memory_key = batch_memory.key(str(config.model), model, config.model_options)
+    recorded = batch_memory.recorded_from(plan.output) if resume else None
+    config.batch_size, batch_from = batch_memory.choose(config.batch_size, model, memory_key, recorded)
     solver = resolve_solver(model, config.solver, plan.steps)  # "native": the model's own sampler
     run_dir = None
     journal = None
@@ -176,7 +182,7 @@ def run_plan(
             held.enter_context(locking.hold(folder))  # nothing is written here before this
             journal = _open_journal(folder, plan, resume, fingerprint.fingerprint(plan), journaled)
             run_dir = folder
-            _write_status(run_dir, plan, "running")
+            _write_status(run_dir, plan, "running", batch_from=batch_from)
             listeners.append(results.CandidatesWriter(run_dir / "candidates.jsonl"))
         listeners.append(interrupts.Checkpoint())
         if progress:
@@ -200,6 +206,8 @@ def run_plan(
         )
         outcome = engine.run(strategy)
         _close(listeners)
+        if engine.batch_size < config.batch_size:  # halved on out-of-memory: start there next time
+            batch_memory.remember(memory_key, engine.batch_size, failed=config.batch_size)
         result = SearchResult(
             config=config,
             condition=plan.condition,
@@ -216,6 +224,7 @@ def run_plan(
             non_finite=outcome.non_finite,
             baseline_origin=outcome.baseline_origin,
             loading=loaded,
+            batch_size_from=batch_from,
         )
         result.best_latents, result.latents_info = pipeline_latents_info(
             model, outcome.best, engine.levels, config.solver, plan.steps)
@@ -233,7 +242,7 @@ def run_plan(
             stopped = isinstance(error, KeyboardInterrupt) or interrupts.requested()
             status = "interrupted" if stopped else "failed"
             _write_status(run_dir, plan, status, engine.usage if engine else None,
-                          None if stopped else error)
+                          None if stopped else error, batch_from)
             if stopped and not isinstance(error, RunInterrupted):
                 raise RunInterrupted(run_dir) from None
         raise
@@ -296,7 +305,8 @@ JOURNAL_FOLDER = "journal"
 
 
 def _write_status(
-    run_dir: Path, plan: Plan, status: str, usage: Usage | None = None, error: BaseException | None = None
+    run_dir: Path, plan: Plan, status: str, usage: Usage | None = None, error: BaseException | None = None,
+    batch_from: str | None = None,
 ) -> None:
     """``run.json`` of a run that is not (yet) complete: enough to resume it."""
     from noisesearch import results
@@ -308,6 +318,7 @@ def _write_status(
         "config": plan.config.to_json(),
         "condition": plan.condition.to_json(),
         "budget": {"candidates": plan.budget.candidates, "nfe": plan.budget.nfe},
+        "batch_size_from": batch_from,  # a resumed run keeps it (noisesearch.batch_memory)
     }
     if usage is not None:
         data["usage"] = usage.to_json()
@@ -429,6 +440,7 @@ def _write_run_dir(
             "torch.", ""
         ),
         "levels": engine.levels,
+        "batch_size_from": result.batch_size_from,  # "user", "remembered" or "model default"
         "nfe_per_candidate": engine.nfe_per_candidate,
         "budget": {"candidates": plan.budget.candidates, "nfe": plan.budget.nfe},
         "usage": result.usage.to_json(),
@@ -442,6 +454,10 @@ def _write_run_dir(
         "strategy_report": result.strategy_report,
         "environment": results.environment(),
     }
+    if getattr(model, "static_batch", False):  # a compiled denoiser: one batch shape (units.Unit.pad_to)
+        run_json["denoiser_padding"] = {
+            "rows": "batch_size", "fill": "last row repeated", "kept": "the real rows",
+            "recorded": "each solve op's batch is the padded size, which replay pads to"}
     from noisesearch.report import write_report
 
     writing = time.perf_counter()

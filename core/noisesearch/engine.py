@@ -268,6 +268,10 @@ class Engine:
                 if close is not None:  # drop what was not used (a worker's pending units)
                     close()
 
+    def _pad_to(self) -> int:
+        """Denoiser rows per unit for a model with ``static_batch`` (a compiled network): the batch size."""
+        return self.batch_size if getattr(self.model, "static_batch", False) else 0
+
     # -- primitives (charged to the budget before compute) -------------------------------
     def start(
         self, noise_recipes: Sequence[dict[str, Any]], noises: torch.Tensor | None = None
@@ -319,7 +323,7 @@ class Engine:
             if self.journal is not None and self.journal.replaying:
                 return None
             seeds = None if step_seeds is None else step_seeds[lo:hi]
-            return Unit(SOLVE, states.x[lo:hi], levels, tuple(capture), seeds)
+            return Unit(SOLVE, states.x[lo:hi], levels, tuple(capture), seeds, pad_to=self._pad_to())
 
         def work(lo: int, hi: int, output: Output | None) -> None:
             seeds = None if step_seeds is None else step_seeds[lo:hi]
@@ -327,10 +331,11 @@ class Engine:
             xs.append(result.x)
             for level, x0 in result.x0.items():
                 captured.setdefault(level, []).append(x0)
-            shared = rec.solve_op(levels, hi - lo, 0)  # the chunk's rows share one levels list
+            batch = max(hi - lo, self._pad_to())  # a static-batch model's rows ran padded
+            shared = rec.solve_op(levels, batch, 0)  # the chunk's rows share one levels list
             recipes.extend(
                 rec.with_op(r, {**shared, "row": row} if seeds is None
-                            else rec.solve_op(levels, hi - lo, row, seeds[row]))
+                            else rec.solve_op(levels, batch, row, seeds[row]))
                 for row, r in enumerate(states.recipes[lo:hi])
             )
             self.usage.nfe += result.nfe * (hi - lo)
@@ -408,7 +413,7 @@ class Engine:
         def unit(lo: int, hi: int) -> Unit | None:
             if self.journal is not None and self.journal.replaying:
                 return None
-            return Unit(PREDICT, states.x[lo:hi], [states.level])
+            return Unit(PREDICT, states.x[lo:hi], [states.level], pad_to=self._pad_to())
 
         def work(lo: int, hi: int, output: Output | None) -> None:
             if output is None:

@@ -40,6 +40,9 @@ class Unit:
     capture: tuple[float, ...] = ()  # solve: keep x0_hat at these levels
     seeds: list[int] | None = None  # solve with a stochastic solver: one step-noise seed per row
     also: dict[float, torch.Tensor] = field(default_factory=dict)  # decode: more latents (B, ...)
+    # solve, predict: run the denoiser on this many rows (the last row repeated; 0: as many as
+    # ``x`` has), for a model whose compiled network wants one batch shape (``static_batch``)
+    pad_to: int = 0
 
     @property
     def rows(self) -> int:
@@ -81,18 +84,36 @@ def compute(
                 raise
             raise failure from error
 
+    rows = unit.rows
+    x, seeds = _padded(unit)  # (max(rows, pad_to), *latent): only the first `rows` are kept
     # One inference_mode for the whole unit: entering one per step cost a small model ~5% at
     # N = 16, and no_grad instead leaves every op on autograd's dispatch path (~4%).
     with torch.inference_mode():
         if unit.kind == PREDICT:
-            x0 = denoise(unit.x, unit.levels[0])
+            x0 = denoise(x, unit.levels[0])[:rows]
             return Output(x0, 1, {}, time.perf_counter() - start)
         if unit.kind != SOLVE:
             raise ValueError(f"unknown unit kind {unit.kind!r}")
-        result = solve(denoise, unit.x, model.schedule, unit.levels, solver, unit.capture, unit.seeds)
+        result = solve(denoise, x, model.schedule, unit.levels, solver, unit.capture, seeds)
+    captured = result.x0 if x is unit.x else {level: x0[:rows] for level, x0 in result.x0.items()}
     # The states leave as ordinary tensors (a copy made outside inference mode), as they did when
     # only the denoiser ran in it: a strategy may update them in place.
-    return Output(result.x.clone(), result.nfe, result.x0, time.perf_counter() - start)
+    return Output(result.x[:rows].clone(), result.nfe, captured, time.perf_counter() - start)
+
+
+def _padded(unit: Unit) -> tuple[torch.Tensor, list[int] | None]:
+    """A solve or predict unit's rows padded to ``pad_to`` by repeating the last row (and a
+    stochastic solver's last step seed: rows never share step noise, so a padding row changes no
+    real row). A row's result depends on the batch size and its place in the batch, not on the
+    other rows' content (``noisesearch.recipes``), so replay's zero padding gives the same."""
+    import torch
+
+    missing = unit.pad_to - unit.rows
+    if missing <= 0 or unit.rows == 0:
+        return unit.x, unit.seeds
+    x = torch.cat([unit.x, unit.x[-1:].expand(missing, *unit.x.shape[1:])])  # (pad_to, *latent)
+    seeds = None if unit.seeds is None else [*unit.seeds, *[unit.seeds[-1]] * missing]
+    return x, seeds
 
 
 class Dispatch(Protocol):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
-from noisesearch_builtin.models.diffusers import guidance, img2img, index, memory, native
+from noisesearch_builtin.models.diffusers import compiled, guidance, img2img, index, memory, native
 from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
 
@@ -98,6 +98,12 @@ COMMON_PARAMS = """
     family's img2img pipeline. Its size is the run's. SD 1.x/2.x, SD-XL, SD3 and FLUX.1.
 :param strength: img2img: the share of the steps that run from the noised image (0 < S <= 1;
     --strength), as the img2img pipelines' ``strength``; None: 0.8, their default.
+:param compile: torch.compile the denoising network (UNet or transformer) with static shapes:
+    "default", "reduce-overhead" (CUDA graphs: small batches) or "max-autotune"; false: off.
+    Denoiser batches are padded to the run's batch size (the last row repeated), so one graph
+    serves the search; replay stays exact. Pays off on a GPU; not with cpu_offload=sequential.
+:param compile_backend: torch.compile's backend for ``compile`` (default "inductor"; "eager"
+    traces without code generation and needs no C++ compiler).
 """
 
 
@@ -178,12 +184,15 @@ class DiffusersModel:
         clip_skip: Any = None,
         init_image: Any = None,
         strength: Any = None,
+        compile: Any = None,  # noqa: A002 - the option's name
+        compile_backend: Any = None,
         **options: Any,
     ) -> None:
         """The option checks that need only JSON and file names: image size against the
         pipeline's VAE (and patch) multiple, CPU offload without an accelerator, a weight
         variant or safetensors weights the folder does not have, a scheduler the pipeline's
-        is not compatible with or options it does not have."""
+        is not compatible with or options it does not have, a compile mode or backend that
+        cannot work."""
         multiple = cls._size_multiple(path)
         for field, value in (("height", height), ("width", width)):
             if value is None:
@@ -193,6 +202,7 @@ class DiffusersModel:
             if multiple and value % multiple:
                 raise ConfigError(field, f"must be a multiple of {multiple} for {path!r}, got {value}")
         memory.check(attention_slicing, cls.attention_slicing_family, cls.__name__)
+        compiled.check(compile, compile_backend, memory.offload_mode(cpu_offload))
         guidance.check(guidance_rescale, clip_skip, cls.guidance_options_family, cls.__name__)
         img2img.check(init_image, strength, cls.img2img_family, cls.__name__, multiple, height, width)
         if memory.offload_mode(cpu_offload) and resolve_device(device).type == "cpu":
@@ -288,8 +298,14 @@ class DiffusersModel:
         clip_skip: int | None = None,
         init_image: str | None = None,
         strength: float | None = None,
+        compile: bool | str = False,  # noqa: A002 - the option's name, as --model-opt compile=MODE
+        compile_backend: str | None = None,
     ) -> None:
         family = type(self).__name__
+        self.compile_mode = compiled.check(compile, compile_backend, memory.offload_mode(cpu_offload))
+        self.compile_backend = compile_backend or compiled.DEFAULT_BACKEND
+        if self.compile_mode is not None:
+            compiled.check_backend(self.compile_backend)  # before the weights load
         size = img2img.check(init_image, strength, self.img2img_family, family, None, height, width)
         if size is not None:  # the run makes images of the init image's size
             height, width = size
@@ -307,6 +323,8 @@ class DiffusersModel:
         self.scheduler_options = dict(scheduler_options or {})
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
         self._setup(height, width)
+        if self.compile_mode is not None:  # placed and offloaded: the graph sees the final module
+            compiled.apply(self._denoiser(), self.compile_mode, self.compile_backend)
         self._init_latents: torch.Tensor | None = None  # (1, *latent_shape): img2img's image
         self.input_hashes: dict[str, str] = {}  # files the result depends on: replay checks them
         if init_image is not None:
@@ -562,6 +580,17 @@ class DiffusersModel:
         return "DDIMScheduler"  # eta 0, configured from the pipeline's scheduler
 
     # -- memory ----------------------------------------------------------------------------------
+    @property
+    def static_batch(self) -> bool:
+        """Whether every denoiser batch must have the run's batch size (a compiled network: one
+        graph per shape); the engine then pads the last, smaller batch (``noisesearch.units``)."""
+        return getattr(self, "compile_mode", None) is not None
+
+    @property
+    def compile_info(self) -> dict[str, Any] | None:
+        """What run.json records of ``compile`` (None: not compiled)."""
+        return compiled.describe(getattr(self, "compile_mode", None), getattr(self, "compile_backend", ""))
+
     @property
     def preferred_batch_size(self) -> int:
         """Candidates per batch: from free memory (the accelerator's; on a CPU the host's

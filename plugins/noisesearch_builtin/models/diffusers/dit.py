@@ -84,9 +84,12 @@ class DiTModel(VariancePreservingModel):
         scheduler_options: dict[str, Any] | None = None,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
+        compile: bool | str = False,  # noqa: A002 - the option's name, as --model-opt compile=MODE
+        compile_backend: str | None = None,
     ) -> None:
         super().__init__(path, guidance_scale, None, None, device, dtype, cpu_offload, variant,
-                         use_safetensors, scheduler, scheduler_options, None, vae_slicing, vae_tiling)
+                         use_safetensors, scheduler, scheduler_options, None, vae_slicing, vae_tiling,
+                         compile=compile, compile_backend=compile_backend)
 
     def _setup(self, height: int | None, width: int | None) -> None:
         self._setup_schedule()
