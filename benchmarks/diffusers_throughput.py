@@ -14,7 +14,10 @@ a classifier-free-guidance step is one NFE, its two branches run in one batched 
   (a first, untimed "cold" search loads the folder itself, as ``noisesearch run`` would);
 - ``loop``: diffusers' own pipeline call, once per candidate, scored by the same verifier;
 - ``compiled`` vs ``eager`` (DiT-XL/2 and the SD 1.5 UNet only): the raw forward under
-  ``torch.compile`` (static shapes) against the same forward eager.
+  ``torch.compile`` (static shapes) against the same forward eager; and, interleaved with them,
+  the ``search`` arm on a second copy of the model loaded with ``--model-opt compile=MODE``
+  (``search-compiled``: the option's real path, batches padded to the batch size) against the
+  eager model's search (``search-eager``); ``--no-compile-search`` leaves these two out.
 
 Repetitions are interleaved (raw, hand, search, loop, raw, hand, ...) after one untimed warm-up of
 each arm; every ratio is taken within a repetition and reported as median and spread (min, max),
@@ -359,6 +362,7 @@ class Bench:
     work: Path
     registries: Any
     raw_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)  # over the spec's (compile=...)
 
     @property
     def network(self) -> Any:
@@ -466,7 +470,7 @@ def run_search(bench: Bench, candidates: int, seed: int, output: Path, reuse: bo
                                   built_verifiers=bench.verifiers, **options)
     # Else a model in memory only is planned as its preset (whose traits may need the hub).
     name = f"hf:{bench.folder}" if bench.folder is not None else bench.spec.preset
-    model_options = {"dtype": bench.spec.dtype, **bench.spec.options}
+    model_options = {"dtype": bench.spec.dtype, **bench.spec.options, **bench.model_options}
     checked = plan(RunConfig(model=name, model_options=model_options, **options), bench.registries)
     assert reuse or bench.folder is not None, "a model in memory only cannot be loaded again"
     if reuse:
@@ -761,6 +765,60 @@ def run_compile_arms(bench: Bench, args: argparse.Namespace, clock: Clock, repor
         report.save()
     speedup = entry.get("ratios", {}).get("compiled/eager", {}).get("median")
     report.log(f"{spec.name}: compiled/eager {speedup}")
+    if args.compile_search and bench.folder is not None:
+        run_compiled_search_arms(bench, args, clock, report, entry.setdefault("search", {}), backend)
+
+
+def compiled_bench(bench: Bench, mode: str, backend: str) -> Bench:
+    """A second copy of ``bench``'s model, loaded from its folder with ``compile=MODE`` through the
+    ``hf:`` adapter (the option's own path: network compiled in place, batches padded)."""
+    import dataclasses
+
+    from noisesearch_builtin.models.diffusers.hf import hf_pipeline
+
+    spec, options = bench.spec, {"compile": mode, "compile_backend": backend}
+    model = hf_pipeline(str(bench.folder), device=str(bench.model.device), dtype=spec.dtype,
+                        **_adapter_options(spec), guidance_scale=spec.options["guidance_scale"], **options)
+    return dataclasses.replace(bench, model=model, prepared=model.prepare(bench.condition),
+                               model_options=options)
+
+
+def run_compiled_search_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: Report,
+                             entry: dict[str, Any], backend: str) -> None:
+    """The search arm eager vs with ``--model-opt compile=MODE``, interleaved (the first compiled
+    search compiles: timed apart as ``compile_s``)."""
+    spec = bench.spec
+    section_start = time.perf_counter()
+    mode = args.compile_mode or "default"
+    entry.update(mode=mode, backend=backend, batch=spec.batch, candidates=spec.candidates)
+    begin = time.perf_counter()
+    compiled = compiled_bench(bench, mode, backend)
+    entry["load_s"] = round(time.perf_counter() - begin, 2)
+    begin = time.perf_counter()
+    search_arm(compiled, spec.batch, 0, 900)()  # compiles (one batch: the graph every batch uses)
+    _sync()
+    entry["compile_s"] = round(time.perf_counter() - begin, 2)
+    report.log(f"{spec.name}: compiled search ({backend}, {mode}) warmed up in {entry['compile_s']} s")
+    arms = {"search-eager": Arm(), "search-compiled": Arm()}
+    rep_seconds = 0.0
+    for rep in range(args.compile_reps):
+        spent = time.perf_counter() - section_start
+        over = spent + rep_seconds > spec.compile_limit or clock.left() < rep_seconds + args.reserve
+        if rep > 0 and over:
+            report.note(f"{spec.key} compiled search: stopped after {rep} repetitions")
+            break
+        begin = time.perf_counter()
+        timed(arms["search-eager"], search_arm(bench, spec.candidates, rep + 1, 1000 + rep))
+        timed(arms["search-compiled"], search_arm(compiled, spec.candidates, rep + 1, 2000 + rep))
+        rep_seconds = time.perf_counter() - begin
+        entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
+        entry["ratios"] = {"search compiled/eager": ratio(arms["search-compiled"], arms["search-eager"])}
+        entry["reps"] = rep + 1
+        report.save()
+    speedup = entry.get("ratios", {}).get("search compiled/eager", {}).get("median")
+    report.log(f"{spec.name}: search compiled/eager {speedup}")
+    del compiled
+    _free()
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -819,8 +877,9 @@ def summary(report: Report) -> str:
     lines = [f"{'model':<20} {'arm':<9} {'cand-NFE/s':>11} {'peak GB':>8}   ratios (median [min, max])"]
     for key, entry in report.data["models"].items():
         name = entry.get("name", key)
-        for section in ("main", "compile"):
-            part = entry.get(section, {})
+        for section in ("main", "compile", "search"):
+            compiled = entry.get("compile", {})
+            part = compiled.get("search", {}) if section == "search" else entry.get(section, {})
             if not part.get("arms"):
                 if part.get("status", "").startswith(("skipped", "failed")):
                     lines.append(f"{name:<20} {section:<9} {part['status'][:80]}")
@@ -850,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile sections")
     parser.add_argument("--compile-backend", default=None, help="default: inductor (eager with --tiny)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    parser.add_argument("--no-compile-search", dest="compile_search", action="store_false",
+                        help="skip the search arm with --model-opt compile=MODE in the compile sections")
     parser.add_argument("--work", type=Path, default=None, help="folder for pipelines and run folders")
     for name in ("batch", "candidates", "loop-candidates", "steps", "raw-calls"):
         parser.add_argument(f"--{name}", type=int, default=None, help="override every model's")

@@ -51,3 +51,6 @@ def test_tiny_runs_every_arm(tmp_path: Path, model: str) -> None:
     search_raw = main["ratios"]["search/raw"]
     assert search_raw["min"] <= search_raw["median"] <= search_raw["max"] and search_raw["target"] == 0.9
     assert compiled["backend"] == "eager" and len(compiled["ratios"]["compiled/eager"]["values"]) == 2
+    searched = compiled["search"]  # the search arm with --model-opt compile=default, eager backend
+    assert searched["backend"] == "eager" and len(searched["ratios"]["search compiled/eager"]["values"]) == 2
+    assert min(searched["arms"]["search-compiled"]["rates"]) > 0
