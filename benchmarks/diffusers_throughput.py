@@ -766,7 +766,14 @@ def run_compile_arms(bench: Bench, args: argparse.Namespace, clock: Clock, repor
     speedup = entry.get("ratios", {}).get("compiled/eager", {}).get("median")
     report.log(f"{spec.name}: compiled/eager {speedup}")
     if args.compile_search and bench.folder is not None:
-        run_compiled_search_arms(bench, args, clock, report, entry.setdefault("search", {}), backend)
+        needs = 0.0 if args.tiny else spec.compile_limit * 0.6  # a second model, its compile, reps
+        searched = entry.setdefault("search", {})
+        if clock.left() < needs:
+            searched["status"] = f"skipped: {clock.left():.0f} s left, it needs {needs:.0f} s"
+            report.note(f"{spec.key} compiled search: {searched['status']}")
+            return
+        run_compiled_search_arms(bench, args, clock, report, searched, backend)
+        searched["status"] = "done"
 
 
 def compiled_bench(bench: Bench, mode: str, backend: str) -> Bench:

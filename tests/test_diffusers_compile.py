@@ -77,6 +77,25 @@ def test_compiled_search_equals_eager_and_a_padded_candidate_replays_exactly(
     assert outcome.identical, outcome.max_abs_diff
 
 
+def test_a_stochastic_native_solver_pads_its_step_seeds_and_replays_exactly(
+    tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    """Euler ancestral draws step noise per row: the padding rows take the last row's seed, and
+    each real row keeps its own, recorded in its solve op."""
+    out = tmp_path / "native"
+    result = noisesearch.search(
+        model="hf", model_options={"path": str(tiny("sd")), "height": IMAGE_SIZE, "width": IMAGE_SIZE,
+                                   "guidance_scale": 3.0, "scheduler": "EulerAncestralDiscreteScheduler",
+                                   **COMPILED},
+        prompt=PROMPT, verifiers=["test-brightness"], evaluator="none", candidates=3, batch_size=2,
+        steps=2, top_k=3, solver="native", output=str(out), registries=registries,
+    )
+    ops = {c.index: c.recipe["ops"][0] for c in result.top}
+    assert {op["batch"] for op in ops.values()} == {2} and len({op["noise_seed"] for op in ops.values()}) == 3
+    outcome = replay_run(out, registries=registries)
+    assert outcome.identical, outcome.max_abs_diff
+
+
 @pytest.mark.parametrize(("options", "field", "message"), [
     ({"compile": "fastest"}, "compile", "default, reduce-overhead, max-autotune"),
     ({"compile": "default", "cpu_offload": "sequential"}, "compile", "cpu_offload=sequential"),
