@@ -111,6 +111,16 @@ def test_an_unwritable_cache_warns_and_the_run_goes_on(
     assert len(result.top) > 0
 
 
+def test_a_cap_bounds_only_a_size_not_given() -> None:
+    class Model:
+        preferred_batch_size = 64
+
+    assert batch_memory.choose(None, Model(), "k", cap=5) == (5, batch_memory.MODEL_DEFAULT)
+    assert batch_memory.choose(8, Model(), "k", cap=5) == (8, batch_memory.USER)
+    batch_memory.remember("k", 2, failed=4)
+    assert batch_memory.choose(None, Model(), "k", cap=5) == (2, batch_memory.REMEMBERED)
+
+
 def test_the_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(batch_memory.CACHE_ENV, str(tmp_path / "own"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -96,6 +96,19 @@ def test_a_stochastic_native_solver_pads_its_step_seeds_and_replays_exactly(
     assert outcome.identical, outcome.max_abs_diff
 
 
+def test_an_automatic_batch_size_is_capped_at_the_candidates_it_would_pad_for(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    """The host's memory would allow 64 rows; padding 3 candidates to 64 would be 21x the work."""
+    result = noisesearch.search(
+        model="hf", model_options={"path": str(tiny("sd")), "height": IMAGE_SIZE, "width": IMAGE_SIZE,
+                                   **COMPILED},
+        prompt=PROMPT, verifiers=["test-brightness"], evaluator="none", candidates=3, steps=2,
+        write=False, registries=registries,
+    )
+    assert result.config.batch_size == 3 and result.batch_size_from == "model default"
+
+
 @pytest.mark.parametrize(("options", "field", "message"), [
     ({"compile": "fastest"}, "compile", "default, reduce-overhead, max-autotune"),
     ({"compile": "default", "cpu_offload": "sequential"}, "compile", "cpu_offload=sequential"),

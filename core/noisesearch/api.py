@@ -164,10 +164,12 @@ def run_plan(
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
     # and a resumed or repeated run must batch alike. Unset: the size that fit last time
     # (noisesearch.batch_memory) or the model's; run.json says which (batch_size_from).
+    solver = resolve_solver(model, config.solver, plan.steps)  # "native": the model's own sampler
+    levels = search_levels(model, plan.steps, solver)
     memory_key = batch_memory.key(str(config.model), model, config.model_options)
     recorded = batch_memory.recorded_from(plan.output) if resume else None
-    config.batch_size, batch_from = batch_memory.choose(config.batch_size, model, memory_key, recorded)
-    solver = resolve_solver(model, config.solver, plan.steps)  # "native": the model's own sampler
+    config.batch_size, batch_from = batch_memory.choose(config.batch_size, model, memory_key, recorded,
+                                                        _padded_batch_cap(model, plan, levels, solver))
     run_dir = None
     journal = None
     listeners: list[Listener] = []
@@ -194,7 +196,7 @@ def run_plan(
             plan.condition,
             Scorer(verifiers, evaluator, owners, evaluate_all=config.evaluate_all),
             plan.budget,
-            search_levels(model, plan.steps, solver),
+            levels,
             solver=solver,
             batch_size=config.batch_size,
             seed=config.seed,
@@ -251,6 +253,21 @@ def run_plan(
     if journal is not None:  # last: until run.json says complete, the journal can resume it
         journal.remove()
     return result
+
+
+def _padded_batch_cap(model: Any, plan: Plan, levels: list[float], solver: str | Solver) -> int | None:
+    """For a model that pads every denoiser batch to the batch size (``static_batch``: a compiled
+    network), the most candidates the budget allows: an automatic batch size above it would only
+    compute padding rows (16 candidates in a batch of 64: 4x the work). None for other models."""
+    if not getattr(model, "static_batch", False):
+        return None
+    from noisesearch.sampling import solver_nfe
+
+    limits = [plan.budget.candidates] if plan.budget.candidates is not None else []
+    if plan.budget.nfe is not None:
+        per_candidate = max(1, solver_nfe(model.schedule, levels, solver))
+        limits.append(-(-plan.budget.nfe // per_candidate))  # ceil
+    return min(limits) if limits else None
 
 
 def _open_journal(

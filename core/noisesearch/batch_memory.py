@@ -132,14 +132,17 @@ def remember(memory_key: str, batch_size: int, failed: int) -> None:
 
 
 def choose(
-    given: int | None, model: Any, memory_key: str, recorded_from: str | None = None
+    given: int | None, model: Any, memory_key: str, recorded_from: str | None = None, cap: int | None = None
 ) -> tuple[int, str]:
     """The run's batch size and where it came from: ``given`` (the user's, or a resumed run's:
     then ``recorded_from``, what its run.json said); else the remembered size where it is below
-    the model's preferred one; else the model's."""
+    the model's preferred one; else the model's. ``cap`` bounds a size not given (a model whose
+    every batch is padded to the batch size should not pad beyond what a search can use)."""
     if given is not None:
         return int(given), recorded_from or USER
     preferred = int(getattr(model, "preferred_batch_size", FALLBACK_BATCH_SIZE))
+    if cap is not None:
+        preferred = max(1, min(preferred, int(cap)))
     remembered = recall(memory_key)
     if remembered is not None and remembered < preferred:
         return remembered, REMEMBERED
