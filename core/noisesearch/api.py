@@ -119,6 +119,8 @@ def run_plan(
     who computes the model's batches (``noisesearch.units``; default: this process).
     ``journaled=False`` keeps no journal (nothing to resume from; the finished folder is the
     same): for a caller that reruns an interrupted run from scratch, as a bench cell does.
+    ``config.overlap``: this process's units computed one ahead on a thread
+    (``noisesearch.overlap``), the same result.
     """
     import contextlib
 
@@ -126,6 +128,8 @@ def run_plan(
     from noisesearch.faults import blame
 
     config = plan.config
+    if config.overlap and dispatch is not None:
+        raise _overlap_refused()
     started = time.perf_counter()
     if write and plan.output is not None:  # before any weights load: a folder in use or taken
         locking.check_unlocked(plan.output)
@@ -204,7 +208,7 @@ def run_plan(
             listeners=listeners,
             journal=journal,
             owners=owners,
-            dispatch=dispatch,
+            dispatch=dispatch or _overlap_dispatch(config),
         )
         outcome = engine.run(strategy)
         _close(listeners)
@@ -253,6 +257,20 @@ def run_plan(
     if journal is not None:  # last: until run.json says complete, the journal can resume it
         journal.remove()
     return result
+
+
+def _overlap_dispatch(config: RunConfig) -> Dispatch | None:
+    """``overlap``: the next batch computed on a thread while this one is scored."""
+    if not config.overlap:
+        return None
+    from noisesearch.overlap import OverlapDispatch
+
+    return OverlapDispatch()
+
+
+def _overlap_refused() -> ConfigError:
+    return ConfigError("overlap", "computes a search's batches on a thread of this process; an "
+                       "executor computes them on its own workers. Leave out one of them")
 
 
 def _padded_batch_cap(model: Any, plan: Plan, levels: list[float], solver: str | Solver) -> int | None:
@@ -557,6 +575,9 @@ def search(
     ``executor_options`` as for ``noisesearch bench`` (``workers``, ``address``, ``threads``,
     ...). An executor object (``noisesearch.bench.executors.make_executor("ray", ...)``) is
     used as it is and left open, so a loop of searches loads the model once per actor.
+    ``overlap=True`` (``--overlap``) denoises the next batch on a thread of this process while
+    the last one is decoded, scored and recorded: the same result, sooner when the verifiers
+    take a while (``noisesearch.overlap``; not with another executor).
     """
     built_model = None
     if config is not None and not isinstance(config.model, str):
@@ -599,6 +620,8 @@ def search_executor(executor: Any, options: dict[str, Any], checked: Plan) -> An
     """The executor that spreads one search's batches over its workers: ``executor`` itself
     when it is one, else the one a plugin registers under that name (``register_executors``),
     built with ``options``. Bad input is refused before anything is created."""
+    if checked.config.overlap:
+        raise _overlap_refused()
     if checked.built_model is not None:
         raise ConfigError("executor", "spreading a search over workers needs the model by name "
                           "(each worker builds its own), not a model object")

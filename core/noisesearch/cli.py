@@ -187,6 +187,7 @@ def _run_command(app: typer.Typer) -> None:
         verifier: Optional[list[str]] = typer.Option(None, help="Verifier; repeat for several (the first one is searched on). Default: the model's."),  # noqa: E501, UP045
         evaluator: Optional[str] = typer.Option(None, help="Independent judge for reports, or 'none'. Default: the model's."),  # noqa: E501, UP045
         evaluate_all: bool = typer.Option(False, "--evaluate-all", help="Score every candidate with the evaluator (the report's oracle line needs it); by default only what the run reports: the baseline, the running bests and the top-k."),  # noqa: E501
+        overlap: bool = typer.Option(False, "--overlap", help="Denoise the next batch on a second thread while the last one is decoded, scored and recorded: the same result, sooner when the verifiers take a while (local executor only)."),  # noqa: E501
         candidates: Optional[int] = typer.Option(None, help="Budget in candidates (default 16 when no budget is given)."),  # noqa: E501, UP045
         budget_nfe: Optional[int] = typer.Option(None, help="Budget in denoiser evaluations, summed over candidates."),  # noqa: E501, UP045
         steps: Optional[int] = typer.Option(None, help="Solver steps per candidate (default: the model's)."),  # noqa: E501, UP045
@@ -223,6 +224,7 @@ def _run_command(app: typer.Typer) -> None:
                     "--negative-prompt": negative_prompt, "--strategy": strategy, "--verifier": verifier,
                     "--init-image": init_image, "--strength": strength,
                     "--evaluator": evaluator, "--evaluate-all": evaluate_all or None,
+                    "--overlap": overlap or None,
                     "--candidates": candidates, "--budget-nfe": budget_nfe, "--steps": steps,
                     "--solver": solver, "--seed": seed, "--batch-size": batch_size, "--top-k": top_k,
                     "--device": device, "--output": output, "--model-opt": model_opt,
@@ -241,7 +243,7 @@ def _run_command(app: typer.Typer) -> None:
                 prompt=prompt, negative_prompt=negative_prompt, label=label,
                 candidates=candidates, budget_nfe=budget_nfe, steps=steps, solver=solver,
                 seed=seed, batch_size=batch_size, top_k=top_k, device=device, output=output,
-                overwrite=overwrite or None, evaluate_all=evaluate_all or None,
+                overwrite=overwrite or None, evaluate_all=evaluate_all or None, overlap=overlap or None,
                 model_options=_model_options(model_opt, init_image, strength),
                 verifier_options=_parse_verifier_options(verifier_opt) if verifier_opt else None,
                 strategy_options=(

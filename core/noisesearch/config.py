@@ -63,6 +63,7 @@ class RunConfig:
     strategy_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # replace a run already in ``output`` (else refused)
     evaluate_all: bool = False  # the evaluator on every candidate, not only the reported ones
+    overlap: bool = False  # compute the next batch on a thread while this one is scored (same result)
 
     def validate(self) -> None:
         """Check every value that can be checked without plugins; errors name the field."""
@@ -90,6 +91,8 @@ class RunConfig:
             raise ConfigError(
                 "device", f"must be auto, cpu, mps or cuda[:N] (or xpu[:N]), got {self.device!r}"
             )
+        if not isinstance(self.overlap, bool):
+            raise ConfigError("overlap", f"must be true or false, got {self.overlap!r}")
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier")
         if self.output is not None and not str(self.output).strip():
@@ -148,7 +151,7 @@ _FIELD_KINDS: dict[str, str] = {
     "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
     "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
     "verifier_options": "tables", "strategy_options": "table", "overwrite": "bool",
-    "evaluate_all": "bool",
+    "evaluate_all": "bool", "overlap": "bool",
 }
 
 

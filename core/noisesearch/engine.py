@@ -43,7 +43,7 @@ from noisesearch.sampling import (
 from noisesearch.scoring import Scorer
 from noisesearch.selection import Selection
 from noisesearch.types import Candidate, Condition
-from noisesearch.units import DECODE, PREDICT, SOLVE, Dispatch, LocalDispatch, Output, Unit
+from noisesearch.units import DECODE, PREDICT, SAMPLE, SOLVE, Dispatch, LocalDispatch, Output, Unit
 
 __all__ = [  # Budget, Usage, Scorer and SearchContext live in their own modules; re-exported here
     "Budget",
@@ -326,23 +326,27 @@ class Engine:
             return Unit(SOLVE, states.x[lo:hi], levels, tuple(capture), seeds, pad_to=self._pad_to())
 
         def work(lo: int, hi: int, output: Output | None) -> None:
-            seeds = None if step_seeds is None else step_seeds[lo:hi]
             result = self._journaled_solve(states.x[lo:hi], output)
             xs.append(result.x)
             for level, x0 in result.x0.items():
                 captured.setdefault(level, []).append(x0)
-            batch = max(hi - lo, self._pad_to())  # a static-batch model's rows ran padded
-            shared = rec.solve_op(levels, batch, 0)  # the chunk's rows share one levels list
-            recipes.extend(
-                rec.with_op(r, {**shared, "row": row} if seeds is None
-                            else rec.solve_op(levels, batch, row, seeds[row]))
-                for row, r in enumerate(states.recipes[lo:hi])
-            )
+            recipes.extend(self._solved(states.recipes[lo:hi], levels, step_seeds, lo))
             self.usage.nfe += result.nfe * (hi - lo)
 
         self._in_batches(len(states), unit, work)
         joined = {level: torch.cat(parts) for level, parts in captured.items()}
         return Trajectories(torch.cat(xs), levels[-1], recipes), joined
+
+    def _solved(
+        self, recipes: Sequence[dict[str, Any]], levels: list[float], step_seeds: list[int] | None, lo: int
+    ) -> list[dict[str, Any]]:
+        """A chunk's recipes (rows ``lo:lo + len(recipes)`` of a solve) with the solve op added."""
+        batch = max(len(recipes), self._pad_to())  # a static-batch model's rows ran padded
+        if step_seeds is None:
+            shared = rec.solve_op(levels, batch, 0)  # the chunk's rows share one levels list
+            return [rec.with_op(r, {**shared, "row": row}) for row, r in enumerate(recipes)]
+        return [rec.with_op(r, rec.solve_op(levels, batch, row, step_seeds[lo + row]))
+                for row, r in enumerate(recipes)]
 
     def _step_seeds(self, states: Trajectories, levels: list[float]) -> list[int]:
         """A stochastic solver's step-noise seeds, one per row, kept in the rows' recipes: a whole
@@ -522,40 +526,55 @@ class Engine:
             scores, images = self._journaled_scores("finish", hi - lo, lambda: self._decoded(output))
             if images is None:  # read back from the journal: the images are still needed
                 images = self._decoded(output)[0]
-            batch = []
-            names = list(scores)
-            rows = [dict(zip(names, values)) for values in zip(*scores.values())] if names else \
-                [{} for _ in range(hi - lo)]
-            objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
-            with interrupts.deferred():  # the batch is recorded whole or not at all
-                for row, row_scores in enumerate(rows):
-                    candidate = Candidate(
-                        index=self.selection.count,
-                        recipe={**states.recipes[lo + row], "decode": {"batch": hi - lo, "row": row}},
-                        scores=row_scores,
-                        objective=objectives[row],
-                        nfe=_recipe_nfe(states.recipes[lo + row], self),
-                    )
-                    self.usage.candidates += 1
-                    self._history.append((self.usage.nfe, candidate.objective, row_scores))
-                    self.selection.add(candidate, images, row, noises, lo + row)
-                    batch.append(candidate)
-                if self.scorer.pooled:
-                    self._rerank()
-                self.reported.on_batch(batch, images)  # the running bests, before they stream out
-                candidates.extend(batch)
-                for listener in self.listeners:
-                    handler = getattr(listener, "on_candidates", None)
-                    if handler is not None:
-                        handler(batch, self.usage)
+            self._record(states.recipes[lo:hi], scores, images, noises, lo, candidates)
 
         self._in_batches(len(states), unit, work)
         return candidates
 
+    def _record(
+        self,
+        recipes: Sequence[dict[str, Any]],
+        scores: dict[str, list[float]],
+        images: torch.Tensor,
+        noises: torch.Tensor | None,
+        lo: int,
+        candidates: list[Candidate],
+    ) -> None:
+        """One scored chunk (``recipes``, ``images`` ``(B, 3, H, W)``; rows ``lo:lo + B`` of
+        ``noises``) recorded as candidates: selection, the evaluator's running bests, listeners."""
+        batch = []
+        names = list(scores)
+        size = len(recipes)
+        rows = [dict(zip(names, values)) for values in zip(*scores.values())] if names else \
+            [{} for _ in range(size)]
+        objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
+        with interrupts.deferred():  # the batch is recorded whole or not at all
+            for row, row_scores in enumerate(rows):
+                candidate = Candidate(
+                    index=self.selection.count,
+                    recipe={**recipes[row], "decode": {"batch": size, "row": row}},
+                    scores=row_scores,
+                    objective=objectives[row],
+                    nfe=_recipe_nfe(recipes[row], self),
+                )
+                self.usage.candidates += 1
+                self._history.append((self.usage.nfe, candidate.objective, row_scores))
+                self.selection.add(candidate, images, row, noises, lo + row)
+                batch.append(candidate)
+            if self.scorer.pooled:
+                self._rerank()
+            self.reported.on_batch(batch, images)  # the running bests, before they stream out
+            candidates.extend(batch)
+            for listener in self.listeners:
+                handler = getattr(listener, "on_candidates", None)
+                if handler is not None:
+                    handler(batch, self.usage)
+
     def evaluate(
         self, noise_recipes: Sequence[dict[str, Any]], noises: torch.Tensor | None = None
     ) -> list[Candidate]:
-        """Full samples from pure noise: start, solve over the whole grid, finish."""
+        """Full samples from pure noise: start, then solve over the whole grid and finish, chunk
+        by chunk (one ``sample`` unit each: see :meth:`_sample`)."""
         n = len(noise_recipes)
         if n == 0:  # nothing asked, nothing computed (torch.cat of no batch would fail)
             return []
@@ -564,9 +583,52 @@ class Engine:
             noises = self._noise_for(noise_recipes)
         initial = noises.to(device=self.device, dtype=self.dtype or noises.dtype)  # kept as the noise
         states = self.start(noise_recipes, initial)  # img2img: a noised image, not the noise
-        capture = self.scorer.trajectory_levels
-        done, x0 = self.solve(states, self.levels, capture)
-        return self.finish(done, x0, noises=initial)
+        return self._sample(states, initial)
+
+    def _sample(self, states: Trajectories, noises: torch.Tensor) -> list[Candidate]:
+        """:meth:`solve` over the whole grid and :meth:`finish`, per chunk: each chunk is one
+        ``sample`` unit (solved, then decoded where it was solved) and is journaled as a solve
+        and a finish, so that a dispatch computing ahead (``noisesearch.overlap``) denoises
+        the next chunk while this one is scored. The same model batches, recipes and
+        candidates as a solve of every row followed by a finish; charged by the caller."""
+        levels = [float(level) for level in self.levels]
+        if not isinstance(self.solver, str):  # a model's own solver: along its grid (all of it)
+            levels = self.on_grid(levels)
+        step_seeds = self._step_seeds(states, levels) if is_stochastic(self.solver) else None
+        capture = tuple(self.scorer.trajectory_levels)
+        candidates: list[Candidate] = []
+        journal = self.journal
+
+        def unit(lo: int, hi: int) -> Unit:
+            if journal is not None and journal.replaying:  # the solve is journaled: decode it
+                tensors, meta = journal.peek("solve", hi - lo)
+                x = tensors["x"].to(states.x.device)
+                also = {} if journal.left > 1 else {  # no finish journaled: score the trajectory too
+                    float(level): tensors[f"x0_{i}"].to(x.device) for i, level in enumerate(meta["levels"])}
+                return Unit(DECODE, x, also=also)
+            seeds = None if step_seeds is None else step_seeds[lo:hi]
+            return Unit(SAMPLE, states.x[lo:hi], levels, capture, seeds, pad_to=self._pad_to())
+
+        def work(lo: int, hi: int, output: Output | None) -> None:
+            assert output is not None  # every chunk has a unit (a replayed one decodes)
+            served = journal is not None and journal.replaying  # the unit was a decode
+            result = self._journaled_solve(states.x[lo:hi], None if served else output)
+            recipes = self._solved(states.recipes[lo:hi], levels, step_seeds, lo)
+            self.usage.nfe += result.nfe * (hi - lo)
+            decoded = (lambda: self._decoded(output)) if served else (lambda: self._sampled(output))
+            scores, images = self._journaled_scores("finish", hi - lo, decoded)
+            if images is None:  # read back from the journal: the images are still needed
+                images = decoded()[0]
+            self._record(recipes, scores, images, noises, lo, candidates)
+
+        self._in_batches(len(states), unit, work)
+        return candidates
+
+    def _sampled(self, output: Output) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+        """A sample unit's images and trajectory (its model time is counted with its solve)."""
+        assert output.images is not None
+        self.usage.add_phase("decode", output.decode_seconds)
+        return output.images, output.trajectory
 
     # -- differentiable evaluation (gradient strategies: noisesearch.gradients) ----------------
     def gradient_nfe(self, levels: Sequence[float]) -> tuple[int, int]:

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from noisesearch.planning import Plan
     from noisesearch.registry import Entry
 
-#: Config fields that say where or how a run is written, not what it computes.
-NOT_RESULT_FIELDS = ("output", "overwrite")
+#: Config fields that say where or how a run is written or computed, not what it computes.
+NOT_RESULT_FIELDS = ("output", "overwrite", "overlap")
 #: Weight files listed per folder, at most (a folder of a hub snapshot has a few dozen).
 MAX_FILES = 200
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")

@@ -84,7 +84,19 @@ class Journal:
         """The engine's batch size when the next recorded call was made."""
         return _read_meta(self._entries[self.index][1]).get("batch_size")
 
+    @property
+    def left(self) -> int:
+        """Recorded calls not yet read back."""
+        return len(self._entries) - self.index
+
     def read(self, kind: str, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        entry = self.peek(kind, rows)
+        self.index += 1
+        return entry
+
+    def peek(self, kind: str, rows: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The next recorded call, as :meth:`read` gives it, left to be read: the engine builds
+        a chunk's work from it (full samples decode the journaled latents) before using it."""
         from safetensors.torch import load_file
 
         recorded_kind, path = self._entries[self.index]
@@ -95,7 +107,6 @@ class Journal:
                 f"{recorded_kind} of {meta.get('rows')} rows; the configuration or the plugins "
                 f"changed since it stopped. Start a new run instead."
             )
-        self.index += 1
         return load_file(str(path)), meta
 
     def write(self, kind: str, rows: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

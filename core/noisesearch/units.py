@@ -7,7 +7,8 @@ this process or on a worker that holds its own copy of the model. The engine kee
 budget, the journal, the records of candidates and selection; it cuts each call into units of
 ``batch_size`` rows and hands them to a :class:`Dispatch`, which returns their outputs in
 order. :class:`LocalDispatch` (the default) computes them here, one after the other, when the
-engine asks for the next; a plugin's dispatch (the Ray executor's) sends them to
+engine asks for the next; ``noisesearch.overlap`` computes them one ahead on a thread of this
+process (``--overlap``); a plugin's dispatch (the Ray executor's) sends them to
 model-holding workers at once and gathers them in order. Results depend on batch
 composition (by ~1e-7), so a dispatch never regroups rows: one unit, one model batch.
 """
@@ -25,8 +26,11 @@ from noisesearch.sampling import Solver, solve
 if TYPE_CHECKING:
     import torch
 
-#: Unit kinds: solve latents over levels; predict ``x0_hat`` at one level; decode latents.
-SOLVE, PREDICT, DECODE = "solve", "predict", "decode"
+#: Unit kinds: solve latents over levels; predict ``x0_hat`` at one level; decode latents;
+#: sample: solve, then decode the result and the captured ``x0_hat`` (one chunk of full samples,
+#: ``Engine.evaluate``: its decode runs where its solve did, so that a dispatch that computes
+#: ahead denoises the next chunk while this one is scored).
+SOLVE, PREDICT, DECODE, SAMPLE = "solve", "predict", "decode", "sample"
 
 
 @dataclass
@@ -34,14 +38,15 @@ class Unit:
     """One batch of model work: what :func:`compute` needs besides the model, its prepared
     condition and the solver."""
 
-    kind: str  # SOLVE, PREDICT or DECODE
-    x: torch.Tensor  # (B, *latent_shape): at levels[0] (solve, predict), or clean (decode)
-    levels: list[float] = field(default_factory=list)  # solve: the levels; predict: [level]
-    capture: tuple[float, ...] = ()  # solve: keep x0_hat at these levels
+    kind: str  # SOLVE, PREDICT, DECODE or SAMPLE
+    x: torch.Tensor  # (B, *latent_shape): at levels[0] (solve, predict, sample), or clean (decode)
+    levels: list[float] = field(default_factory=list)  # solve, sample: the levels; predict: [level]
+    capture: tuple[float, ...] = ()  # solve, sample: keep x0_hat at these levels
     seeds: list[int] | None = None  # solve with a stochastic solver: one step-noise seed per row
     also: dict[float, torch.Tensor] = field(default_factory=dict)  # decode: more latents (B, ...)
-    # solve, predict: run the denoiser on this many rows (the last row repeated; 0: as many as
-    # ``x`` has), for a model whose compiled network wants one batch shape (``static_batch``)
+    # solve, predict, sample: run the denoiser on this many rows (the last row repeated; 0: as many
+    # as ``x`` has), for a model whose compiled network wants one batch shape (``static_batch``);
+    # a sample's decode takes its real rows only
     pad_to: int = 0
 
     @property
@@ -53,10 +58,16 @@ class Unit:
 class Output:
     """What a unit computed, as tensors (on the device it ran on)."""
 
-    x: torch.Tensor  # solve: (B, *latent) at levels[-1]; predict: x0_hat; decode: (B, 3, H, W) in [0, 1]
+    # solve, sample: (B, *latent) at levels[-1]; predict: x0_hat; decode: (B, 3, H, W) in [0, 1]
+    x: torch.Tensor
     nfe: int = 0  # denoiser evaluations per row
-    x0: dict[float, torch.Tensor] = field(default_factory=dict)  # solve: captured x0_hat; decode: `also`
-    seconds: float = 0.0  # time in the model
+    # solve, sample: the captured x0_hat; decode: `also` decoded
+    x0: dict[float, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0  # time in the model (a sample's decode included)
+    # sample only: ``x`` and ``x0`` decoded, (B, 3, H, W) in [0, 1], and the seconds that took
+    images: torch.Tensor | None = None
+    trajectory: dict[float, torch.Tensor] = field(default_factory=dict)
+    decode_seconds: float = 0.0
 
 
 def compute(
@@ -65,15 +76,33 @@ def compute(
     """Compute ``unit`` with ``model`` (no autograd). ``owner``: who is blamed for an exception
     of the model (``noisesearch.faults``); out-of-memory errors pass through unchanged, for the
     engine to retry with smaller batches."""
+    owner = owner or Owner.of("model", model)
+    if unit.kind == DECODE:
+        return _decode(model, unit.x, unit.also, owner)
+    if unit.kind == SAMPLE:
+        solved = _denoised(model, prepared, solver, unit, owner)
+        decoded = _decode(model, solved.x, solved.x0, owner)
+        return Output(solved.x, solved.nfe, solved.x0, solved.seconds + decoded.seconds,
+                      decoded.x, decoded.x0, decoded.seconds)
+    return _denoised(model, prepared, solver, unit, owner)
+
+
+def _decode(model: Any, x: torch.Tensor, also: dict[float, torch.Tensor], owner: Owner) -> Output:
+    """Latents ``x`` ``(B, *latent)`` and ``also`` decoded to images ``(B, 3, H, W)`` in [0, 1]."""
     import torch
 
-    owner = owner or Owner.of("model", model)
     start = time.perf_counter()
-    if unit.kind == DECODE:
-        with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
-            images = model.decode(unit.x).float().clamp(0, 1)  # (B, 3, H, W)
-            also = {level: model.decode(x0).float().clamp(0, 1) for level, x0 in unit.also.items()}
-        return Output(images, 0, also, time.perf_counter() - start)
+    with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
+        images = model.decode(x).float().clamp(0, 1)  # (B, 3, H, W)
+        decoded = {level: model.decode(x0).float().clamp(0, 1) for level, x0 in also.items()}
+    return Output(images, 0, decoded, time.perf_counter() - start)
+
+
+def _denoised(model: Any, prepared: Any, solver: str | Solver, unit: Unit, owner: Owner) -> Output:
+    """A solve (or sample) unit's latents at ``levels[-1]``, or a predict unit's ``x0_hat``."""
+    import torch
+
+    start = time.perf_counter()
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:  # per step: no context manager
         try:
@@ -92,7 +121,7 @@ def compute(
         if unit.kind == PREDICT:
             x0 = denoise(x, unit.levels[0])[:rows]
             return Output(x0, 1, {}, time.perf_counter() - start)
-        if unit.kind != SOLVE:
+        if unit.kind not in (SOLVE, SAMPLE):
             raise ValueError(f"unknown unit kind {unit.kind!r}")
         result = solve(denoise, x, model.schedule, unit.levels, solver, unit.capture, seeds)
     captured = result.x0 if x is unit.x else {level: x0[:rows] for level, x0 in result.x0.items()}

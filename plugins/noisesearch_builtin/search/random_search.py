@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from noisesearch.registry import Register
 
 
+#: Model batches per ``evaluate`` call. More than one, so that the next batch can be denoised
+#: while this one is scored (``--overlap``); a few only, so that a call's noises and candidates
+#: stay small however large the budget. The batches, seeds and results are the same for any
+#: value: the engine cuts each call into batches of ``batch_size`` in order.
+BATCHES_PER_CALL = 4
+
+
 class RandomSearch:
     """Best-of-N: sample independent noises until the budget is spent, keep the best."""
 
@@ -28,7 +35,7 @@ class RandomSearch:
                 raise ValueError("random search needs a budget in candidates or NFEs")
             if affordable <= 0:
                 return
-            seeds = context.seeds(min(affordable, context.batch_size))
+            seeds = context.seeds(min(affordable, context.batch_size * BATCHES_PER_CALL))
             context.evaluate([seed_recipe(seed) for seed in seeds])
 
 
