@@ -156,3 +156,39 @@ def test_a_resumed_run_keeps_where_its_batch_size_came_from(
     resumed = resume_run(out)
     assert resumed.config.batch_size == 2 and resumed.batch_size_from == batch_memory.REMEMBERED
     assert json.loads((out / "run.json").read_text())["batch_size_from"] == "remembered"
+
+
+def test_a_static_batch_model_pads_to_the_halved_size_and_its_candidates_replay() -> None:
+    """Padding follows the engine's batch size after an out-of-memory halving: the denoiser sees
+    only the halved shape from then on, and each recipe records it, so replay is exact."""
+    from noisesearch.engine import Budget
+    from noisesearch.recipes import replay
+    from noisesearch.testing import GaussianModel, run_strategy
+    from noisesearch_builtin.search.random_search import RandomSearch
+
+    class StaticSmallMemory(GaussianModel):
+        static_batch = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[int] = []
+
+        def denoise(self, x: torch.Tensor, sigma: float, prepared: Any) -> torch.Tensor:
+            self.shapes.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise FakeOutOfMemory("CUDA out of memory")
+            return super().denoise(x, sigma, prepared)
+
+    model = StaticSmallMemory()
+    run = run_strategy(RandomSearch(), Budget(candidates=5), model=model, batch_size=8, top_k=5)
+    assert model.shapes[0] == 8  # 5 rows padded to 8: out of memory; then 4: again; then 2
+    assert set(model.shapes[model.shapes.index(2):]) == {2}  # the last, lone row ran padded to 2
+    assert all(op["batch"] == 2 for c in run.candidates for op in c.recipe["ops"])
+    last = run.candidates[-1]
+    assert last.recipe["ops"][0]["row"] == 0 and last.recipe["decode"]["batch"] == 1
+    assert last.image is not None
+    with torch.inference_mode():
+        latent = replay(last.recipe, lambda x, s: model.denoise(x, s, None), model.schedule, "ddim",
+                        tuple(model.latent_shape))
+        image = model.decode(latent[None])[0]
+    assert torch.equal(image, last.image)
