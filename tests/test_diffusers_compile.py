@@ -123,14 +123,22 @@ def test_compile_options_that_cannot_work_are_refused_while_planning(
     assert refused.value.field == field
 
 
-def test_an_unknown_backend_is_refused_before_the_weights_load(
-    tiny: Callable[[str], Path], registries: Registries, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("backend", "message"), [
+    ("nonesuch", "unknown torch.compile backend 'nonesuch'"),
+    ("inductor", "inductor on the CPU needs a C\\+\\+ compiler"),  # told to use a missing one
+])
+def test_a_backend_that_cannot_run_is_refused_before_the_weights_load(
+    backend: str, message: str, tiny: Callable[[str], Path], registries: Registries,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import diffusers
+    import torch._inductor.config
 
     def no_loading(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the weights were loaded")
 
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", no_loading)
-    with pytest.raises(ConfigError, match="unknown torch.compile backend 'nonesuch'"):
-        registries.models.create("hf", path=str(tiny("sd")), compile="default", compile_backend="nonesuch")
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-c++-compiler",)}), \
+            pytest.raises(ConfigError, match=message):
+        registries.models.create("hf", path=str(tiny("sd")), device="cpu", compile="default",
+                                 compile_backend=backend)

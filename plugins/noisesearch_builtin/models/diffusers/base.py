@@ -304,8 +304,8 @@ class DiffusersModel:
         family = type(self).__name__
         self.compile_mode = compiled.check(compile, compile_backend, memory.offload_mode(cpu_offload))
         self.compile_backend = compile_backend or compiled.DEFAULT_BACKEND
-        if self.compile_mode is not None:
-            compiled.check_backend(self.compile_backend)  # before the weights load
+        if self.compile_mode is not None:  # before the weights load
+            compiled.check_backend(self.compile_backend, resolve_device(device))
         size = img2img.check(init_image, strength, self.img2img_family, family, None, height, width)
         if size is not None:  # the run makes images of the init image's size
             height, width = size

@@ -15,7 +15,9 @@ tests use it). The mode is passed only to inductor, the backend that reads it.
 
 Checked before loading (``check``): an unknown mode, a backend that is not a name, a backend
 without ``compile``, and ``cpu_offload=sequential`` (accelerate's per-submodule hooks move weights
-inside every forward, which a compiled graph cannot hold) are refused, naming the option.
+inside every forward, which a compiled graph cannot hold) are refused, naming the option; when
+the model is built, before its weights load (``check_backend``), a backend torch does not know
+and inductor without its code generator (a C++ compiler on the CPU, Triton on CUDA).
 """
 
 from __future__ import annotations
@@ -58,15 +60,34 @@ def check(compile: Any, compile_backend: Any, cpu_offload: str | None) -> str | 
     return chosen
 
 
-def check_backend(backend: str) -> None:
-    """A backend torch.compile knows (imports torch: called by the adapter before the weights
-    load, not while planning)."""
+def check_backend(backend: str, device: Any) -> None:
+    """A backend torch.compile knows, with what it needs on ``device``: inductor generates C++
+    on the CPU (a compiler) and Triton kernels on CUDA. Imports torch: called by the adapter
+    before the weights load, not while planning. Without this, the first forward would fail
+    deep in the search."""
     import torch._dynamo
 
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
         raise ConfigError("compile_backend", f"unknown torch.compile backend {backend!r}; known: "
                           f"{', '.join(sorted(known))}")
+    if backend != DEFAULT_BACKEND:
+        return
+    kind = getattr(device, "type", str(device))
+    if kind == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as exc:  # noqa: BLE001 - any failure to find one means the same
+            raise ConfigError("compile", f"inductor on the CPU needs a C++ compiler ({exc}); install "
+                              f"one (g++ or clang++) or use --model-opt compile_backend=eager") from None
+    elif kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ConfigError("compile", "inductor on CUDA needs Triton, which this torch install lacks; "
+                              "install triton or use another compile_backend")
 
 
 def apply(network: Any, chosen: str, backend: str) -> None:
