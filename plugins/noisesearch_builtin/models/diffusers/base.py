@@ -325,6 +325,8 @@ class DiffusersModel:
         self._setup(height, width)
         if self.compile_mode is not None:  # placed and offloaded: the graph sees the final module
             compiled.apply(self._denoiser(), self.compile_mode, self.compile_backend)
+            if self.compile_mode == "reduce-overhead":  # CUDA graphs reuse their output buffers
+                self.denoise = compiled.cuda_graph_safe(self.denoise)  # type: ignore[method-assign]
         self._init_latents: torch.Tensor | None = None  # (1, *latent_shape): img2img's image
         self.input_hashes: dict[str, str] = {}  # files the result depends on: replay checks them
         if init_image is not None:

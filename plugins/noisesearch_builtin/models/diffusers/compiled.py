@@ -22,6 +22,8 @@ and inductor without its code generator (a C++ compiler on the CPU, Triton on CU
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from noisesearch.errors import ConfigError
@@ -97,6 +99,22 @@ def apply(network: Any, chosen: str, backend: str) -> None:
     if backend == DEFAULT_BACKEND:  # the only backend that reads a mode (eager warns and ignores it)
         kwargs["mode"] = chosen
     network.compile(**kwargs)
+
+
+def cuda_graph_safe(denoise: Callable[..., Any]) -> Callable[..., Any]:
+    """``denoise`` for ``reduce-overhead``: CUDA graphs return their outputs in static buffers
+    that the next replay overwrites, so each call starts a new graph step
+    (``torch.compiler.cudagraph_mark_step_begin``) and returns a copy of its ``x0_hat``, which the
+    solver keeps across steps (a captured ``x0_hat`` of a sample-predicting network is the
+    network's own output)."""
+    import torch
+
+    @functools.wraps(denoise)
+    def stepped(*args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        return denoise(*args, **kwargs).clone()
+
+    return stepped
 
 
 def describe(chosen: str | None, backend: str) -> dict[str, Any] | None:
