@@ -14,10 +14,11 @@ a classifier-free-guidance step is one NFE, its two branches run in one batched 
   (a first, untimed "cold" search loads the folder itself, as ``noisesearch run`` would);
 - ``loop``: diffusers' own pipeline call, once per candidate, scored by the same verifier;
 - ``compiled`` vs ``eager`` (DiT-XL/2 and the SD 1.5 UNet only): the raw forward under
-  ``torch.compile`` (static shapes) against the same forward eager; and, interleaved with them,
-  the ``search`` arm on a second copy of the model loaded with ``--model-opt compile=MODE``
-  (``search-compiled``: the option's real path, batches padded to the batch size) against the
-  eager model's search (``search-eager``); ``--no-compile-search`` leaves these two out.
+  ``torch.compile`` (static shapes) against the same forward eager; then the ``search`` arm on
+  a second copy of the model loaded with ``--model-opt compile=MODE`` (``search-compiled``: the
+  option's real path, batches padded to the batch size) against the eager model's search
+  (``search-eager``), after every model's raw compile section, where the budget leaves time;
+  ``--no-compile-search`` leaves these two out.
 
 Repetitions are interleaved (raw, hand, search, loop, raw, hand, ...) after one untimed warm-up of
 each arm; every ratio is taken within a repetition and reported as median and spread (min, max),
@@ -765,16 +766,6 @@ def run_compile_arms(bench: Bench, args: argparse.Namespace, clock: Clock, repor
         report.save()
     speedup = entry.get("ratios", {}).get("compiled/eager", {}).get("median")
     report.log(f"{spec.name}: compiled/eager {speedup}")
-    if args.compile_search and bench.folder is not None:
-        needs = 0.0 if args.tiny else spec.compile_limit * 0.6  # a second model, its compile, reps
-        searched = entry.setdefault("search", {})
-        if clock.left() < needs:
-            searched["status"] = f"skipped: {clock.left():.0f} s left, it needs {needs:.0f} s"
-            report.note(f"{spec.key} compiled search: {searched['status']}")
-            return
-        run_compiled_search_arms(bench, args, clock, report, searched, backend)
-        searched["status"] = "done"
-
 
 def compiled_bench(bench: Bench, mode: str, backend: str) -> Bench:
     """A second copy of ``bench``'s model, loaded from its folder with ``compile=MODE`` through the
@@ -791,11 +782,13 @@ def compiled_bench(bench: Bench, mode: str, backend: str) -> Bench:
 
 
 def run_compiled_search_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: Report,
-                             entry: dict[str, Any], backend: str) -> None:
+                             entry: dict[str, Any]) -> None:
     """The search arm eager vs with ``--model-opt compile=MODE``, interleaved (the first compiled
-    search compiles: timed apart as ``compile_s``)."""
+    search compiles: timed apart as ``compile_s``). Runs after every model's raw compile section,
+    so that a short budget loses these arms, not the raw-forward ratios."""
     spec = bench.spec
     section_start = time.perf_counter()
+    backend = args.compile_backend or ("eager" if args.tiny else "inductor")
     mode = args.compile_mode or "default"
     entry.update(mode=mode, backend=backend, batch=spec.batch, candidates=spec.candidates)
     begin = time.perf_counter()
@@ -976,6 +969,16 @@ def main(argv: list[str] | None = None) -> int:
             needs = 0.0 if args.tiny else spec.compile_limit * 0.6
             _section(report, clock, compile_entry, f"{key} compile", needs,
                      lambda b=benches[key], e=compile_entry: run_compile_arms(b, args, clock, report, e))
+            print(summary(report), flush=True)
+        for key in args.models:  # last: the whole search with --model-opt compile, where time is left
+            spec, bench = table[key], benches.get(key)
+            if not spec.compile or args.no_compile or not args.compile_search or bench is None \
+                    or bench.folder is None:
+                continue
+            searched = report.data["models"][key].setdefault("compile", {}).setdefault("search", {})
+            needs = 0.0 if args.tiny else spec.compile_limit * 0.6  # a second model, its compile, reps
+            _section(report, clock, searched, f"{key} compiled search", needs,
+                     lambda b=bench, e=searched: run_compiled_search_arms(b, args, clock, report, e))
             print(summary(report), flush=True)
     finally:
         benches.clear()
