@@ -212,6 +212,17 @@ def test_a_band_wider_than_the_latent_is_refused_naming_the_option() -> None:
                            budget_nfe=200, write=False)
 
 
+def test_a_band_wider_than_the_latent_leaves_no_run_folder(tmp_path: Path) -> None:
+    """The band fits only a latent the model knows once built: checked then (``check_model``),
+    before the run folder is made."""
+    result = CliRunner().invoke(build_app(), ["run", "--model", "digits", "--strategy", "evolution",
+                                              "--strategy-opt", "band=9", "--budget-nfe", "200",
+                                              "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "evolution.band" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
 # -- replay ------------------------------------------------------------------------------------
 
 

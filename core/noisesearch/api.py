@@ -165,6 +165,9 @@ def run_plan(
             loading.close()
     with blame(owners["strategy"]):
         strategy = plan.strategy.create(**config.strategy_options)
+        check_model = getattr(strategy, "check_model", None)
+        if callable(check_model):  # refused with the built model, before a run folder is made
+            check_model(model)
     # The effective batch size is part of the configuration: results depend on it (by ~1e-7),
     # and a resumed or repeated run must batch alike. Unset: the size that fit last time
     # (noisesearch.batch_memory) or the model's; run.json says which (batch_size_from).

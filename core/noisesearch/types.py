@@ -135,6 +135,8 @@ class SearchStrategy(Protocol):
 
     A strategy never loops over the model itself, writes files or draws progress bars: it
     asks the context to evaluate batches of candidates and reads the remaining budget.
+    Optional: ``check_model(model)``, called with the built model before the run folder is
+    made, to refuse (``ConfigError``) options that fit only some models.
     """
 
     def run(self, context: SearchContext) -> None:

@@ -115,10 +115,12 @@ class EvolutionSearch:
             sizes.append(previews % self.population)
         return sizes, finalists
 
-    def run(self, context: SearchContext) -> None:
-        import torch
+    def check_model(self, model: Any) -> None:
+        """Refuse a latent this search cannot read, or a band wider than it: called with the
+        built model before the run folder is made, so a bad ``band`` leaves nothing on disk."""
+        self._grid(tuple(model.latent_shape))
 
-        shape = context.latent_shape
+    def _grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         try:
             grid = subspace_grid(shape)
         except ValueError as exc:
@@ -126,6 +128,13 @@ class EvolutionSearch:
         if self.band > min(grid[1], grid[2]):
             raise ConfigError("evolution.band", f"must be at most {min(grid[1], grid[2])} for a latent "
                               f"read as {grid[1]}x{grid[2]} ({grid[0]} channels), got {self.band}")
+        return grid
+
+    def run(self, context: SearchContext) -> None:
+        import torch
+
+        shape = tuple(context.latent_shape)
+        grid = self._grid(shape)
         band = (self.band, self.band)
         dims = grid[0] * self.band * self.band
         preview = self.preview_levels(context.levels)
