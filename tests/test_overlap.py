@@ -68,8 +68,8 @@ def recorded(model_class: Any = DigitsModel) -> Iterator[dict[str, list]]:
         yield seen
 
 
-@pytest.mark.parametrize(("strategy", "budget"),
-                         [("random", {"candidates": 26}), ("smc", {"budget_nfe": 240})])
+@pytest.mark.parametrize(("strategy", "budget"), [
+    ("random", {"candidates": 26}), ("smc", {"budget_nfe": 240}), ("paths", {"budget_nfe": 240})])
 def test_overlap_gives_the_same_batches_journal_and_candidates_on_digits(
     tmp_path: Path, strategy: str, budget: dict[str, int]
 ) -> None:
@@ -82,6 +82,8 @@ def test_overlap_gives_the_same_batches_journal_and_candidates_on_digits(
     assert ahead["journal"] == plain["journal"]
     if strategy == "random":  # 26 rows: 7 chunks of full samples, each a solve then a finish
         assert [kind for kind, _, _ in plain["journal"]] == ["solve", "finish"] * 7
+    else:  # partial paths: re-noised and solved again
+        assert any(op["op"] == "renoise" for op in reference.best.recipe["ops"])
     assert WORKER in ahead["threads"] and WORKER not in plain["threads"]
     assert not workers_alive()
     lines = (tmp_path / "plain" / "candidates.jsonl").read_bytes()
@@ -94,8 +96,7 @@ def test_overlap_gives_the_same_batches_journal_and_candidates_on_digits(
 
 
 @pytest.mark.usefixtures("plain_kernels")
-@pytest.mark.parametrize(("strategy", "budget"),
-                         [("random", {"candidates": 5}), ("paths", {"budget_nfe": 14})])
+@pytest.mark.parametrize(("strategy", "budget"), [("random", {"candidates": 5}), ("smc", {"budget_nfe": 16})])
 def test_overlap_gives_the_same_candidates_on_a_tiny_diffusers_pipeline(
     tiny: Callable[[str], Path], tmp_path: Path, strategy: str, budget: dict[str, int]
 ) -> None:
@@ -115,6 +116,8 @@ def test_overlap_gives_the_same_candidates_on_a_tiny_diffusers_pipeline(
     assert (tmp_path / "overlap" / "candidates.jsonl").read_bytes() == lines
     assert overlapped.best.image.equal(reference.best.image)
     assert overlapped.usage.nfe == reference.usage.nfe
+    if strategy == "smc":  # partial paths: re-noised and solved again
+        assert any(op["op"] == "renoise" for op in reference.best.recipe["ops"])
     assert not workers_alive()
 
 
