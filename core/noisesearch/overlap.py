@@ -19,6 +19,11 @@ issue order, so a unit's outputs are complete before the engine's kernels read t
 caching allocator never hands a block to one thread while the other still uses it. What
 overlaps is host work (Python, kernel launches, verifiers and decoders that run on the
 CPU) with device work.
+
+Memory: one more unit's output is alive (the one computed ahead), and on one device the
+denoiser's working memory and the verifiers' are needed at the same time. A denoiser that runs
+out is halved and retried as ever (``Engine._in_batches``); a verifier that runs out fails the
+run, as without overlap, so a batch size near the device's limit may need halving by hand.
 """
 
 from __future__ import annotations
