@@ -744,28 +744,49 @@ def run_compile_arms(bench: Bench, args: argparse.Namespace, clock: Clock, repor
     _sync()
     entry["warmup_s"] = round(time.perf_counter() - begin, 2)
     report.save()
-    arms = {"eager": Arm(), "compiled": Arm()}
+
+    def ms_per_forward(arms: dict[str, Arm]) -> dict[str, Any]:
+        return {"ms_per_forward": {name: round(1000 * statistics.median(arm.seconds) / spec.raw_calls, 2)
+                                   for name, arm in arms.items()}}
+
+    interleave_pair(
+        spec, args, clock, report, entry, section_start, "compile", ("compiled", "eager"), "compiled/eager",
+        COMPILE_TARGET,
+        lambda name, rep: raw_arm(bench, compiled if name == "compiled" else bench.network, spec.raw_calls),
+        ms_per_forward,
+    )
+
+
+def interleave_pair(
+    spec: Spec, args: argparse.Namespace, clock: Clock, report: Report, entry: dict[str, Any],
+    section_start: float, label: str, names: tuple[str, str], key: str, target: float | None,
+    arm_for: Callable[[str, int], Callable[[], Any]],
+    extra: Callable[[dict[str, Arm]], dict[str, Any]] | None = None,
+) -> None:
+    """Two arms (``names``: the measured one, then its reference) timed in turn for up to
+    ``args.compile_reps`` repetitions within the section's limit; ``entry`` gets their arms and
+    their ratio (as ``key``) after every repetition (a cut-off run keeps what it had)."""
+    measured, reference = names
+    arms = {reference: Arm(), measured: Arm()}
     rep_seconds = 0.0
     for rep in range(args.compile_reps):
         spent = time.perf_counter() - section_start
         over = spent + rep_seconds > spec.compile_limit or clock.left() < rep_seconds + args.reserve
         if rep > 0 and over:
-            report.note(f"{spec.key} compile: stopped after {rep} repetitions")
+            report.note(f"{spec.key} {label}: stopped after {rep} repetitions")
             break
         begin = time.perf_counter()
-        timed(arms["eager"], raw_arm(bench, bench.network, spec.raw_calls))
-        timed(arms["compiled"], raw_arm(bench, compiled, spec.raw_calls))
+        timed(arms[reference], arm_for(reference, rep))
+        timed(arms[measured], arm_for(measured, rep))
         rep_seconds = time.perf_counter() - begin
         entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
-        entry["ratios"] = {"compiled/eager": ratio(arms["compiled"], arms["eager"], COMPILE_TARGET)}
-        entry["ms_per_forward"] = {
-            name: round(1000 * statistics.median(arm.seconds) / spec.raw_calls, 2)
-            for name, arm in arms.items()
-        }
+        entry["ratios"] = {key: ratio(arms[measured], arms[reference], target)}
+        entry.update((extra or (lambda _: {}))(arms))
         entry["reps"] = rep + 1
         report.save()
-    speedup = entry.get("ratios", {}).get("compiled/eager", {}).get("median")
-    report.log(f"{spec.name}: compiled/eager {speedup}")
+    speedup = entry.get("ratios", {}).get(key, {}).get("median")
+    report.log(f"{spec.name}: {key} {speedup}")
+
 
 def compiled_bench(bench: Bench, mode: str, backend: str) -> Bench:
     """A second copy of ``bench``'s model, loaded from its folder with ``compile=MODE`` through the
@@ -799,25 +820,15 @@ def run_compiled_search_arms(bench: Bench, args: argparse.Namespace, clock: Cloc
     _sync()
     entry["compile_s"] = round(time.perf_counter() - begin, 2)
     report.log(f"{spec.name}: compiled search ({backend}, {mode}) warmed up in {entry['compile_s']} s")
-    arms = {"search-eager": Arm(), "search-compiled": Arm()}
-    rep_seconds = 0.0
-    for rep in range(args.compile_reps):
-        spent = time.perf_counter() - section_start
-        over = spent + rep_seconds > spec.compile_limit or clock.left() < rep_seconds + args.reserve
-        if rep > 0 and over:
-            report.note(f"{spec.key} compiled search: stopped after {rep} repetitions")
-            break
-        begin = time.perf_counter()
-        timed(arms["search-eager"], search_arm(bench, spec.candidates, rep + 1, 1000 + rep))
-        timed(arms["search-compiled"], search_arm(compiled, spec.candidates, rep + 1, 2000 + rep))
-        rep_seconds = time.perf_counter() - begin
-        entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
-        entry["ratios"] = {"search compiled/eager": ratio(arms["search-compiled"], arms["search-eager"])}
-        entry["reps"] = rep + 1
-        report.save()
-    speedup = entry.get("ratios", {}).get("search compiled/eager", {}).get("median")
-    report.log(f"{spec.name}: search compiled/eager {speedup}")
-    del compiled
+
+    def arm(name: str, rep: int) -> Callable[[], Any]:
+        if name == "search-compiled":
+            return search_arm(compiled, spec.candidates, rep + 1, 2000 + rep)
+        return search_arm(bench, spec.candidates, rep + 1, 1000 + rep)
+
+    interleave_pair(spec, args, clock, report, entry, section_start, "compiled search",
+                    ("search-compiled", "search-eager"), "search compiled/eager", None, arm)
+    compiled = None  # the second copy of the model goes before the next model loads
     _free()
 
 
