@@ -149,3 +149,44 @@ def test_ctrl_c_between_two_listeners_still_records_the_batch_whole(tmp_path: Pa
         signal.signal(signal.SIGINT, previous)
         writer.close()
     assert engine.usage.candidates == lines(tmp_path / "candidates.jsonl") == 4
+
+
+def test_resuming_where_a_journaled_batch_no_longer_fits_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    """The journal fixes each resumed chunk's size, so an out-of-memory error while re-decoding
+    one cannot be met by halving (that retried the same chunk forever): the run fails, saying so."""
+    from noisesearch_builtin.models.digits import DigitsModel
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    out = tmp_path / "run"
+    original = digits_classifiers.DigitsClassifier.score
+    calls = {"n": 0}
+
+    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk on fire")
+        return original(self, images, condition, trajectory)
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
+        noisesearch.search(model="digits", label=6, candidates=16, batch_size=4, seed=1, steps=4,
+                           output=str(out))
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+
+    class FakeOutOfMemory(RuntimeError):
+        is_out_of_memory = True
+
+    decode, decodes = DigitsModel.decode, {"n": 0}
+
+    def small_device(self, x):  # noqa: ANN001, ANN202
+        decodes["n"] += 1
+        if decodes["n"] > 50:
+            raise AssertionError("the resumed chunk was retried without end")
+        if x.shape[0] > 2:
+            raise FakeOutOfMemory("CUDA out of memory")
+        return decode(self, x)
+
+    monkeypatch.setattr(DigitsModel, "decode", small_device)
+    with pytest.raises(noisesearch.NoiseSearchError, match="resuming: a journaled batch of 4 rows ran out"):
+        resume_run(out)
+    assert decodes["n"] == 1

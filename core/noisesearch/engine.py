@@ -22,7 +22,7 @@ from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
-from noisesearch.faults import Owner, PluginFailed, blame, is_out_of_memory
+from noisesearch.faults import Owner, PluginFailed, RunFailed, blame, is_out_of_memory
 from noisesearch.gradients import (
     BACKWARD_NFE_FACTOR,
     Gradients,
@@ -257,7 +257,8 @@ class Engine:
         chunk (the rest of the run keeps the smaller size)."""
         lo = 0
         while lo < rows:
-            if self.journal is not None and self.journal.replaying:
+            replayed = self.journal is not None and self.journal.replaying
+            if replayed:
                 # Resuming: the chunks the run made (after any out-of-memory halving), one by one.
                 self.batch_size = self.journal.next_batch_size() or self.batch_size
                 chunks = [(lo, min(lo + self.batch_size, rows))]
@@ -272,6 +273,12 @@ class Engine:
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
+                if replayed:  # the journal fixes this chunk's size: halving would retry it forever
+                    raise RunFailed(
+                        f"resuming: a journaled batch of {self.batch_size} rows ran out of memory "
+                        f"here ({type(error).__name__}); the run was made on a device with more "
+                        f"memory: resume it there, or start it again with a smaller --batch-size"
+                    ) from error
                 if self.batch_size == 1:  # nothing left to halve: the model cannot run here
                     raise PluginFailed(self.owner("model", self.model), error) from error
                 self.batch_size = max(1, self.batch_size // 2)
