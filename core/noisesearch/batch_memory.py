@@ -57,7 +57,13 @@ def _cache_dir(own: str | None, xdg: str | None, home: str | None) -> Path:
 
 
 def memory_file() -> Path:
-    return cache_dir() / FILE_NAME
+    environ = os.environ
+    return _memory_file(environ.get(CACHE_ENV), environ.get("XDG_CACHE_HOME"), environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _memory_file(own: str | None, xdg: str | None, home: str | None) -> Path:
+    return _cache_dir(own, xdg, home) / FILE_NAME
 
 
 def key(model_name: str, model: Any, model_options: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ model, between any two levels, so that searches can stop half-way, re-noise and 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -71,8 +72,14 @@ class RectifiedFlow(Schedule):
         return -1.0, 1.0
 
     def levels(self, steps: int) -> list[float]:
-        uniform = [round(1.0 - i / steps, 12) for i in range(steps + 1)]
-        return [self.shift * s / (1.0 + (self.shift - 1.0) * s) for s in uniform]
+        return list(_flow_levels(self.shift, steps))  # a copy: callers may change theirs
+
+
+@functools.lru_cache(maxsize=64)
+def _flow_levels(shift: float, steps: int) -> tuple[float, ...]:
+    """Asked several times by every search (planning, the engine): made once per grid."""
+    uniform = [round(1.0 - i / steps, 12) for i in range(steps + 1)]
+    return tuple(shift * s / (1.0 + (shift - 1.0) * s) for s in uniform)
 
 
 @dataclass(frozen=True)
