@@ -328,3 +328,20 @@ def test_winners_diversity_across_seeds_compares_the_seeds_of_one_condition(tmp_
     # label 1: black against white (distance 1); label 2: the same image twice (0)
     assert seed_diversity(rows, {}) == 0.5
     assert seed_diversity(rows[:1], {}) is None
+
+
+def test_overlap_in_a_bench_changes_no_row_and_continues_the_same_bench(tmp_path: Path) -> None:
+    plain = run_bench(small_grid(tmp_path / "plain", strategies=[StrategySpec("random")], limit=1))
+    overlapped = run_bench(small_grid(tmp_path / "overlap", strategies=[StrategySpec("random")], limit=1,
+                                      overlap=True, batch_size=1))
+    assert not overlapped.failed
+    assert json.loads((Path(overlapped.rows[0]["run_dir"]) / "run.json").read_text())["config"]["overlap"]
+    again = run_bench(small_grid(tmp_path / "plain", strategies=[StrategySpec("random")], limit=1,
+                                 overlap=True))
+    assert again.ran == 0  # the same cells: overlap is not part of a cell's key
+    with_batches = run_bench(small_grid(tmp_path / "plain2", strategies=[StrategySpec("random")], limit=1,
+                                        batch_size=1))
+    assert comparable(overlapped.rows) == comparable(with_batches.rows)
+    assert comparable(again.rows) == comparable(plain.rows)
+    with pytest.raises(noisesearch.ConfigError, match="overlap"):
+        small_grid(tmp_path / "bad", overlap="yes").validate()

@@ -64,7 +64,8 @@ def make_cell(
 ) -> Cell:
     from noisesearch.names import safe_name
 
-    identity = {"config": {k: v for k, v in config.items() if k != "output"}, "kind": kind,
+    # Neither where a cell writes nor whether it overlaps its batches changes its result.
+    identity = {"config": {k: v for k, v in config.items() if k not in ("output", "overlap")}, "kind": kind,
                 "strategy": strategy, "budget": budget, "evaluators": evaluators,
                 "evaluator_options": evaluator_options, "threads": threads}
     key = cell_key(identity)

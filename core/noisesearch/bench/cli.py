@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="torch device."),  # noqa: UP045
         threads: Optional[int] = typer.Option(None, help="torch threads per worker (results are bit-exact for a given count)."),  # noqa: E501, UP045
         baseline: Optional[list[str]] = typer.Option(None, help="Baselines to run (repeat): default, more-steps, stochastic. Default: all."),  # noqa: E501, UP045
+        overlap: bool = typer.Option(False, "--overlap", help="In each cell, denoise the next batch while the last is scored (the same results)."),  # noqa: E501
         cell_reports: bool = typer.Option(False, "--cell-reports", help="Also draw each cell's report.html (about 0.5 s a cell on a CPU; `noisesearch report RUN` can later)."),  # noqa: E501
         output: Optional[str] = typer.Option(None, "--output", "-o", help="Bench folder (default: noisesearch-bench/<model>-<grid hash>, so re-running continues)."),  # noqa: E501, UP045
         executor: str = typer.Option("local", help="local (in this process) or ray (noisesearch[ray])."),
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
             "evaluators": evaluator, "prompts": prompts, "per_category": per_category,
             "limit": limit, "seeds": seed, "steps": steps, "solver": solver,
             "batch_size": batch_size, "device": device, "threads": threads,
-            "baselines": baseline, "output": output, "cell_reports": cell_reports,
+            "baselines": baseline, "output": output, "cell_reports": cell_reports, "overlap": overlap,
         }
         options = {k: v for k, v in {"address": address, "workers": workers}.items() if v is not None}
         result = None

@@ -74,6 +74,9 @@ class BenchGrid:
     threads: int | None = None  # torch threads per worker; results are bit-exact per count
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     cell_reports: bool = False  # each cell's report.html + scaling.png (~0.5 s a cell on a CPU)
+    #: Each cell's next batch denoised while the last is scored (``--overlap``): the same results,
+    #: so not part of a cell's key (a bench re-run with or without it continues).
+    overlap: bool = False
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Per model, what one worker holding it takes (Ray): ``{"flux-dev": {"num_gpus": 1}}``.
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -95,6 +98,9 @@ class BenchGrid:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        for name in ("overlap", "cell_reports"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ConfigError("baselines", f"unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")

@@ -94,7 +94,7 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
         base = {
             "model": model_name, "model_options": dict(grid.model_options.get(model_name, {})),
             "evaluator": evaluators[0], "solver": grid.solver, "batch_size": grid.batch_size,
-            "top_k": grid.top_k, "device": grid.device,
+            "top_k": grid.top_k, "device": grid.device, "overlap": grid.overlap,
         }
 
         def add(config: dict[str, Any], strategy: str, kind: str, verifier: str | None,
@@ -153,7 +153,7 @@ def default_folder(grid: BenchGrid) -> Path:
     """Same grid, same folder: re-running a command continues its bench."""
     from noisesearch.names import safe_token
 
-    identity = {k: v for k, v in grid.to_json().items() if k != "output"}
+    identity = {k: v for k, v in grid.to_json().items() if k not in ("output", "overlap")}  # same results
     return DEFAULT_BENCH_ROOT / f"{safe_token(grid.models[0])}-{cell_key(identity)[:10]}"
 
 
