@@ -145,6 +145,7 @@ def run_plan(
     loaded = {"load_model": time.perf_counter()}
     try:
         with blame(owners["model"]):
+            use_threads(config.threads)
             model = plan.build_model()
         loaded["load_model"] = time.perf_counter() - loaded["load_model"]
         loaded["load_verifiers"] = time.perf_counter()
@@ -375,6 +376,15 @@ def resume_run(run_dir: Path, progress: bool = False, registries: Registries | N
     if not (run_dir / JOURNAL_FOLDER).is_dir():
         raise ConfigError("resume", f"the run in {run_dir} has no journal to resume from")
     return run_plan(checked, progress=progress, resume=True)
+
+
+def use_threads(threads: int | None) -> None:
+    """A run's ``threads`` (torch's intra-op threads, process-wide), set before its model loads;
+    None leaves torch's choice alone."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def search_levels(model: Any, steps: int, solver: str | Solver = "ddim") -> list[float]:
@@ -705,6 +715,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
         raise ConfigError("replay", f"{saved_path} is not a readable safetensors file of this "
                           f"run ({type(exc).__name__}: {exc}); the run folder is damaged") from None
     _check_inputs(recipe.get("inputs") or {}, checked.config.model_options)
+    use_threads(checked.config.threads)  # results are bit-exact for a given count
     model = checked.build_model()
     noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
     prepared = model.prepare(checked.condition)

@@ -27,6 +27,7 @@ LIMITS: dict[str, int] = {
     "steps": 10_000,
     "batch_size": 65_536,
     "top_k": 10_000,
+    "threads": 4_096,
 }
 #: Seeds are hashed into 63-bit torch seeds; larger ones are almost surely a mistake.
 MAX_SEED = 2**63 - 1
@@ -64,6 +65,10 @@ class RunConfig:
     overwrite: bool = False  # replace a run already in ``output`` (else refused)
     evaluate_all: bool = False  # the evaluator on every candidate, not only the reported ones
     overlap: bool = False  # compute the next batch on a thread while this one is scored (same result)
+    #: torch's intra-op threads for the run (``torch.set_num_threads``, process-wide); None: torch's
+    #: default. On a CPU that other jobs share, 1 can be many times faster (docs/performance.md);
+    #: results are bit-exact for a given count, so run.json records it and replay uses it.
+    threads: int | None = None
 
     def validate(self) -> None:
         """Check every value that can be checked without plugins; errors name the field."""
@@ -151,7 +156,7 @@ _FIELD_KINDS: dict[str, str] = {
     "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
     "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
     "verifier_options": "tables", "strategy_options": "table", "overwrite": "bool",
-    "evaluate_all": "bool", "overlap": "bool",
+    "evaluate_all": "bool", "overlap": "bool", "threads": "int?",
 }
 
 
