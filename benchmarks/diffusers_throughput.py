@@ -18,7 +18,12 @@ a classifier-free-guidance step is one NFE, its two branches run in one batched 
   a second copy of the model loaded with ``--model-opt compile=MODE`` (``search-compiled``: the
   option's real path, batches padded to the batch size) against the eager model's search
   (``search-eager``), after every model's raw compile section, where the budget leaves time;
-  ``--no-compile-search`` leaves these two out.
+  ``--no-compile-search`` leaves these two out;
+- ``search-overlap`` vs ``search``: the same search with ``overlap=True`` (``--overlap``: the
+  next batch denoised on a worker thread while the last one is decoded, scored and recorded)
+  against the plain search, interleaved with the same seed per repetition (the results must be
+  the same: ``same_best`` per repetition); last of all, after the compiled search, so that a
+  short budget loses it first; ``--no-overlap`` leaves it out.
 
 Repetitions are interleaved (raw, hand, search, loop, raw, hand, ...) after one untimed warm-up of
 each arm; every ratio is taken within a repetition and reported as median and spread (min, max),
@@ -32,15 +37,20 @@ parameters, eager only; its T5 is one layer of the real width). FLUX is not writ
 (24 GB): its search arm runs the model built in memory through ``noisesearch.search(model=<built
 model>)`` (else planned as the ``flux-dev`` preset, which needs the hub), and is skipped with a
 note when neither works offline. FLUX does not fit in the default 8-minute budget with the two
-others: run it on its own.
+others: run it on its own (then its overlap section runs too: the model is kept).
 
 The script keeps to ``--budget`` seconds: each section has a time limit, runs as many repetitions
-as fit, and the sections that no longer fit are skipped with a note. ``--out`` JSON is rewritten
-after every measurement, so a run cut short still leaves its results.
+as fit, and the sections that no longer fit are skipped with a note. Sections run oldest arms
+first (every model's main arms, then raw compile, compiled search, overlap), so a short budget
+loses the newest. From the H200 run's section times (main and raw compile ~220 s for both
+models), the default 420 s leaves the overlap sections no time after the compiled search;
+``--no-compile-search`` makes room for them (~360 s in all). ``--out`` JSON is rewritten after
+every measurement, so a run cut short still leaves its results.
 
 On the lent H200 (no diffusers nor open_clip there: carry their wheels, see benchmarks/README-gpu.md):
 
     python3 benchmarks/diffusers_throughput.py --out throughput.json          # DiT + SD 1.5, <= 7 min
+    python3 benchmarks/diffusers_throughput.py --no-compile-search --out o.json  # with the overlap arms
     python3 benchmarks/diffusers_throughput.py --models flux --out flux.json  # FLUX.1-dev alone
     python3 benchmarks/diffusers_throughput.py --tiny --out tiny.json         # CPU smoke check
 
@@ -200,6 +210,7 @@ class Spec:
     save: bool = True  # through save_pretrained and the hf: adapter (else in memory)
     limit: float = 120.0  # seconds for the section (build, warm-ups, repetitions)
     compile_limit: float = 120.0
+    overlap_limit: float = 60.0  # seconds for the overlap section (warm-up, interleaved pairs)
     needs: float = 60.0  # the section is skipped with less than this left
 
 
@@ -209,7 +220,8 @@ def specs(tiny: bool) -> dict[str, Spec]:
 
         size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
         common = dict(dtype="float32", batch=4, candidates=8, loop_candidates=2, steps=3, raw_calls=3,
-                      limit=600.0, compile_limit=300.0, needs=0.0)  # a smoke check: all reps
+                      limit=600.0, compile_limit=300.0, overlap_limit=300.0,
+                      needs=0.0)  # a smoke check: all reps
         return {
             "dit": Spec("dit", "dit (tiny)", "dit.DiTModel", "dit-xl-256", _build_tiny("dit"),
                         options={"guidance_scale": 4.0}, label=True, compile=True, **common),
@@ -224,14 +236,15 @@ def specs(tiny: bool) -> dict[str, Spec]:
         "dit": Spec("dit", "DiT-XL/2 256px", "dit.DiTModel", "dit-xl-256", build_dit_xl, "float16", batch=64,
                     candidates=256, loop_candidates=4, steps=10, raw_calls=6,
                     options={"guidance_scale": 4.0}, label=True, compile=True,
-                    limit=110.0, compile_limit=100.0, needs=45.0),
+                    limit=110.0, compile_limit=100.0, overlap_limit=60.0, needs=45.0),
         "sd15": Spec("sd15", "SD1.5 UNet 512px", "stable_diffusion.StableDiffusionModel", "sd15", build_sd15,
                      "float16", batch=16, candidates=64, loop_candidates=3, steps=10, raw_calls=5,
                      options={"guidance_scale": 7.5}, compile=True,
-                     limit=130.0, compile_limit=130.0, needs=60.0),
+                     limit=130.0, compile_limit=130.0, overlap_limit=75.0, needs=60.0),
         "flux": Spec("flux", "FLUX.1-dev 1024px", "flux.FluxModel", "flux-dev", build_flux_dev, "bfloat16",
                      batch=4, candidates=8, loop_candidates=2, steps=4, raw_calls=2,
-                     options={"guidance_scale": 3.5}, save=False, limit=240.0, needs=150.0),
+                     options={"guidance_scale": 3.5}, save=False, limit=240.0, overlap_limit=150.0,
+                     needs=150.0),
     }
 
 
@@ -436,22 +449,38 @@ def hand_arm(bench: Bench, candidates: int, seed: int) -> Callable[[], int]:
     return work
 
 
-def search_arm(bench: Bench, candidates: int, seed: int, run: int) -> Callable[[], int]:
-    """``noisesearch.search`` with journal, writer, run folder and evaluator."""
+def search_arm(bench: Bench, candidates: int, seed: int, run: int,
+               overlap: bool = False) -> Callable[[], int]:
+    """``noisesearch.search`` with journal, writer, run folder and evaluator (``overlap``: with
+    ``--overlap``). The result is kept as ``bench.last_search`` (``overlap``: ``last_overlap``)."""
 
     def work() -> int:
-        result = run_search(bench, candidates, seed, bench.work / f"run-{run:03d}", reuse=True)
-        bench.last_search = result  # type: ignore[attr-defined]
+        result = run_search(bench, candidates, seed, bench.work / f"run-{run:03d}", reuse=True,
+                            overlap=overlap)
+        setattr(bench, "last_overlap" if overlap else "last_search", result)
         return int(result.usage.nfe)
 
     return work
 
 
-def run_search(bench: Bench, candidates: int, seed: int, output: Path, reuse: bool) -> Any:
+def record_search(arm: Arm, result: Any) -> None:
+    """What one timed search spent where (engine, model, verifiers), appended to its arm."""
+    extra = arm.extra
+    for key, value in (("engine_s", result.seconds), ("model_s", result.usage.model_seconds),
+                       ("verifier_s", result.usage.verifier_seconds)):
+        extra.setdefault(key, []).append(round(value, 4))
+    extra["nfe"] = int(result.usage.nfe)  # the rate counts these: the candidates searched
+    extra["uncounted_nfe"] = int(result.usage.final_nfe + result.usage.baseline_nfe)
+    extra["overlap"] = bool(result.config.overlap)
+
+
+def run_search(bench: Bench, candidates: int, seed: int, output: Path, reuse: bool,
+               overlap: bool = False) -> Any:
     """One search through ``noisesearch``'s own planning and ``run_plan`` (journal, writer, run
     folder, evaluator). ``reuse``: the model and verifiers this bench already built (the same
     adapter object the ``hf:`` factory returns) instead of loading the folder again; a cold
-    search (``reuse=False``) pays for the load, as ``noisesearch run`` does."""
+    search (``reuse=False``) pays for the load, as ``noisesearch run`` does. ``overlap``: the
+    run option ``--overlap`` (the next batch denoised on a thread while the last is scored)."""
     from noisesearch.api import plan, run_plan
     from noisesearch.config import RunConfig
 
@@ -459,6 +488,7 @@ def run_search(bench: Bench, candidates: int, seed: int, output: Path, reuse: bo
         strategy="random", candidates=candidates, steps=bench.spec.steps, batch_size=bench.spec.batch,
         seed=seed, verifiers=[bench.verifier_name], evaluator="aesthetic",
         verifier_options=bench.verifier_options, output=str(output), device=str(bench.model.device),
+        overlap=overlap,
     )
     if bench.spec.label:
         options["label"] = GOLDEN_RETRIEVER
@@ -700,13 +730,7 @@ def run_main_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: 
         timed(arms["hand"], hand_arm(bench, spec.candidates, rep + 1))
         if "search_skipped" not in entry:
             timed(arms["search"], search_arm(bench, spec.candidates, rep + 1, rep + 1))
-            result = bench.last_search  # type: ignore[attr-defined]
-            extra = arms["search"].extra
-            for key, value in (("engine_s", result.seconds), ("model_s", result.usage.model_seconds),
-                               ("verifier_s", result.usage.verifier_seconds)):
-                extra.setdefault(key, []).append(round(value, 4))
-            extra["nfe"] = int(result.usage.nfe)  # the rate counts these: the candidates searched
-            extra["uncounted_nfe"] = int(result.usage.final_nfe + result.usage.baseline_nfe)
+            record_search(arms["search"], bench.last_search)  # type: ignore[attr-defined]
         timed(arms["loop"], loop_arm(bench, spec.loop_candidates, rep + 1))
         rep_seconds = time.perf_counter() - begin
         entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
@@ -753,7 +777,7 @@ def run_compile_arms(bench: Bench, args: argparse.Namespace, clock: Clock, repor
         spec, args, clock, report, entry, section_start, "compile", ("compiled", "eager"), "compiled/eager",
         COMPILE_TARGET,
         lambda name, rep: raw_arm(bench, compiled if name == "compiled" else bench.network, spec.raw_calls),
-        ms_per_forward,
+        ms_per_forward, limit=spec.compile_limit, reps=args.compile_reps,
     )
 
 
@@ -761,17 +785,19 @@ def interleave_pair(
     spec: Spec, args: argparse.Namespace, clock: Clock, report: Report, entry: dict[str, Any],
     section_start: float, label: str, names: tuple[str, str], key: str, target: float | None,
     arm_for: Callable[[str, int], Callable[[], Any]],
-    extra: Callable[[dict[str, Arm]], dict[str, Any]] | None = None,
+    extra: Callable[[dict[str, Arm]], dict[str, Any]] | None = None, *, limit: float, reps: int,
 ) -> None:
     """Two arms (``names``: the measured one, then its reference) timed in turn for up to
-    ``args.compile_reps`` repetitions within the section's limit; ``entry`` gets their arms and
-    their ratio (as ``key``) after every repetition (a cut-off run keeps what it had)."""
+    ``reps`` repetitions within the section's ``limit`` (seconds since ``section_start``) and the
+    budget; ``entry`` gets their arms and their ratio (as ``key``) after every repetition (a
+    cut-off run keeps what it had). The first repetition always runs: the section's ``needs``
+    decided that it fits."""
     measured, reference = names
     arms = {reference: Arm(), measured: Arm()}
     rep_seconds = 0.0
-    for rep in range(args.compile_reps):
+    for rep in range(reps):
         spent = time.perf_counter() - section_start
-        over = spent + rep_seconds > spec.compile_limit or clock.left() < rep_seconds + args.reserve
+        over = spent + rep_seconds > limit or clock.left() < rep_seconds + args.reserve
         if rep > 0 and over:
             report.note(f"{spec.key} {label}: stopped after {rep} repetitions")
             break
@@ -779,9 +805,10 @@ def interleave_pair(
         timed(arms[reference], arm_for(reference, rep))
         timed(arms[measured], arm_for(measured, rep))
         rep_seconds = time.perf_counter() - begin
+        more = (extra or (lambda _: {}))(arms)  # first: it may add to the arms' extras
         entry["arms"] = {name: arm.to_json() for name, arm in arms.items()}
         entry["ratios"] = {key: ratio(arms[measured], arms[reference], target)}
-        entry.update((extra or (lambda _: {}))(arms))
+        entry.update(more)
         entry["reps"] = rep + 1
         report.save()
     speedup = entry.get("ratios", {}).get(key, {}).get("median")
@@ -827,9 +854,47 @@ def run_compiled_search_arms(bench: Bench, args: argparse.Namespace, clock: Cloc
         return search_arm(bench, spec.candidates, rep + 1, 1000 + rep)
 
     interleave_pair(spec, args, clock, report, entry, section_start, "compiled search",
-                    ("search-compiled", "search-eager"), "search compiled/eager", None, arm)
+                    ("search-compiled", "search-eager"), "search compiled/eager", None, arm,
+                    limit=spec.compile_limit, reps=args.compile_reps)
     compiled = None  # the second copy of the model goes before the next model loads
     _free()
+
+
+def run_overlap_arms(bench: Bench, args: argparse.Namespace, clock: Clock, report: Report,
+                     entry: dict[str, Any]) -> None:
+    """The search arm with ``overlap=True`` (``--overlap``) against the same search without it,
+    interleaved, the same seed in both arms of a repetition: the ratio is what overlapping the
+    next batch's denoising with the last one's decode, scoring and recording buys; ``same_best``
+    checks that the two found the same best candidate (the option must not change results).
+    One untimed warm-up of two batches (with one batch there is nothing to overlap). Runs last,
+    so that a short budget loses it before any other ratio."""
+    spec = bench.spec
+    section_start = time.perf_counter()
+    batches = -(-spec.candidates // spec.batch)
+    entry.update(batch=spec.batch, candidates=spec.candidates, batches=batches)
+    if batches < 2:
+        report.note(f"{spec.key} overlap: {spec.candidates} candidates fill one batch of {spec.batch}: "
+                    "nothing to overlap (--overlap computes one batch on the engine's thread)")
+    begin = time.perf_counter()
+    search_arm(bench, min(spec.candidates, 2 * spec.batch), 0, 2900, overlap=True)()
+    _sync()
+    entry["warmup_s"] = round(time.perf_counter() - begin, 2)
+
+    def arm(name: str, rep: int) -> Callable[[], Any]:
+        overlap = name == "search-overlap"
+        return search_arm(bench, spec.candidates, rep + 1, (3000 if overlap else 4000) + rep, overlap)
+
+    def recorded(arms: dict[str, Arm]) -> dict[str, Any]:
+        plain, overlapped = bench.last_search, bench.last_overlap  # type: ignore[attr-defined]
+        record_search(arms["search"], plain)
+        record_search(arms["search-overlap"], overlapped)
+        best = [(result.best.scores, result.best.recipe) for result in (plain, overlapped)]
+        entry.setdefault("same_best", []).append(best[0] == best[1])
+        return {}
+
+    interleave_pair(spec, args, clock, report, entry, section_start, "overlap",
+                    ("search-overlap", "search"), "search-overlap/search", None, arm, recorded,
+                    limit=spec.overlap_limit, reps=args.overlap_reps)
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -885,24 +950,26 @@ def _section(report: Report, clock: Clock, entry: dict[str, Any], name: str, nee
 
 
 def summary(report: Report) -> str:
-    lines = [f"{'model':<20} {'arm':<9} {'cand-NFE/s':>11} {'peak GB':>8}   ratios (median [min, max])"]
+    lines = [f"{'model':<20} {'arm':<15} {'cand-NFE/s':>11} {'peak GB':>8}   ratios (median [min, max])"]
     for key, entry in report.data["models"].items():
         name = entry.get("name", key)
-        for section in ("main", "compile", "search"):
+        for section in ("main", "compile", "search", "overlap"):
             compiled = entry.get("compile", {})
             part = compiled.get("search", {}) if section == "search" else entry.get(section, {})
             if not part.get("arms"):
                 if part.get("status", "").startswith(("skipped", "failed")):
-                    lines.append(f"{name:<20} {section:<9} {part['status'][:80]}")
+                    lines.append(f"{name:<20} {section:<15} {part['status'][:80]}")
                 continue
             for arm, data in part["arms"].items():
                 if data.get("rates"):
-                    lines.append(f"{name:<20} {arm:<9} {data['median']:>11.1f} {data['peak_gb']:>8.2f}")
+                    lines.append(f"{name:<20} {arm:<15} {data['median']:>11.1f} {data['peak_gb']:>8.2f}")
             for label, r in part.get("ratios", {}).items():
                 if r.get("values"):
                     met = "" if "met" not in r else (" MET" if r["met"] else f" below {r['target']}")
                     spread = f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
-                    lines.append(f"{'':<20} {label:<14} {spread}{met}")
+                    same = part.get("same_best") if section == "overlap" else None
+                    same = "" if same is None else f"  same best: {sum(same)}/{len(same)}"
+                    lines.append(f"{'':<20} {label:<21} {spread}{met}{same}")
     return "\n".join(lines)
 
 
@@ -922,6 +989,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--no-compile-search", dest="compile_search", action="store_false",
                         help="skip the search arm with --model-opt compile=MODE in the compile sections")
+    parser.add_argument("--no-overlap", dest="overlap", action="store_false",
+                        help="skip the last section: the search with --overlap against the plain search")
+    parser.add_argument("--overlap-reps", type=int, default=5, help="interleaved pairs, overlap section")
     parser.add_argument("--work", type=Path, default=None, help="folder for pipelines and run folders")
     for name in ("batch", "candidates", "loop-candidates", "steps", "raw-calls"):
         parser.add_argument(f"--{name}", type=int, default=None, help="override every model's")
@@ -964,8 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_main_arms(bench, args, clock, report, main_entry)
 
             _section(report, clock, main_entry, f"{key} main", spec.needs, main_section)
-            if key == "flux":  # 24 GB: free it before anything else
-                benches.pop(key, None)
+            if key == "flux" and (len(args.models) > 1 or not args.overlap):  # 24 GB: free it before
+                benches.pop(key, None)  # anything else (kept for its overlap section when alone)
                 _free()
             print(summary(report), flush=True)
         for key in args.models:
@@ -990,6 +1060,22 @@ def main(argv: list[str] | None = None) -> int:
             needs = 0.0 if args.tiny else spec.compile_limit * 0.6  # a second model, its compile, reps
             _section(report, clock, searched, f"{key} compiled search", needs,
                      lambda b=bench, e=searched: run_compiled_search_arms(b, args, clock, report, e))
+            print(summary(report), flush=True)
+        for key in args.models:  # the newest arms last: --overlap's search against the plain one
+            spec, entry = table[key], report.data["models"][key]
+            if not args.overlap:
+                continue
+            overlap_entry = entry.setdefault("overlap", {})
+            if "search_skipped" in entry.get("main", {}):
+                overlap_entry["status"] = "skipped: the main section could not search this model"
+                continue
+            if key not in benches:
+                freed = " (FLUX is freed after its main section unless run alone)" if key == "flux" else ""
+                overlap_entry["status"] = f"skipped: the model is not loaded{freed}"
+                continue
+            needs = 0.0 if args.tiny else spec.overlap_limit * 0.5  # a warm-up and two pairs
+            _section(report, clock, overlap_entry, f"{key} overlap", needs,
+                     lambda b=benches[key], e=overlap_entry: run_overlap_arms(b, args, clock, report, e))
             print(summary(report), flush=True)
     finally:
         benches.clear()
