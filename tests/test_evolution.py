@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crashes import crash_digits_verifier_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -288,24 +289,14 @@ def test_a_run_that_failed_mid_search_resumes_to_the_same_result(tmp_path: Path,
     """The previews' scorings are journaled like any other engine call: a verifier failing in
     generation 1 leaves a run that resumes to what an uninterrupted run finds."""
     from noisesearch.api import resume_run
-    from noisesearch_builtin.verifiers import digits_classifiers
 
     out = tmp_path / "run"
-    original = digits_classifiers.DigitsClassifier.score
-    calls = {"n": 0}
-
-    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("disk on fire")
-        return original(self, images, condition, trajectory)
-
     fields = {"model": "digits", "label": 6, "strategy": "evolution", "budget_nfe": 400, "batch_size": 8,
               "seed": 1}
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    crash_digits_verifier_at(monkeypatch, 4)
     with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
         noisesearch.search(**fields, output=str(out))
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    monkeypatch.undo()
     resumed = resume_run(out)
     reference = noisesearch.search(**fields, write=False)
     assert resumed.best.recipe == reference.best.recipe

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from crashes import crash_digits_verifier_at
 from processes import with_default_ctrl_c
 
 import noisesearch
@@ -60,26 +61,15 @@ def test_sigint_then_resume_gives_the_result_of_an_uninterrupted_run(tmp_path: P
 
 def test_a_crash_leaves_an_incomplete_run_that_resumes(tmp_path: Path, monkeypatch) -> None:
     """A failing verifier mid-run (a crash, not Ctrl-C) is resumed once it works again."""
-    from noisesearch_builtin.verifiers import digits_classifiers
-
     out = tmp_path / "run"
-    original = digits_classifiers.DigitsClassifier.score
-    calls = {"n": 0}
-
-    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("disk on fire")
-        return original(self, images, condition, trajectory)
-
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    crash_digits_verifier_at(monkeypatch, 4)
     with pytest.raises(noisesearch.NoiseSearchError, match="verifier 'digits-classifier' .*disk on fire"):
         noisesearch.search(model="digits", label=6, candidates=40, batch_size=8, seed=1, output=str(out))
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] is False and run["status"] == "failed" and "disk on fire" in run["error"]
     assert lines(out / "candidates.jsonl") == 24
 
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    monkeypatch.undo()
     resumed = resume_run(out)
     reference = noisesearch.search(model="digits", label=6, candidates=40, batch_size=8, seed=1, write=False)
     assert resumed.best.recipe == reference.best.recipe
@@ -155,23 +145,13 @@ def test_resuming_where_a_journaled_batch_no_longer_fits_fails_clearly(tmp_path:
     """The journal fixes each resumed chunk's size, so an out-of-memory error while re-decoding
     one cannot be met by halving (that retried the same chunk forever): the run fails, saying so."""
     from noisesearch_builtin.models.digits import DigitsModel
-    from noisesearch_builtin.verifiers import digits_classifiers
 
     out = tmp_path / "run"
-    original = digits_classifiers.DigitsClassifier.score
-    calls = {"n": 0}
-
-    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("disk on fire")
-        return original(self, images, condition, trajectory)
-
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    crash_digits_verifier_at(monkeypatch, 3)
     with pytest.raises(noisesearch.NoiseSearchError, match="disk on fire"):
         noisesearch.search(model="digits", label=6, candidates=16, batch_size=4, seed=1, steps=4,
                            output=str(out))
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    monkeypatch.undo()
 
     class FakeOutOfMemory(RuntimeError):
         is_out_of_memory = True

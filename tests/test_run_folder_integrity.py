@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crashes import crash_digits_verifier_at
 from processes import with_default_ctrl_c
 from typer.testing import CliRunner
 
@@ -52,18 +53,7 @@ def dead_pid() -> int:
 def crash_on_third_verifier_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the run stop half-way, as a crash would (the searched verifier fails on its third
     batch; the judge, which scores only the running bests, is called on fewer)."""
-    from noisesearch_builtin.verifiers import digits_classifiers
-
-    original = digits_classifiers.DigitsClassifier.score
-    calls = {"n": 0}
-
-    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return original(self, images, condition, trajectory)
-
-    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    crash_digits_verifier_at(monkeypatch, 3, "power cut")
 
 
 # -- the lock ----------------------------------------------------------------------------------
