@@ -81,6 +81,21 @@ def _model(registries: Registries, folder: Path, **options: Any) -> Any:
                                     guidance_scale=3.0, **options)
 
 
+def _split_solve_setup(
+    registries: Registries, folder: Path, **options: Any
+) -> tuple[Any, Any, list[float], torch.Tensor, Callable[[torch.Tensor, float], torch.Tensor]]:
+    """What a restart test splits: the model, its native solver and grid over STEPS, the noise
+    of seed 5 and the denoiser of PROMPT."""
+    model = _model(registries, folder, **options)
+    solver = resolve_solver(model, "native", STEPS)
+    prepared = model.prepare(Condition(prompt=PROMPT))
+
+    def denoise(x: torch.Tensor, s: float) -> torch.Tensor:
+        return model.denoise(x, s, prepared)
+
+    return model, solver, solver.levels(STEPS), draw_noise([5], model.latent_shape), denoise
+
+
 def _pipeline(folder: Path, scheduler: str, options: dict[str, Any]) -> Any:
     import diffusers
 
@@ -181,14 +196,7 @@ RESTARTS = {
 def test_a_resumed_partial_solve_equals_the_whole_one_for_single_step_schedulers(
     scheduler: str, tiny: Callable[[str], Path], registries: Registries
 ) -> None:
-    model = _model(registries, tiny("sd"), scheduler=scheduler)
-    solver = resolve_solver(model, "native", STEPS)
-    levels = solver.levels(STEPS)
-    noise = draw_noise([5], model.latent_shape)
-    prepared = model.prepare(Condition(prompt=PROMPT))
-
-    def denoise(x: torch.Tensor, s: float) -> torch.Tensor:
-        return model.denoise(x, s, prepared)
+    model, solver, levels, noise, denoise = _split_solve_setup(registries, tiny("sd"), scheduler=scheduler)
 
     with torch.inference_mode():
         whole = solver.solve(denoise, noise, levels)
@@ -209,14 +217,7 @@ def test_a_resumed_multistep_solve_equals_a_fresh_scheduler_begun_mid_path(
     """What the math says a restart must be: the resumed part of a split solve equals diffusers'
     own scheduler, set up as for the whole run, begun (``set_begin_index``) at the split's step with
     an empty history, and driven by the pipeline's UNet with classifier-free guidance."""
-    model = _model(registries, tiny("sd"), scheduler=scheduler)
-    solver = resolve_solver(model, "native", STEPS)
-    levels = solver.levels(STEPS)
-    noise = draw_noise([5], model.latent_shape)
-    prepared = model.prepare(Condition(prompt=PROMPT))
-
-    def denoise(x: torch.Tensor, s: float) -> torch.Tensor:
-        return model.denoise(x, s, prepared)
+    model, solver, levels, noise, denoise = _split_solve_setup(registries, tiny("sd"), scheduler=scheduler)
 
     pipe = _pipeline(tiny("sd"), scheduler, {})
     begin = 2
@@ -242,15 +243,11 @@ def test_a_resumed_multistep_solve_equals_a_fresh_scheduler_begun_mid_path(
 def test_flux_resumed_flow_euler_equals_the_whole_solve(
     tiny: Callable[[str], Path], registries: Registries
 ) -> None:
-    model = _model(registries, tiny("flux"))
-    solver = resolve_solver(model, "native", STEPS)
-    levels = solver.levels(STEPS)
-    noise = draw_noise([5], model.latent_shape)
-    prepared = model.prepare(Condition(prompt=PROMPT))
+    _, solver, levels, noise, denoise = _split_solve_setup(registries, tiny("flux"))
     with torch.inference_mode():
-        whole = solver.solve(lambda x, s: model.denoise(x, s, prepared), noise, levels)
-        first = solver.solve(lambda x, s: model.denoise(x, s, prepared), noise, levels[:2])
-        rest = solver.solve(lambda x, s: model.denoise(x, s, prepared), first.x, levels[1:])
+        whole = solver.solve(denoise, noise, levels)
+        first = solver.solve(denoise, noise, levels[:2])
+        rest = solver.solve(denoise, first.x, levels[1:])
     torch.testing.assert_close(rest.x, whole.x, atol=1e-6, rtol=0)
 
 

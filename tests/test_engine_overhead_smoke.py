@@ -3,24 +3,17 @@ memory come out for a small N, and its hand-written loop does the search's work.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_overhead.py"
+from scripts import load_benchmark
 
 
 def load_script() -> Any:
-    """The benchmark script as a module (it is not a package)."""
-    spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_benchmark("engine_overhead")
 
 
 def run_main(script: Any) -> None:

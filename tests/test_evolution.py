@@ -12,6 +12,7 @@ import torch
 from crashes import crash_digits_verifier_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scripts import load_benchmark
 from typer.testing import CliRunner
 
 import noisesearch
@@ -265,15 +266,7 @@ def test_every_reported_candidate_replays_bit_for_bit() -> None:
 
 
 def test_the_comparison_script_runs_within_its_budgets(tmp_path: Path) -> None:
-    import importlib.util
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_evolution.py"
-    spec = importlib.util.spec_from_file_location("compare_evolution", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("compare_evolution")
     assert module.parse("evolution:band=2,finalists=1") == ("evolution", {"band": 2, "finalists": 1})
     rows = module.run([100], 1, [0, 1], ["random", "evolution:band=2"])
     assert [r["searches"] for r in rows] == [2, 2] and all(r["max_nfe_spent"] <= 100 for r in rows)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from scripts import load_benchmark
 from typer.testing import CliRunner
 
 import noisesearch
@@ -369,15 +370,7 @@ def test_gradient_search_on_a_tiny_sd_pipeline_keeps_the_budget_and_replays(
 
 
 def test_the_comparison_script_runs_and_keeps_equal_budgets(tmp_path: Path) -> None:
-    import importlib.util
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_gradient.py"
-    spec = importlib.util.spec_from_file_location("compare_gradient", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("compare_gradient")
     threads = torch.get_num_threads()
     try:
         module.main(["--budgets", "28", "--seeds", "1", "--labels", "0", "1",

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from scripts import load_benchmark
 
 import noisesearch
 from noisesearch import ConfigError
@@ -262,13 +263,7 @@ def test_overlap_is_a_run_option_refused_with_an_executor(tmp_path: Path) -> Non
 
 
 def test_the_overlap_benchmark_runs_and_checks_the_candidates(tmp_path: Path) -> None:
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "overlap.py"
-    spec = importlib.util.spec_from_file_location("overlap_benchmark", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("overlap")
     threads = torch.get_num_threads()
     try:
         out = module.main(["--model", "digits", "--candidates", "12", "--batch-size", "4", "--reps", "2",
