@@ -89,16 +89,16 @@ def test_resume_after_an_out_of_memory_halving_batches_as_the_run_did(tmp_path, 
         return original_denoise(self, x, sigma, prepared)
 
     calls = {"n": 0}
-    original_score = digits_classifiers.DigitsEvaluator.score
+    original_forward = digits_classifiers.DigitsEvaluator.log_probs  # under score and score_and_predict
 
-    def crash_once(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+    def crash_once(self, images, grad=False):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("power cut")
-        return original_score(self, images, condition, trajectory)
+        return original_forward(self, images, grad)
 
     monkeypatch.setattr(DigitsModel, "denoise", small_memory)
-    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash_once)
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", crash_once)
     out = tmp_path / "run"
     from noisesearch.faults import PluginFailed
 

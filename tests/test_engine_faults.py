@@ -127,10 +127,11 @@ def test_a_plugin_exception_names_the_plugin_and_fails_the_run(
 def test_a_builtin_verifier_is_blamed_on_the_noisesearch_distribution(tmp_path: Path, monkeypatch) -> None:
     from noisesearch_builtin.verifiers import digits_classifiers
 
-    def crash(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+    def crash(self, images, grad=False):  # noqa: ANN001, ANN202
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash)
+    # the evaluator's one forward pass, under score and score_and_predict
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", crash)
     with pytest.raises(noisesearch.NoiseSearchError) as caught:
         noisesearch.search(model="digits", label=2, candidates=2, write=False)
     assert str(caught.value) == (

@@ -75,3 +75,47 @@ def test_the_cli_flag_evaluates_every_candidate(tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["evaluate_all"] is True and run["evaluated"] == "all"
     assert all(JUDGE in row["scores"] for row in _rows(out))
+
+
+def test_the_verdicts_come_from_the_evaluators_scoring_call(monkeypatch) -> None:
+    """An evaluator with ``score_and_predict`` gives the verdicts' predicted classes in the calls
+    that score what the run reports: ``predict`` is never called, and the verdicts are those that
+    ``predict`` gives (the evaluator without the method)."""
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    evaluator = digits_classifiers.DigitsEvaluator
+    runs = [dict(label=label, seed=seed) for label, seed in ((0, 0), (3, 1), (5, 2), (8, 3))]
+
+    def search(**options: object) -> noisesearch.SearchResult:
+        return noisesearch.search(model="digits", candidates=24, batch_size=8, steps=6, write=False,
+                                  **options)
+
+    asked = {"predict": 0}
+    original_predict = evaluator.predict
+
+    def counted(self, images):  # noqa: ANN001, ANN202
+        asked["predict"] += 1
+        return original_predict(self, images)
+
+    monkeypatch.setattr(evaluator, "predict", counted)
+    fused = [search(**run).verdicts for run in runs]
+    assert asked["predict"] == 0
+    assert all(v["evaluator"] == JUDGE and "best_predicted" in v for v in fused)
+    monkeypatch.setattr(evaluator, "score_and_predict", None)  # not callable: asked after the search
+    asked_after = [search(**run).verdicts for run in runs]
+    assert asked["predict"] == len(runs)
+    assert fused == asked_after
+    # Disagreeing verdicts are possible at all (the test would pass vacuously on one label).
+    assert len({v["best_predicted"] for v in fused}) > 1
+
+
+def test_score_and_predict_agrees_with_score_and_predict_called_apart() -> None:
+    from noisesearch import Condition
+    from noisesearch_builtin.verifiers.digits_classifiers import DigitsClassifier, DigitsEvaluator
+
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for verifier in (DigitsEvaluator(), DigitsClassifier()):
+        condition = Condition(label=7)
+        scores, predicted = verifier.score_and_predict(images, condition)
+        assert torch.equal(scores, verifier.score(images, condition))
+        assert torch.equal(predicted, verifier.predict(images))

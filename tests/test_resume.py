@@ -88,10 +88,11 @@ def test_resume_refuses_a_run_whose_configuration_changed(tmp_path: Path, monkey
 
     out = tmp_path / "run"
 
-    def crash(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+    def crash(self, images, grad=False):  # noqa: ANN001, ANN202
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "score", crash)
+    # the evaluator's one forward pass, under score and score_and_predict
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", crash)
     with pytest.raises(noisesearch.NoiseSearchError, match="stop"):
         noisesearch.search(model="digits", label=2, candidates=16, batch_size=4, output=str(out))
     monkeypatch.undo()

@@ -439,7 +439,8 @@ def _verdicts(
     evaluator: tuple[str, Any] | None, outcome: EngineResult, condition: Condition
 ) -> dict[str, Any]:
     """The evaluator's word on the baseline and the best, where it can say: its predicted
-    class (an evaluator with ``predict``, label conditions), or its own verdict (an evaluator
+    class (an evaluator with ``predict``, label conditions; taken from its scoring call when it
+    has ``score_and_predict``), or its own verdict (an evaluator
     with ``verdict(image, condition) -> {"predicted": str, "agrees": bool, ...}``, e.g. a
     prompt judged clause by clause)."""
     if evaluator is None:
@@ -459,7 +460,11 @@ def _verdicts(
         return {}
     import torch
 
-    predicted = evaluator[1].predict(torch.stack([c.image for c in pair]))
+    # From the evaluator's scoring calls where they predicted (score_and_predict), else asked now.
+    known = [outcome.predicted.get(c.index) for c in pair]
+    missing = [c for c, label in zip(pair, known) if label is None]
+    asked = iter(evaluator[1].predict(torch.stack([c.image for c in missing])).tolist() if missing else ())
+    predicted = [label if label is not None else next(asked) for label in known]
     return {
         "evaluator": evaluator[0],
         "baseline_predicted": int(predicted[0]),

@@ -100,6 +100,8 @@ _read_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
 def _read(path: Path) -> dict[str, Any]:
     """The memory's entries (a copy); ``{}`` for no file, and with a warning for a damaged one."""
+    if not os.path.lexists(path):  # most machines: no memory (no exception raised and caught)
+        return {}
     try:
         stat = path.stat()
     except FileNotFoundError:

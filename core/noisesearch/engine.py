@@ -106,6 +106,9 @@ class EngineResult:
     report: dict[str, Any] = field(default_factory=dict)  # what the strategy reported
     non_finite: dict[str, Any] = field(default_factory=dict)  # Selection.non_finite()
     baseline_origin: str = plain.FROM_SEARCH  # or plain.EXTRA: generated outside the search
+    # the evaluator's predicted class by candidate index, where its scoring call gave one
+    # (noisesearch.evaluation): the verdicts need no second call
+    predicted: dict[int, int] = field(default_factory=dict)
 
     @property
     def best(self) -> Candidate:
@@ -207,7 +210,7 @@ class Engine:
         self.reported.complete([*top, baseline])
         return EngineResult(top, baseline, self.usage, self._history, self.report,
                             self.selection.non_finite(self.reported.non_finite),
-                            plain.FROM_SEARCH if found else plain.EXTRA)
+                            plain.FROM_SEARCH if found else plain.EXTRA, self.reported.predicted)
 
     def next_seeds(self, n: int) -> list[int]:
         seeds = derive_seeds(self.seed, self._draws, n)
@@ -573,6 +576,7 @@ class Engine:
             [{} for _ in range(size)]
         objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
         shared_nfe = _recipe_nfe(recipes[0], self) if own and recipes else None
+        first, nfe, history = self.selection.count, self.usage.nfe, self._history
         with interrupts.deferred():  # the batch is recorded whole or not at all
             for row, row_scores in enumerate(rows):
                 if own:
@@ -580,17 +584,12 @@ class Engine:
                     recipe["decode"] = {"batch": size, "row": row}
                 else:
                     recipe = {**recipes[row], "decode": {"batch": size, "row": row}}
-                candidate = Candidate(
-                    index=self.selection.count,
-                    recipe=recipe,
-                    scores=row_scores,
-                    objective=objectives[row],
-                    nfe=shared_nfe if own else _recipe_nfe(recipe, self),
-                )
-                self.usage.candidates += 1
-                self._history.append((self.usage.nfe, candidate.objective, row_scores))
-                self.selection.add(candidate, images, row, noises, lo + row)
-                batch.append(candidate)
+                objective = objectives[row]
+                batch.append(Candidate(first + row, recipe, row_scores, objective,
+                                       shared_nfe if own else _recipe_nfe(recipe, self)))
+                history.append((nfe, objective, row_scores))
+            self.usage.candidates += size
+            self.selection.add_batch(batch, images, noises, lo)
             if self.scorer.pooled:
                 self._rerank()
             self.reported.on_batch(batch, images)  # the running bests, before they stream out

@@ -43,6 +43,12 @@ class ReportedEvaluation:
         self.name = scorer.evaluator[0] if scorer.evaluator else ""
         self._best: float | None = None
         self.non_finite: dict[str, int] = {}  # non-finite evaluator scores given here
+        # The verdicts' predicted classes (label conditions), from the scoring calls themselves
+        # when the evaluator has ``score_and_predict``: no second call for the verdicts.
+        judge = scorer.evaluator[1] if scorer.evaluator else None
+        self.predicts = condition.label is not None and callable(getattr(judge, "score_and_predict", None)) \
+            and not callable(getattr(judge, "verdict", None))
+        self.predicted: dict[int, int] = {}  # candidate index -> the evaluator's predicted class
 
     def on_batch(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
         """Score the candidates of one scored batch (``images`` ``(B, 3, H, W)``, in order)
@@ -79,7 +85,9 @@ class ReportedEvaluation:
             self._score(todo, torch.stack([c.image for c in todo]).to(self.device))
 
     def _score(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
-        values = self.scorer.evaluate(images, self.condition, self.usage)
+        values, predicted = self.scorer.evaluate(images, self.condition, self.usage, predict=self.predicts)
+        for candidate, label in zip(candidates, predicted or ()):
+            self.predicted[candidate.index] = label
         for candidate, value in zip(candidates, values):
             candidate.scores[self.name] = value
             if not is_finite(value):

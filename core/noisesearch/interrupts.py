@@ -16,6 +16,13 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+try:  # the C functions that signal's own wrap, without their enum conversions (per batch: deferred)
+    from _signal import getsignal as _getsignal
+    from _signal import signal as _setsignal
+except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
+    from signal import getsignal as _getsignal
+    from signal import signal as _setsignal
+
 _state = {"requested": False, "installed": False}
 
 
@@ -55,7 +62,7 @@ def deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = _getsignal(signal.SIGINT)
     if previous is not _record and previous is not signal.default_int_handler:
         yield
         return
@@ -66,11 +73,11 @@ def deferred() -> Iterator[None]:
             _state["requested"] = True
         held.append(signum)
 
-    signal.signal(signal.SIGINT, hold)
+    _setsignal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _setsignal(signal.SIGINT, previous)
     if held:
         raise KeyboardInterrupt
 

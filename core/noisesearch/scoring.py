@@ -101,16 +101,27 @@ class Scorer:
                 usage.add_phase("evaluator", time.perf_counter() - start)  # --evaluate-all
         return scores
 
-    def evaluate(self, images: torch.Tensor, condition: Condition, usage: Usage) -> list[float]:
-        """The evaluator's scores of ``images`` alone (see ``noisesearch.evaluation``)."""
+    def evaluate(
+        self, images: torch.Tensor, condition: Condition, usage: Usage, predict: bool = False
+    ) -> tuple[list[float], list[int] | None]:
+        """The evaluator's scores of ``images`` alone (see ``noisesearch.evaluation``) and, with
+        ``predict``, its predicted classes from the same call (an evaluator with
+        ``score_and_predict``; else ``None``)."""
         assert self.evaluator is not None
         name, verifier = self.evaluator
         start = time.perf_counter()
+        both = getattr(verifier, "score_and_predict", None) if predict else None
+        predicted = None
         with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
-            values = self._as_list(name, verifier.score(images, condition, trajectory=None), images)
+            if callable(both):
+                values, classes = both(images, condition)  # (B,), (B,)
+                predicted = [int(c) for c in self._as_list(f"{name} (predicted)", classes, images)]
+            else:
+                values = verifier.score(images, condition, trajectory=None)
+            values = self._as_list(name, values, images)
         self._charge(name, verifier, time.perf_counter() - start, usage)
         usage.add_phase("evaluator", time.perf_counter() - start)
-        return values
+        return values, predicted
 
     @staticmethod
     def _charge(name: str, verifier: Verifier, seconds: float, usage: Usage) -> None:

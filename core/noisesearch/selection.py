@@ -58,32 +58,57 @@ class Selection:
         noises: torch.Tensor | None = None,
         noise_row: int = 0,
     ) -> None:
-        """Record a scored candidate; keep its image ``images[row]`` (of a batch ``(B, 3, H, W)``)
-        and its noise ``noises[noise_row]`` if it enters the top-k or is the baseline: only those
-        rows are viewed and copied to the CPU (most candidates of a big search are neither)."""
-        self.count += 1
+        """Record one scored candidate: :meth:`add_batch` of ``images[row]`` alone."""
+        self.add_batch([candidate], images[row : row + 1],
+                       None if noises is None else noises[noise_row : noise_row + 1])
+
+    def add_batch(
+        self,
+        candidates: Sequence[Candidate],
+        images: torch.Tensor,
+        noises: torch.Tensor | None = None,
+        noise_lo: int = 0,
+    ) -> None:
+        """Record a batch of scored candidates, in order (``images`` ``(B, 3, H, W)``, row ``i``
+        for ``candidates[i]``; their noises are ``noises[noise_lo + i]``). Those left in the
+        top-k after the batch, and the baseline, keep their image and noise: only those rows are
+        viewed and copied to the CPU (most candidates of a big search are neither, and a small
+        one's first batch would otherwise copy rows that a later row of it pushes out)."""
+        self.count += len(candidates)
         if self.keep_all:
-            self.all.append(candidate)
-        else:  # counted now: the candidate is not kept (non_finite() of a pooled run recounts)
-            self._non_finite_objectives += not is_finite(candidate.objective)
-            for name, value in candidate.scores.items():
-                if not is_finite(value):
-                    self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
-        baseline = self.baseline is None and self.is_baseline(candidate)
-        objective = candidate.objective
-        if not baseline and type(objective) is float and objective <= self._floor:
-            return  # the heap is full and this one can't enter it (most candidates of a big N)
-        entry = (selection_key(candidate), candidate.index, candidate)
-        if baseline or len(self._heap) < self.top_k or entry[0] > self._heap[0][0]:
-            candidate.image = images[row].cpu()
-            candidate.noise = noises[noise_row].cpu() if noises is not None else None
-        if baseline:
-            self.baseline = candidate
-        if len(self._heap) < self.top_k:
-            heapq.heappush(self._heap, entry)
-        elif entry[0] > self._heap[0][0]:
-            self._drop(heapq.heapreplace(self._heap, entry)[2])
-        self._update_floor()
+            self.all.extend(candidates)
+        else:  # counted now: the candidates are not kept (non_finite() of a pooled run recounts)
+            for candidate in candidates:
+                self._non_finite_objectives += not is_finite(candidate.objective)
+                for name, value in candidate.scores.items():
+                    if not is_finite(value):
+                        self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
+        heap, top_k = self._heap, self.top_k
+        entered: list[int] = []  # rows that entered the heap (some may leave it again below)
+        for row, candidate in enumerate(candidates):
+            if self.baseline is None and self.is_baseline(candidate):
+                self.baseline = candidate
+                entered.append(row)
+            objective = candidate.objective
+            if type(objective) is float and objective <= self._floor:
+                continue  # the heap is full and this one can't enter it (most of a big N)
+            entry = (selection_key(candidate), candidate.index, candidate)
+            if len(heap) < top_k:
+                heapq.heappush(heap, entry)
+            elif entry[0] > heap[0][0]:
+                self._drop(heapq.heapreplace(heap, entry)[2])
+            else:
+                continue
+            entered.append(row)
+            self._update_floor()
+        if not entered:
+            return
+        held = {id(entry[2]) for entry in heap}
+        for row in entered:
+            candidate = candidates[row]
+            if candidate.image is None and (id(candidate) in held or candidate is self.baseline):
+                candidate.image = images[row].cpu()
+                candidate.noise = noises[noise_lo + row].cpu() if noises is not None else None
 
     def _update_floor(self) -> None:
         """The objective a candidate must beat to enter the full heap: its lowest finite one
@@ -146,3 +171,4 @@ class Selection:
             f"infinite; non-finite values per score: {self.non_finite()['scores']}), so none can "
             f"be selected; check the verifier {objective!r}"
         )
+

@@ -16,11 +16,11 @@ composition (by ~1e-7), so a dispatch never regroups rows: one unit, one model b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from noisesearch.faults import Owner, blame, blamed, is_out_of_memory
+from noisesearch.faults import Owner, blamed, is_out_of_memory
 from noisesearch.sampling import Solver, solve
 
 if TYPE_CHECKING:
@@ -76,35 +76,41 @@ def compute(
     """Compute ``unit`` with ``model`` (no autograd). ``owner``: who is blamed for an exception
     of the model (``noisesearch.faults``); out-of-memory errors pass through unchanged, for the
     engine to retry with smaller batches."""
+    import torch
+
     owner = owner or Owner.of("model", model)
-    if unit.kind == DECODE:
-        return _decode(model, unit.x, unit.also, owner)
-    if unit.kind == SAMPLE:
-        solved = _denoised(model, prepared, solver, unit, owner)
-        decoded = _decode(model, solved.x, solved.x0, owner)
-        return Output(solved.x, solved.nfe, solved.x0, solved.seconds + decoded.seconds,
-                      decoded.x, decoded.x0, decoded.seconds)
-    return _denoised(model, prepared, solver, unit, owner)
-
-
-def _decode(model: Any, x: torch.Tensor, also: dict[float, torch.Tensor], owner: Owner) -> Output:
-    """Latents ``x`` ``(B, *latent)`` and ``also`` decoded to images ``(B, 3, H, W)`` in [0, 1]."""
-    import torch
-
+    if unit.kind not in (SOLVE, PREDICT, DECODE, SAMPLE):
+        raise ValueError(f"unknown unit kind {unit.kind!r}")
     start = time.perf_counter()
-    with torch.inference_mode(), blame(owner, keep=is_out_of_memory):
-        images = model.decode(x).float().clamp(0, 1)  # (B, 3, H, W)
-        decoded = {level: model.decode(x0).float().clamp(0, 1) for level, x0 in also.items()}
-    return Output(images, 0, decoded, time.perf_counter() - start)
+    # One inference_mode for the whole unit (a sample's decode included): entering one per step
+    # cost a small model ~5% at N = 16, and no_grad instead leaves every op on autograd's
+    # dispatch path (~4%).
+    with torch.inference_mode():
+        if unit.kind == DECODE:
+            images, decoded = _decode(model, unit.x, unit.also, owner)
+            return Output(images, 0, decoded, time.perf_counter() - start)
+        rows = unit.rows
+        x, seeds = _padded(unit)  # (max(rows, pad_to), *latent): only the first `rows` are kept
+        if unit.kind == PREDICT:
+            x0 = _call(owner, model.denoise, x, unit.levels[0], prepared)[:rows]
+            return Output(x0, 1, {}, time.perf_counter() - start)
+        result = solve(_denoiser(model, prepared, owner), x, model.schedule, unit.levels, solver,
+                       unit.capture, seeds)
+        captured = result.x0 if x is unit.x else {level: x0[:rows] for level, x0 in result.x0.items()}
+        solved = time.perf_counter()
+        images, trajectory = (None, {}) if unit.kind == SOLVE else \
+            _decode(model, result.x[:rows], captured, owner)
+    done = time.perf_counter()
+    # The states leave as ordinary tensors (a copy made outside inference mode), as they did when
+    # only the denoiser ran in it: a strategy may update them in place.
+    return Output(result.x[:rows].clone(), result.nfe, captured, done - start, images, trajectory,
+                  done - solved if images is not None else 0.0)
 
 
-def _denoised(model: Any, prepared: Any, solver: str | Solver, unit: Unit, owner: Owner) -> Output:
-    """A solve (or sample) unit's latents at ``levels[-1]``, or a predict unit's ``x0_hat``."""
-    import torch
+def _denoiser(model: Any, prepared: Any, owner: Owner) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """``model.denoise`` with its exceptions blamed on ``owner``; per step: no context manager."""
 
-    start = time.perf_counter()
-
-    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:  # per step: no context manager
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         try:
             return model.denoise(x, sigma, prepared)
         except Exception as error:
@@ -113,21 +119,28 @@ def _denoised(model: Any, prepared: Any, solver: str | Solver, unit: Unit, owner
                 raise
             raise failure from error
 
-    rows = unit.rows
-    x, seeds = _padded(unit)  # (max(rows, pad_to), *latent): only the first `rows` are kept
-    # One inference_mode for the whole unit: entering one per step cost a small model ~5% at
-    # N = 16, and no_grad instead leaves every op on autograd's dispatch path (~4%).
-    with torch.inference_mode():
-        if unit.kind == PREDICT:
-            x0 = denoise(x, unit.levels[0])[:rows]
-            return Output(x0, 1, {}, time.perf_counter() - start)
-        if unit.kind not in (SOLVE, SAMPLE):
-            raise ValueError(f"unknown unit kind {unit.kind!r}")
-        result = solve(denoise, x, model.schedule, unit.levels, solver, unit.capture, seeds)
-    captured = result.x0 if x is unit.x else {level: x0[:rows] for level, x0 in result.x0.items()}
-    # The states leave as ordinary tensors (a copy made outside inference mode), as they did when
-    # only the denoiser ran in it: a strategy may update them in place.
-    return Output(result.x[:rows].clone(), result.nfe, captured, time.perf_counter() - start)
+    return denoise
+
+
+def _call(owner: Owner, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, a model's call, with its exceptions blamed on ``owner``."""
+    try:
+        return fn(*args)
+    except Exception as error:
+        failure = blamed(owner, error, keep=is_out_of_memory)
+        if failure is error:
+            raise
+        raise failure from error
+
+
+def _decode(
+    model: Any, x: torch.Tensor, also: dict[float, torch.Tensor], owner: Owner
+) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+    """Latents ``x`` ``(B, *latent)`` and ``also`` decoded to images ``(B, 3, H, W)`` in [0, 1]
+    (in the caller's inference mode)."""
+    images = _call(owner, model.decode, x).float().clamp(0, 1)  # (B, 3, H, W)
+    decoded = {level: _call(owner, model.decode, x0).float().clamp(0, 1) for level, x0 in also.items()}
+    return images, decoded
 
 
 def _padded(unit: Unit) -> tuple[torch.Tensor, list[int] | None]:

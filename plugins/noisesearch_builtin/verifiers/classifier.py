@@ -181,9 +181,22 @@ class ImageClassifierVerifier:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The most likely run label of each image ``(B,)``: among the mapped classes when
         ``label_map`` is given (the evaluator's verdict), else among all classes."""
+        return self._predicted(self.log_probs(images))
+
+    def score_and_predict(
+        self, images: torch.Tensor, condition: Condition
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score`` and ``predict`` from one forward pass, (B,) each: as the held-out evaluator,
+        the run's verdicts then cost no second call."""
+        if condition.label is None:
+            raise ValueError(f"verifier model {self.name!r} scores a class label; the condition has none")
+        log_probs = self.log_probs(images)
+        return log_probs[:, self.model_class(int(condition.label))], self._predicted(log_probs)
+
+    def _predicted(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Run labels ``(B,)`` from log-probabilities ``(B, num_classes)`` (see :meth:`predict`)."""
         import torch
 
-        log_probs = self.log_probs(images)
         if not self.label_map:
             return log_probs.argmax(dim=1)
         run_labels = sorted(self.label_map)

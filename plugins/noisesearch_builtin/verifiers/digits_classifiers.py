@@ -60,6 +60,14 @@ class _DigitsClassifier:
         """The most likely digit of each image, (B,)."""
         return self.log_probs(images).argmax(dim=1)
 
+    def score_and_predict(
+        self, images: torch.Tensor, condition: Condition
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score`` and ``predict`` from one forward pass, (B,) each: as the held-out evaluator,
+        the run's verdicts then cost no second call."""
+        log_probs = self.log_probs(images)  # (B, 10)
+        return log_probs[:, int(condition.label)], log_probs.argmax(dim=1)
+
 
 class DigitsClassifier(_DigitsClassifier):
     """Log-probability of the requested digit under the embedded MLP classifier (half A).
