@@ -6,6 +6,7 @@ those below every finite score (``noisesearch.selection``) and the run folder re
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -60,12 +61,14 @@ class Scorer:
     def objective(self) -> Verifier:
         return self.verifiers[self.objective_name]
 
-    @property
+    @functools.cached_property
     def pooled(self) -> bool:
+        """Whether the objective ranks over a pool (asked per batch: computed once)."""
         return hasattr(self.objective, "member_scores") and hasattr(self.objective, "combine")
 
-    @property
+    @functools.cached_property
     def trajectory_levels(self) -> tuple[float, ...]:
+        """The levels whose clean predictions a verifier or the evaluator reads (computed once)."""
         members = [*self.verifiers.values(), *([self.evaluator[1]] if self.evaluator else [])]
         levels: set[float] = set()
         for verifier in members:
