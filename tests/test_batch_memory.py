@@ -192,3 +192,25 @@ def test_a_static_batch_model_pads_to_the_halved_size_and_its_candidates_replay(
                         tuple(model.latent_shape))
         image = model.decode(latent[None])[0]
     assert torch.equal(image, last.image)
+
+
+def test_a_memory_another_process_writes_is_seen_within_the_recheck_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No memory file is taken as absent for ABSENT_RECHECK_S without asking the file system
+    again (a loop of small searches asked on every search); a file another process writes
+    meanwhile is read once the interval has passed, and this process's own is read at once."""
+    import time
+
+    monkeypatch.setattr(batch_memory, "ABSENT_RECHECK_S", 0.3)
+    assert batch_memory.recall("m|8x8|float32|cpu") is None  # no file: absent for 0.3 s
+    path = batch_memory.memory_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"batch_size": 3, "failed": 6, "updated": "2026-12-01T00:00:00Z"}
+    path.write_text(json.dumps({"version": 1, "entries": {"m|8x8|float32|cpu": entry}}))  # "another process"
+    time.sleep(0.35)
+    assert batch_memory.recall("m|8x8|float32|cpu") == 3
+    path.unlink()
+    assert batch_memory.recall("m|8x8|float32|cpu") is None
+    batch_memory.remember("m|8x8|float32|cpu", 5, failed=10)  # this process: seen at once
+    assert batch_memory.recall("m|8x8|float32|cpu") == 5

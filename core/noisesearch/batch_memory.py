@@ -98,10 +98,24 @@ def _device_name(model: Any) -> str:
 _read_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
 
+#: path -> until when (``time.monotonic()``) it is taken as absent without asking the file
+#: system again. Most machines have no memory file, and a loop of small searches asked on every
+#: search (a system call, ~1% of a 5 ms search). Another process that writes the file meanwhile
+#: is seen a second later: a race that exists anyway (it could write just after the check);
+#: this process's own :func:`remember` is seen at once.
+_absent_until: dict[Path, float] = {}
+ABSENT_RECHECK_S = 1.0
+
+
 def _read(path: Path) -> dict[str, Any]:
     """The memory's entries (a copy); ``{}`` for no file, and with a warning for a damaged one."""
-    if not os.path.lexists(path):  # most machines: no memory (no exception raised and caught)
+    now = time.monotonic()
+    if _absent_until.get(path, 0.0) > now:
         return {}
+    if not os.path.lexists(path):  # most machines: no memory (no exception raised and caught)
+        _absent_until[path] = now + ABSENT_RECHECK_S
+        return {}
+    _absent_until.pop(path, None)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -162,6 +176,7 @@ def remember(memory_key: str, batch_size: int, failed: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        _absent_until.pop(path, None)  # there now: the next search of this process reads it
     except OSError as exc:
         warnings.warn(f"cannot write the batch-size memory {path} ({exc}); the next run starts "
                       f"from the model's batch size again", BatchMemoryWarning, stacklevel=2)
