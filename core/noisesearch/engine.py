@@ -361,15 +361,23 @@ class Engine:
         return Trajectories(torch.cat(xs), levels[-1], recipes), joined
 
     def _solved(
-        self, recipes: Sequence[dict[str, Any]], levels: list[float], step_seeds: list[int] | None, lo: int
+        self, recipes: Sequence[dict[str, Any]], levels: list[float], step_seeds: list[int] | None, lo: int,
+        own: bool = False,
     ) -> list[dict[str, Any]]:
-        """A chunk's recipes (rows ``lo:lo + len(recipes)`` of a solve) with the solve op added."""
+        """A chunk's recipes (rows ``lo:lo + len(recipes)`` of a solve) with the solve op added:
+        copies (a strategy's trajectories may share a past), or, ``own`` (recipes made for these
+        rows alone: :meth:`_sample`), the same recipes with the op appended in place."""
         batch = max(len(recipes), self._pad_to())  # a static-batch model's rows ran padded
         if step_seeds is None:
             shared = rec.solve_op(levels, batch, 0)  # the chunk's rows share one levels list
-            return [rec.with_op(r, {**shared, "row": row}) for row, r in enumerate(recipes)]
-        return [rec.with_op(r, rec.solve_op(levels, batch, row, step_seeds[lo + row]))
-                for row, r in enumerate(recipes)]
+            ops = [{**shared, "row": row} for row in range(len(recipes))]
+        else:
+            ops = [rec.solve_op(levels, batch, row, step_seeds[lo + row]) for row in range(len(recipes))]
+        if not own:
+            return [rec.with_op(r, op) for r, op in zip(recipes, ops)]
+        for r, op in zip(recipes, ops):
+            r["ops"].append(op)
+        return list(recipes)
 
     def _step_seeds(self, states: Trajectories, levels: list[float]) -> list[int]:
         """A stochastic solver's step-noise seeds, one per row, kept in the rows' recipes: a whole
@@ -642,12 +650,14 @@ class Engine:
             assert output is not None  # every chunk has a unit (a replayed one decodes)
             served = journal is not None and journal.replaying  # the unit was a decode
             result = self._journaled_solve(states.x[lo:hi], None if served else output)
-            recipes = self._solved(states.recipes[lo:hi], levels, step_seeds, lo)
             self.usage.nfe += result.nfe * (hi - lo)
             decoded = (lambda: self._decoded(output)) if served else (lambda: self._sampled(output))
             scores, images = self._journaled_scores("finish", hi - lo, decoded)
             if images is None:  # read back from the journal: the images are still needed
                 images = decoded()[0]
+            # start()'s recipes are these rows' own: the solve op goes in place, once nothing
+            # can fail and retry the chunk any more
+            recipes = self._solved(states.recipes[lo:hi], levels, step_seeds, lo, own=True)
             self._record(recipes, scores, images, noises, lo, candidates, own=True)
 
         self._in_batches(len(states), unit, work)
