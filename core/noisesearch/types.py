@@ -116,6 +116,10 @@ class Verifier(Protocol):
     Optional, for generative judges: ``take_cost() -> dict[str, number]`` (counters since the
     last call, e.g. tokens in and out, added to ``run.json``'s ``usage.verifier_cost``);
     ``failures_allowed`` and ``score_tolerance`` (see :class:`noisesearch.testing.VerifierContract`).
+    For an evaluator's verdicts: ``predict(images) -> (B,)`` classes (label conditions), with
+    ``score_and_predict(images, condition) -> (scores, classes)`` to give both from one forward
+    pass (the run then asks ``predict`` only for what its scoring calls did not cover), or
+    ``verdict(image, condition) -> dict`` (docs/writing-plugins.md).
     """
 
     requires: ClassVar[frozenset[str]]
