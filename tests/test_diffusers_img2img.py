@@ -193,6 +193,21 @@ def test_cli_bad_img2img_input_exits_2_naming_the_option(
     assert "the run's height is 32" in said
 
 
+def test_a_strength_that_runs_no_step_is_refused_before_loading(
+    tiny: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 steps x strength 0.3 keeps int(0.6) = 0 steps (the SD pipelines' rounding): refused
+    while planning, naming --strength and --steps, before the pipeline loads."""
+    from noisesearch_builtin.models.diffusers.base import DiffusersModel
+
+    def loaded(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the pipeline was loaded before the strength was refused")
+
+    monkeypatch.setattr(DiffusersModel, "_load", loaded)
+    said = _cli(tiny, tmp_path, "--init-image", str(_image(tmp_path / "init.png")), "--strength", "0.3")
+    assert "--strength" in said and "runs no step" in said and "--steps" in said
+
+
 def test_img2img_is_refused_before_loading_where_the_family_has_none(
     tiny: Callable[[str], Path], tmp_path: Path
 ) -> None:

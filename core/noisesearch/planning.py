@@ -81,6 +81,8 @@ def plan(
     # The device too: a model checks options that depend on it (CPU offload) before loading.
     traits = model_traits(model, with_device(model, config.model_options, config.device), built_model)
     _check_native_options(config, traits)
+    if callable(traits.get("check_steps")):  # the model's options against the run's steps
+        traits["check_steps"](config.steps or traits["default_steps"])
     condition = _checked_condition(model, _condition(config, model, traits), built_model)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
@@ -180,6 +182,9 @@ MODEL_TRAITS: dict[str, Any] = {
     # network calls per step of that sampler (2: Heun's, the last step one); or a callable that
     # returns it, called only for --solver native (finding it may import the model's library)
     "native_order": 1,
+    # a callable ``check_steps(steps)`` that refuses (ConfigError) a number of steps the model's
+    # options cannot run (img2img: a strength that leaves no step), before anything loads
+    "check_steps": None,
 }
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"

@@ -133,6 +133,8 @@ class DiffusersModel:
     guidance_options_family: ClassVar[bool] = False
     #: Whether this adapter runs img2img (``init_image``, ``strength``).
     img2img_family: ClassVar[bool] = False
+    #: img2img's first step rounded as the SD3 and FLUX pipelines round it (``img2img.start_index``).
+    img2img_flow_rounding: ClassVar[bool] = False
     #: Options only ``--solver native`` reads: planning refuses them with the core's solvers.
     native_solver_options: ClassVar[tuple[str, ...]] = ("scheduler", "scheduler_options")
     #: Load without diffusers' and transformers' progress bars and advice (unless ``--verbose``).
@@ -151,6 +153,11 @@ class DiffusersModel:
             cls.check_pipeline(path)  # a preset's hub id too: not cached and no network fails here
         cls.check_before_loading(path, **options)
         traits = cls._traits(path)
+        if options.get("init_image") is not None:  # a strength that runs no step: refused before loading
+            strength = options.get("strength")
+            strength = img2img.DEFAULT_STRENGTH if strength is None else float(strength)
+            traits["check_steps"] = functools.partial(img2img.start_index, strength=strength,
+                                                      flow=cls.img2img_flow_rounding)
         if options.get("scheduler") is not None or index.is_local(path):  # a preset's hub id: not read
             # lazily: resolving the scheduler class imports diffusers, which planning a run with
             # the core's own solvers (or refusing a bad prompt) must not pay for
@@ -530,7 +537,7 @@ class DiffusersModel:
         """The grid index a run of ``steps`` steps starts at: 0, or img2img's ``t_start``."""
         if getattr(self, "_init_latents", None) is None:
             return 0
-        return img2img.start_index(steps, self.strength)
+        return img2img.start_index(steps, self.strength, flow=self.img2img_flow_rounding)
 
     def initial_state(self, noise: torch.Tensor, level: float) -> torch.Tensor:
         """The state at the grid's first level from initial noises ``(B, *latent_shape)``: the noise

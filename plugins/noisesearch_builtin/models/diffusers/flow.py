@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from noisesearch.sampling import RectifiedFlow
-from noisesearch_builtin.models.diffusers import img2img
 from noisesearch_builtin.models.diffusers.base import DiffusersModel, scheduler_like
 
 if TYPE_CHECKING:
@@ -22,6 +21,7 @@ class FlowModel(DiffusersModel):
     """Adapters of flow-matching networks (velocity prediction)."""
 
     cuda_dtype = "bfloat16"
+    img2img_flow_rounding = True  # t_start as the SD3 and FLUX img2img pipelines round it
 
     def _setup_schedule(self) -> None:
         config = self.pipe.scheduler.config
@@ -51,12 +51,6 @@ class FlowModel(DiffusersModel):
         return image_seq_len * slope + (base_shift - slope * base_len)
 
     latents_scaling = "unscaled N(0, I) noise, shape (1, C, h, w), as the pipeline takes it (flow)"
-
-    def _start_index(self, steps: int) -> int:
-        """img2img's ``t_start`` as the SD3 and FLUX pipelines round it."""
-        if getattr(self, "_init_latents", None) is None:
-            return 0
-        return img2img.start_index(steps, self.strength, flow=True)
 
     def _image_latents(self, encoded: torch.Tensor) -> torch.Tensor:
         """``(z - shift_factor) * scaling_factor``, as the SD3 and FLUX img2img pipelines."""
