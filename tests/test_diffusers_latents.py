@@ -67,17 +67,21 @@ def _pipeline_image(folder: Path, latents: torch.Tensor, info: dict[str, Any]) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "solver", "scheduler"), [
-    ("sd", "ddim", None),
-    ("sd", "native", "EulerAncestralDiscreteScheduler"),  # stochastic: the step noise's seed too
-    ("flux", "ddim", None),  # packed latents
+@pytest.mark.parametrize(("family", "solver", "scheduler", "more"), [
+    ("sd", "ddim", None, {}),
+    ("sd", "native", "EulerAncestralDiscreteScheduler", {}),  # stochastic: the step noise's seed too
+    ("flux", "ddim", None, {}),  # packed latents
+    # T5 prompt lengths other than the pipelines' defaults: the recorded call must carry them
+    ("sd3", "ddim", None, {"max_sequence_length": 12}),
+    ("pixart-sigma", "ddim", None, {"max_sequence_length": 12, "clean_caption": False}),
 ])
 def test_the_saved_latents_give_the_searchs_image_from_the_users_pipeline(
-    family: str, solver: str, scheduler: str | None, tiny: Callable[[str], Path],
+    family: str, solver: str, scheduler: str | None, more: dict[str, Any], tiny: Callable[[str], Path],
     registries: Registries, tmp_path: Path,
 ) -> None:
     options = {"scheduler": scheduler} if scheduler else {}
-    result = _search(tiny(family), registries, tmp_path / "run", solver=solver, model_options=options)
+    result = _search(tiny(family), registries, tmp_path / "run", solver=solver,
+                     model_options={**options, **more})
     tensors, info = _saved(result.run_dir)
     assert info["regenerates"] is True
     torch.testing.assert_close(tensors["latents"], result.best_latents, atol=0, rtol=0)
@@ -90,6 +94,8 @@ def test_the_saved_latents_give_the_searchs_image_from_the_users_pipeline(
         assert torch.equal(tensors["latents"][0], tensors["noise"])  # unscaled: the pipeline scales
     if scheduler:
         assert info["scheduler"] == scheduler and "generator_seed" in info
+    for option, value in more.items():
+        assert info["kwargs"][option] == value
 
     image = _pipeline_image(tiny(family), tensors["latents"], info)
     torch.testing.assert_close(image, result.best.image[None].float(), atol=ATOL, rtol=0)

@@ -105,6 +105,8 @@ class PixArtSigmaModel(VariancePreservingModel):
     def pipeline_call(self, solver: str, steps: int) -> dict[str, Any]:
         call = super().pipeline_call(solver, steps)
         call["kwargs"]["use_resolution_binning"] = False  # the run's size, not the nearest bin
+        # the prompt's T5 tokens as this model encoded them
+        call["kwargs"].update(max_sequence_length=self.max_sequence_length, clean_caption=self.clean_caption)
         return call
 
     def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:

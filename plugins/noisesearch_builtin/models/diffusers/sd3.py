@@ -191,6 +191,7 @@ class StableDiffusion3Model(FlowModel):
 
     def pipeline_call(self, solver: str, steps: int) -> dict[str, Any]:
         call = super().pipeline_call(solver, steps)
+        call["kwargs"]["max_sequence_length"] = self.max_sequence_length  # T5's tokens change the image
         if self.skip_guidance_layers:
             start, stop = self.skip_layer_guidance_window
             call["kwargs"].update(skip_guidance_layers=list(self.skip_guidance_layers),
