@@ -131,3 +131,36 @@ def test_trajectory_verifiers_are_refused_with_strategies_that_resample(tmp_path
     result = noisesearch.search(model="digits", strategy="zero-order", verifiers=["needs-trajectory"],
                                 write=False, registries=registries, candidates=5)
     assert result.usage.candidates == 5
+
+
+def test_an_out_of_memory_error_while_recording_a_batch_fails_the_run_without_retrying(
+    tmp_path, monkeypatch
+) -> None:
+    """The evaluator of a batch's running bests runs while the batch is recorded: halving and
+    retrying the chunk there (as for the model and the verifiers) recorded its candidates twice
+    and gave their recipes two solve ops. It fails the run instead, saying what to do."""
+    import json
+
+    import pytest
+
+    import noisesearch
+    from noisesearch.faults import RecordingFailed
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    original_forward = digits_classifiers.DigitsEvaluator.log_probs
+
+    def full(self, images, grad=False):  # noqa: ANN001, ANN202
+        raise FakeOutOfMemory("CUDA out of memory")
+
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", full)
+    out = tmp_path / "run"
+    with pytest.raises(RecordingFailed, match="smaller --batch-size") as caught:
+        noisesearch.search(model="digits", label=3, candidates=8, batch_size=8, output=str(out))
+    assert not is_out_of_memory(caught.value)  # nothing retries it
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "--batch-size" in run["error"]
+    lines = (out / "candidates.jsonl").read_text().splitlines()
+    assert len(lines) <= 8 and all(len(json.loads(line)["recipe"]["ops"]) == 1 for line in lines)
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", original_forward)
+    again = noisesearch.search(model="digits", label=3, candidates=8, batch_size=8, write=False)
+    assert again.usage.candidates == 8

@@ -174,3 +174,22 @@ def test_a_failed_run_looks_failed_in_show_runs_and_report(faulty: str, tmp_path
     page = (out / "report.html").read_text()
     assert code == 0 and "Run failed: PluginFailed: strategy &#x27;boom&#x27;" in page
     assert "resume with `noisesearch run --resume" in page
+
+
+def test_a_decode_that_returns_no_tensor_is_blamed_on_the_model() -> None:
+    """What the engine does with a decode's output (``.float().clamp(0, 1)``) runs inside the
+    model's blame: a decode that returns something else fails the run naming the model."""
+    import torch
+
+    from noisesearch.faults import Owner, PluginFailed
+    from noisesearch.testing import GaussianModel
+    from noisesearch.units import DECODE, Unit, compute
+
+    class NumpyDecode(GaussianModel):
+        def decode(self, x0):  # noqa: ANN001, ANN202
+            return x0.numpy()  # a plugin's bug: not a tensor
+
+    model = NumpyDecode()
+    owner = Owner("model", "numpy-decode", "a-plugin")
+    with pytest.raises(PluginFailed, match="model 'numpy-decode' .*AttributeError"):
+        compute(model, None, "ddim", Unit(DECODE, torch.zeros(2, *model.latent_shape)), owner)

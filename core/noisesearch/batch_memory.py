@@ -77,19 +77,15 @@ def key(model_name: str, model: Any, model_options: dict[str, Any]) -> str:
         resolution = f"{height}x{width}"
     else:
         resolution = "x".join(str(n) for n in getattr(model, "latent_shape", ()) or ()) or "?"
-    dtype = getattr(model, "weights_dtype", None) or getattr(model, "dtype", None)
-    return "|".join((name, resolution, *_dtype_and_device(dtype, getattr(model, "device", "cpu"))))
+    dtype = str(getattr(model, "weights_dtype", None) or getattr(model, "dtype", None) or "?")
+    return "|".join((name, resolution, dtype.replace("torch.", ""),
+                     _device_name(str(getattr(model, "device", "cpu")))))
 
 
 @functools.lru_cache(maxsize=32)
-def _dtype_and_device(dtype: Any, device: Any) -> tuple[str, str]:
-    """The key's dtype and device names, once per pair (asked on every search; a CUDA card's
-    name is a driver call)."""
-    return str(dtype or "?").replace("torch.", ""), _device_name(device)
-
-
-def _device_name(device: Any) -> str:
-    device = str(device)
+def _device_name(device: str) -> str:
+    """The key's device name, once per device (asked on every search; a CUDA card's name is a
+    driver call)."""
     if device.startswith("cuda"):
         import torch
 

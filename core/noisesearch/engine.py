@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +22,7 @@ from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
-from noisesearch.faults import Owner, PluginFailed, RunFailed, blame, is_out_of_memory
+from noisesearch.faults import Owner, PluginFailed, RecordingFailed, RunFailed, blame, is_out_of_memory
 from noisesearch.gradients import (
     BACKWARD_NFE_FACTOR,
     Gradients,
@@ -376,7 +376,7 @@ class Engine:
         if not own:
             return [rec.with_op(r, op) for r, op in zip(recipes, ops)]
         for r, op in zip(recipes, ops):
-            r["ops"].append(op)
+            r["ops"] = [op]  # start() made it with no op: set, not appended (idempotent)
         return list(recipes)
 
     def _step_seeds(self, states: Trajectories, levels: list[float]) -> list[int]:
@@ -585,7 +585,7 @@ class Engine:
         objectives = self.scorer.objectives(rows)  # pooled: provisional, re-ranked below
         shared_nfe = _recipe_nfe(recipes[0], self) if own and recipes else None
         first, nfe, history = self.selection.count, self.usage.nfe, self._history
-        with interrupts.deferred():  # the batch is recorded whole or not at all
+        with interrupts.deferred(), _not_retried(size):  # the batch is recorded whole or not at all
             for row, row_scores in enumerate(rows):
                 if own:
                     recipe = recipes[row]
@@ -770,6 +770,21 @@ def _recipe_nfe(recipe: dict[str, Any], engine: Engine) -> int:
                                                                           engine.solver))
             total += cached[1]
     return total
+
+
+@contextlib.contextmanager
+def _not_retried(rows: int) -> Iterator[None]:
+    """An out-of-memory error while a scored batch is being recorded (the evaluator of its running
+    bests) fails the run: retrying the chunk with a smaller batch, as ``_in_batches`` does for
+    the model and the verifiers, would record its first candidates twice."""
+    try:
+        yield
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        raise RecordingFailed(
+            f"{error} (while recording a scored batch of {rows}, which cannot be retried half "
+            f"recorded: start again with a smaller --batch-size)") from error
 
 
 def _empty_accelerator_cache() -> None:

@@ -39,6 +39,14 @@ class Owner:
         return cls(kind, name or kind_of.__name__, kind_of.__module__.split(".")[0])
 
 
+class RecordingFailed(RunFailed):
+    """A scored batch failed half-recorded (the evaluator of its running bests ran out of memory,
+    a listener failed): the engine cannot retry it with a smaller batch, as it does an
+    out-of-memory error of the model or the verifiers, without recording candidates twice."""
+
+    is_out_of_memory = False
+
+
 class PluginFailed(RunFailed):
     """A model, verifier or strategy raised an exception during a run."""
 
@@ -51,9 +59,11 @@ class PluginFailed(RunFailed):
 
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA (or any accelerator) out-of-memory, or an error a model flags with
-    ``is_out_of_memory = True``."""
-    if getattr(error, "is_out_of_memory", False):
-        return True
+    ``is_out_of_memory = True``; an error that says ``is_out_of_memory = False`` is not, whatever
+    its message (:class:`RecordingFailed`: nothing may retry it)."""
+    flag = getattr(error, "is_out_of_memory", None)
+    if flag is not None:
+        return bool(flag)
     message = str(error).lower()
     return (
         type(error).__name__ == "OutOfMemoryError"

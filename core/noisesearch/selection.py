@@ -86,11 +86,12 @@ class Selection:
         heap, top_k = self._heap, self.top_k
         entered: list[int] = []  # rows that entered the heap (some may leave it again below)
         for row, candidate in enumerate(candidates):
-            if self.baseline is None and self.is_baseline(candidate):
+            baseline = self.baseline is None and self.is_baseline(candidate)
+            if baseline:
                 self.baseline = candidate
                 entered.append(row)
             objective = candidate.objective
-            if type(objective) is float and objective <= self._floor:
+            if not baseline and type(objective) is float and objective <= self._floor:
                 continue  # the heap is full and this one can't enter it (most of a big N)
             entry = (selection_key(candidate), candidate.index, candidate)
             if len(heap) < top_k:
@@ -110,12 +111,16 @@ class Selection:
         noises_on_cpu = noises is not None and noises.device.type == "cpu"
         for row in entered:
             candidate = candidates[row]
-            if candidate.image is None and (id(candidate) in held or candidate is self.baseline):
+            if candidate.image is not None:
+                continue
+            if id(candidate) in held or candidate is self.baseline:
                 image = images[row]  # (3, H, W)
                 candidate.image = image if images_on_cpu else image.cpu()
-                if noises is not None:
-                    noise = noises[noise_lo + row]
-                    candidate.noise = noise if noises_on_cpu else noise.cpu()
+            elif rec.is_derivable(candidate.recipe["start"]):
+                continue  # entered and pushed out in this batch: nothing kept (as _drop does)
+            if noises is not None:  # a non-derivable start keeps its noise, its only source
+                noise = noises[noise_lo + row]
+                candidate.noise = noise if noises_on_cpu else noise.cpu()
 
     def _update_floor(self) -> None:
         """The objective a candidate must beat to enter the full heap: its lowest finite one

@@ -138,9 +138,15 @@ def _decode(
 ) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
     """Latents ``x`` ``(B, *latent)`` and ``also`` decoded to images ``(B, 3, H, W)`` in [0, 1]
     (in the caller's inference mode)."""
-    images = _call(owner, model.decode, x).float().clamp(0, 1)  # (B, 3, H, W)
-    decoded = {level: _call(owner, model.decode, x0).float().clamp(0, 1) for level, x0 in also.items()}
+    images = _call(owner, _images, model, x)  # (B, 3, H, W)
+    decoded = {level: _call(owner, _images, model, x0) for level, x0 in also.items()}
     return images, decoded
+
+
+def _images(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """``model.decode(x)`` as float images in [0, 1] (a decode that returns no tensor is the model's
+    fault, blamed by the caller)."""
+    return model.decode(x).float().clamp(0, 1)
 
 
 def _padded(unit: Unit) -> tuple[torch.Tensor, list[int] | None]:
