@@ -164,3 +164,40 @@ def test_an_out_of_memory_error_while_recording_a_batch_fails_the_run_without_re
     monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", original_forward)
     again = noisesearch.search(model="digits", label=3, candidates=8, batch_size=8, write=False)
     assert again.usage.candidates == 8
+
+
+def test_a_verifier_out_of_memory_retry_leaves_no_trace_in_the_journal_or_the_usage(
+    tmp_path, monkeypatch
+) -> None:
+    """The searched verifier runs out of memory on a chunk of 8: the chunk is retried as two of
+    4, its NFEs counted once and its solve journaled only with its scores, so a run interrupted
+    after the retry resumes to the result of a run at batch size 4 (an orphan solve of 8 in the
+    journal made resume fail with a mismatch, and the NFEs were counted twice)."""
+    import pytest
+
+    import noisesearch
+    from noisesearch.api import resume_run
+    from noisesearch.faults import PluginFailed
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    original = digits_classifiers.DigitsClassifier.score
+    calls = {"n": 0}
+
+    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FakeOutOfMemory("CUDA out of memory")
+        if calls["n"] == 4:
+            raise RuntimeError("power cut")
+        return original(self, images, condition, trajectory)
+
+    common = {"model": "digits", "label": 3, "candidates": 16, "steps": 5, "evaluator": "none"}
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(PluginFailed, match="power cut"):
+        noisesearch.search(**common, batch_size=8, output=str(out))
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", original)
+    resumed = resume_run(out)
+    reference = noisesearch.search(**common, batch_size=4, write=False)
+    assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
+    assert resumed.usage.nfe == reference.usage.nfe == 16 * 5

@@ -492,9 +492,12 @@ class Engine:
         kind: str,
         rows: int,
         decode: Callable[[], tuple[torch.Tensor, dict[float, torch.Tensor]]],
+        before: Callable[[], object] | None = None,
     ) -> tuple[dict[str, list[float]], torch.Tensor | None]:
         """One chunk's scores and images: decoded, scored and journaled; or, resuming, read
-        back from the journal (then nothing is decoded here and the images are ``None``)."""
+        back from the journal (then nothing is decoded here and the images are ``None``).
+        ``before``: what must be journaled ahead of the scores (a sample's solve), once they
+        exist."""
         if self.journal is not None and self.journal.replaying:
             meta = self.journal.read(kind, rows)[1]
             self.usage.verifier_calls += meta["verifier_calls"]
@@ -510,6 +513,8 @@ class Engine:
             calls = self.usage.verifier_calls
             costs = {name: dict(cost) for name, cost in self.usage.verifier_cost.items()}
             scores = self.scorer.score(images, self.condition, trajectory or None, self.usage)
+        if before is not None:
+            before()
         if self.journal is not None:
             meta = {"scores": scores, "verifier_calls": self.usage.verifier_calls - calls,
                     "batch_size": self.batch_size}
@@ -649,12 +654,20 @@ class Engine:
         def work(lo: int, hi: int, output: Output | None) -> None:
             assert output is not None  # every chunk has a unit (a replayed one decodes)
             served = journal is not None and journal.replaying  # the unit was a decode
-            result = self._journaled_solve(states.x[lo:hi], None if served else output)
+            if served:
+                result = self._journaled_solve(states.x[lo:hi], None)
+                decoded = lambda: self._decoded(output)  # noqa: E731
+                scores, images = self._journaled_scores("finish", hi - lo, decoded)
+                if images is None:  # read back from the journal: the images are still needed
+                    images = decoded()[0]
+            else:  # the solve is journaled (and counted) once the chunk is scored: a verifier's
+                # out-of-memory error retries the chunk smaller with nothing of it on record
+                solved: list[SolveResult] = []
+                scores, images = self._journaled_scores(
+                    "finish", hi - lo, lambda: self._sampled(output),
+                    before=lambda: solved.append(self._journaled_solve(states.x[lo:hi], output)))
+                result = solved[0]
             self.usage.nfe += result.nfe * (hi - lo)
-            decoded = (lambda: self._decoded(output)) if served else (lambda: self._sampled(output))
-            scores, images = self._journaled_scores("finish", hi - lo, decoded)
-            if images is None:  # read back from the journal: the images are still needed
-                images = decoded()[0]
             # start()'s recipes are these rows' own: the solve op goes in place, once nothing
             # can fail and retry the chunk any more
             recipes = self._solved(states.recipes[lo:hi], levels, step_seeds, lo, own=True)
