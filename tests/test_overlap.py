@@ -189,12 +189,17 @@ def test_ctrl_c_stops_the_worker_without_a_hang_and_the_run_resumes_exactly(
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, x, sigma, prepared)
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     common = {"model": "digits", "label": 8, "candidates": 32, "batch_size": 4, "steps": steps, "seed": 5}
     monkeypatch.setattr(DigitsModel, "denoise", interrupted)
     out = tmp_path / "run"
-    with watched(), pytest.raises((KeyboardInterrupt, RunInterrupted)):
-        noisesearch.search(**common, output=str(out), overlap=True)
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job's shell
+    # starts it with SIGINT ignored, and the SIGINT below would then do nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with watched(), pytest.raises((KeyboardInterrupt, RunInterrupted)):
+            noisesearch.search(**common, output=str(out), overlap=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not workers_alive()
     assert calls["n"] <= 5 * steps  # at most the chunk after the one in hand was computed
     run = json.loads((out / "run.json").read_text())
