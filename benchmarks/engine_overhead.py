@@ -43,6 +43,7 @@ from typing import Any
 import torch  # imported before any clock starts
 
 import noisesearch
+from noisesearch import batch_memory
 from noisesearch.plugins import build_registries
 
 LABEL = 3
@@ -73,6 +74,18 @@ def hand_loop(model: Any, verifier: Any, n: int, batch_size: int) -> torch.Tenso
             kept.append(images)
         top = torch.cat(scores).topk(min(TOP_K, n)).indices
         return torch.cat(kept)[top]
+
+
+def check_same_batches(built: dict[str, Any]) -> None:
+    """The search must batch as the loop does: a batch size remembered after an out-of-memory
+    halving (``noisesearch.batch_memory``, in the user cache) would make it run smaller batches."""
+    model = built["model"]
+    searched = make_arms(1, built)["like_for_like"]().config.batch_size
+    if searched != model.preferred_batch_size:
+        raise SystemExit(
+            f"the search runs batches of {searched}, the loop of {model.preferred_batch_size}: a batch "
+            f"size is remembered in {batch_memory.memory_file()}; run with NOISESEARCH_CACHE_DIR set "
+            f"to an empty folder (or delete that file)")
 
 
 def make_arms(n: int, built: dict[str, Any]) -> dict[str, Callable[[], Any]]:
@@ -144,6 +157,25 @@ def measure(n: int, reps: int, built: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def engine_in_situ(n: int, reps: int, built: dict[str, Any]) -> dict[str, float]:
+    """Where a like-for-like search's time goes, inside real searches (µs, medians): the model's
+    (``usage.model_seconds``: its units, solve and decode), the searched verifier's, and the rest,
+    the engine's own work, which right after the denoiser runs with cold caches (a stand-in model
+    that costs nothing would show it smaller)."""
+    search = make_arms(n, built)["like_for_like"]
+    search()
+    parts: dict[str, list[float]] = {"total": [], "model": [], "verifier": [], "engine": []}
+    for _ in range(reps):
+        start = time.perf_counter()
+        usage = search().usage
+        total = time.perf_counter() - start
+        for name, value in (("total", total), ("model", usage.model_seconds),
+                            ("verifier", usage.verifier_seconds),
+                            ("engine", total - usage.model_seconds - usage.verifier_seconds)):
+            parts[name].append(value * 1e6)
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
 def peak_memory(n: int, built: dict[str, Any]) -> dict[str, float]:
     """Peak Python-allocated memory (KB) of one defaults search and one loop of ``n``."""
     arms = make_arms(n, built)
@@ -178,6 +210,7 @@ def main() -> None:
         "classifier": registries.verifiers.get("digits-classifier").create(),
         "evaluator": registries.verifiers.get("digits-evaluator").create(),
     }
+    check_same_batches(built)
     results = []
     print(f"torch {torch.__version__}, {args.threads} thread(s); ratio = search / hand-written loop, "
           "median [min, max] over interleaved repetitions; CPU time (wall time)")
@@ -191,6 +224,14 @@ def main() -> None:
                  for k in ("like_for_like", "defaults", "wall_like_for_like", "wall_defaults")]
         print(f"{n:>6} {reps:>4} {row['median_cpu_s']['loop'] * 1000:>9.1f} "
               + " ".join(f"{cell:>22}" for cell in cells), flush=True)
+    print("\nlike for like inside real searches (µs, medians; wall time): the engine's own = total - "
+          "model - verifier")
+    print(f"{'N':>6} {'total':>9} {'model':>9} {'verifier':>9} {'engine':>9}")
+    in_situ = {}
+    for n in args.sizes:
+        in_situ[n] = engine_in_situ(n, min(args.reps or 50, 50), built)
+        parts = ("total", "model", "verifier", "engine")
+        print(f"{n:>6} " + " ".join(f"{in_situ[n][k]:>9.0f}" for k in parts))
     print("\npeak Python memory (tracemalloc, KB), one run each:")
     print(f"{'N':>6} {'loop':>10} {'search (defaults)':>18}")
     memory = {}
@@ -205,6 +246,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"threads": args.threads, "ratios": results,
+                       "engine_in_situ_us": {str(k): v for k, v in in_situ.items()},
                        "peak_python_kb": {str(k): v for k, v in memory.items()}}, handle, indent=2)
 
 

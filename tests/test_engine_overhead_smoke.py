@@ -41,6 +41,9 @@ def test_engine_overhead_prints_both_ratios_and_memory(
     for arm in ("like_for_like", "defaults", "wall_like_for_like", "wall_defaults"):
         assert 0 < row[arm]["min"] <= row[arm]["median"] <= row[arm]["max"]
     assert set(data["peak_python_kb"]["8"]) == {"loop", "defaults"}
+    parts = data["engine_in_situ_us"]["8"]  # the search's time split into model, verifier, engine
+    assert parts["model"] > 0 and parts["verifier"] > 0 and parts["engine"] > 0
+    assert parts["total"] >= parts["model"] + parts["verifier"]
     assert "like for like" in capsys.readouterr().out
     # The loop keeps the top-k of the same number of candidates a search evaluates.
     from noisesearch.plugins import build_registries
