@@ -366,7 +366,7 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """A chunk's recipes (rows ``lo:lo + len(recipes)`` of a solve) with the solve op added:
         copies (a strategy's trajectories may share a past), or, ``own`` (recipes made for these
-        rows alone: :meth:`_sample`), the same recipes with the op appended in place."""
+        rows alone, with no op yet: :meth:`_sample`), the same recipes with the op set in place."""
         batch = max(len(recipes), self._pad_to())  # a static-batch model's rows ran padded
         if step_seeds is None:
             shared = rec.solve_op(levels, batch, 0)  # the chunk's rows share one levels list
@@ -656,10 +656,9 @@ class Engine:
             served = journal is not None and journal.replaying  # the unit was a decode
             if served:
                 result = self._journaled_solve(states.x[lo:hi], None)
-                decoded = lambda: self._decoded(output)  # noqa: E731
-                scores, images = self._journaled_scores("finish", hi - lo, decoded)
+                scores, images = self._journaled_scores("finish", hi - lo, lambda: self._decoded(output))
                 if images is None:  # read back from the journal: the images are still needed
-                    images = decoded()[0]
+                    images = self._decoded(output)[0]
             else:  # the solve is journaled (and counted) once the chunk is scored: a verifier's
                 # out-of-memory error retries the chunk smaller with nothing of it on record
                 solved: list[SolveResult] = []
