@@ -183,4 +183,3 @@ class Selection:
             f"infinite; non-finite values per score: {self.non_finite()['scores']}), so none can "
             f"be selected; check the verifier {objective!r}"
         )
-
