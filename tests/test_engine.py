@@ -201,3 +201,34 @@ def test_a_verifier_out_of_memory_retry_leaves_no_trace_in_the_journal_or_the_us
     reference = noisesearch.search(**common, batch_size=4, write=False)
     assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
     assert resumed.usage.nfe == reference.usage.nfe == 16 * 5
+
+
+def test_an_evaluator_out_of_memory_is_met_by_scoring_in_halves(tmp_path, monkeypatch) -> None:
+    """The held-out evaluator runs while a batch is being recorded, which the engine cannot
+    retry: it scores its images in halves instead, and the run ends as one without the error
+    (the same candidates and winner, the evaluator's scores equal up to batch rounding)."""
+    import math
+
+    import noisesearch
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    common = {"model": "digits", "label": 3, "candidates": 16, "batch_size": 16, "steps": 5, "write": False}
+    reference = noisesearch.search(**common)
+    original_forward = digits_classifiers.DigitsEvaluator.log_probs
+    sizes: list[int] = []
+
+    def small(self, images, grad=False):  # noqa: ANN001, ANN202
+        sizes.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise FakeOutOfMemory("CUDA out of memory")
+        return original_forward(self, images, grad)
+
+    monkeypatch.setattr(digits_classifiers.DigitsEvaluator, "log_probs", small)
+    halved = noisesearch.search(**common)
+    assert max(sizes) > 2 and halved.usage.candidates == 16
+    assert [c.index for c in halved.top] == [c.index for c in reference.top]
+    assert all(len(c.recipe["ops"]) == 1 for c in halved.top)
+    for ours, theirs in zip(halved.top, reference.top):
+        judge = "digits-evaluator"
+        assert math.isclose(ours.scores[judge], theirs.scores[judge], rel_tol=1e-5, abs_tol=1e-6)
+    assert halved.verdicts == reference.verdicts

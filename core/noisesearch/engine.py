@@ -22,7 +22,15 @@ from noisesearch.accounting import Budget, Usage
 from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
-from noisesearch.faults import Owner, PluginFailed, RecordingFailed, RunFailed, blame, is_out_of_memory
+from noisesearch.faults import (
+    Owner,
+    PluginFailed,
+    RecordingFailed,
+    RunFailed,
+    blame,
+    empty_accelerator_cache,
+    is_out_of_memory,
+)
 from noisesearch.gradients import (
     BACKWARD_NFE_FACTOR,
     Gradients,
@@ -285,7 +293,7 @@ class Engine:
                 if self.batch_size == 1:  # nothing left to halve: the model cannot run here
                     raise PluginFailed(self.owner("model", self.model), error) from error
                 self.batch_size = max(1, self.batch_size // 2)
-                _empty_accelerator_cache()
+                empty_accelerator_cache()
             finally:
                 close = getattr(outputs, "close", None)
                 if close is not None:  # drop what was not used (a worker's pending units)
@@ -720,7 +728,7 @@ class Engine:
                 if hi - lo == 1:  # nothing left to halve: the model cannot run here
                     raise PluginFailed(owner, error) from error
                 self.gradient_rows = max(1, (hi - lo) // 2)
-                _empty_accelerator_cache()
+                empty_accelerator_cache()
                 continue
             self.usage.model_seconds += seconds
             self.usage.verifier_calls += len(weights)
@@ -786,9 +794,9 @@ def _recipe_nfe(recipe: dict[str, Any], engine: Engine) -> int:
 
 @contextlib.contextmanager
 def _not_retried(rows: int) -> Iterator[None]:
-    """An out-of-memory error while a scored batch is being recorded (the evaluator of its running
-    bests) fails the run: retrying the chunk with a smaller batch, as ``_in_batches`` does for
-    the model and the verifiers, would record its first candidates twice."""
+    """An out-of-memory error while a scored batch is being recorded (the evaluator, on one image:
+    it halves its own calls before that) fails the run: retrying the chunk with a smaller batch,
+    as ``_in_batches`` does for the model and the verifiers, would record candidates twice."""
     try:
         yield
     except Exception as error:
@@ -797,10 +805,3 @@ def _not_retried(rows: int) -> Iterator[None]:
         raise RecordingFailed(
             f"{error} (while recording a scored batch of {rows}, which cannot be retried half "
             f"recorded: start again with a smaller --batch-size)") from error
-
-
-def _empty_accelerator_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from noisesearch.faults import empty_accelerator_cache, is_out_of_memory
 from noisesearch.finite import is_finite
 
 if TYPE_CHECKING:
@@ -85,10 +86,26 @@ class ReportedEvaluation:
             self._score(todo, torch.stack([c.image for c in todo]).to(self.device))
 
     def _score(self, candidates: Sequence[Candidate], images: torch.Tensor) -> None:
-        values, predicted = self.scorer.evaluate(images, self.condition, self.usage, predict=self.predicts)
+        values, predicted = self._evaluate(images)
         for candidate, label in zip(candidates, predicted or ()):
             self.predicted[candidate.index] = label
         for candidate, value in zip(candidates, values):
             candidate.scores[self.name] = value
             if not is_finite(value):
                 self.non_finite[self.name] = self.non_finite.get(self.name, 0) + 1
+
+    def _evaluate(self, images: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        """The evaluator's scores (and predicted classes) of ``images`` ``(B, 3, H, W)``, in halves
+        when it runs out of memory: it runs while a batch is being recorded, which the engine
+        cannot retry at a smaller batch size (an evaluator at batch size 1 that still does not fit
+        fails the run). Halves round like any other batch composition (~1e-7)."""
+        try:
+            return self.scorer.evaluate(images, self.condition, self.usage, predict=self.predicts)
+        except Exception as error:
+            if images.shape[0] == 1 or not is_out_of_memory(error):
+                raise
+        empty_accelerator_cache()
+        half = images.shape[0] // 2
+        first, second = self._evaluate(images[:half]), self._evaluate(images[half:])
+        both = None if first[1] is None or second[1] is None else first[1] + second[1]
+        return first[0] + second[0], both

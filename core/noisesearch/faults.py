@@ -40,9 +40,9 @@ class Owner:
 
 
 class RecordingFailed(RunFailed):
-    """A scored batch failed half-recorded (the evaluator of its running bests ran out of memory,
-    a listener failed): the engine cannot retry it with a smaller batch, as it does an
-    out-of-memory error of the model or the verifiers, without recording candidates twice."""
+    """A scored batch failed half-recorded (the evaluator ran out of memory on a single image, a
+    listener did): the engine cannot retry it with a smaller batch, as it does an out-of-memory
+    error of the model or the verifiers, without recording candidates twice."""
 
     is_out_of_memory = False
 
@@ -70,6 +70,14 @@ def is_out_of_memory(error: BaseException) -> bool:
         or "out of memory" in message
         or "can't allocate memory" in message  # the CPU allocator's wording
     )
+
+
+def empty_accelerator_cache() -> None:
+    """Give an accelerator's cached blocks back before a retry at a smaller size."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @contextmanager
