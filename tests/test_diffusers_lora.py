@@ -35,17 +35,24 @@ def sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save("sd", tmp_path_factory.mktemp("lora") / "sd")
 
 
-def _tiny_lora(folder: Path, seed: int) -> Path:
-    """A rank-2 LoRA on the tiny UNet's attention projections, saved as diffusers saves one."""
-    from diffusers import StableDiffusionPipeline
+#: family -> (its pipeline class, the network the LoRA adapts, save_lora_weights' argument for it)
+LORA_TARGETS = {"sd": ("StableDiffusionPipeline", "unet", "unet_lora_layers"),
+                "flux": ("FluxPipeline", "transformer", "transformer_lora_layers")}
+
+
+def _tiny_lora(folder: Path, seed: int, family: str = "sd") -> Path:
+    """A rank-2 LoRA on the tiny family network's attention projections (the UNet's; FLUX's joint
+    and single blocks), saved as diffusers saves one."""
+    import diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = build("sd").unet
+    pipeline, component, argument = LORA_TARGETS[family]
+    network = getattr(build(family), component)
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                init_lora_weights=False))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+    network.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                   init_lora_weights=False))
+    getattr(diffusers, pipeline).save_lora_weights(folder, **{argument: get_peft_model_state_dict(network)})
     return folder / "pytorch_lora_weights.safetensors"
 
 
@@ -141,20 +148,6 @@ def flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save("flux", tmp_path_factory.mktemp("lora") / "flux")
 
 
-def _tiny_flux_lora(folder: Path, seed: int) -> Path:
-    """A rank-2 LoRA on the tiny FLUX transformer's attention (joint and single blocks)."""
-    from diffusers import FluxPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    transformer = build("flux").transformer
-    torch.manual_seed(seed)
-    transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
-                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
-    return folder / "pytorch_lora_weights.safetensors"
-
-
 def test_our_flux_lora_result_equals_the_flux_pipeline_with_the_same_adapters(
     flux: Path, tmp_path: Path, registries: Registries
 ) -> None:
@@ -162,7 +155,7 @@ def test_our_flux_lora_result_equals_the_flux_pipeline_with_the_same_adapters(
 
     from noisesearch.sampling import resolve_solver
 
-    loras = [_tiny_flux_lora(tmp_path / "a", 1), _tiny_flux_lora(tmp_path / "b", 2)]
+    loras = [_tiny_lora(tmp_path / "a", 1, "flux"), _tiny_lora(tmp_path / "b", 2, "flux")]
 
     def ours(**options: Any) -> torch.Tensor:
         model = registries.models.create("hf", path=str(flux), height=IMAGE_SIZE, width=IMAGE_SIZE,
