@@ -65,5 +65,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Found directly from now on (a loop calls noisesearch.search); a name that the import
+        # bound to a subpackage (``bench``, a callable module) stays that.
+        globals().setdefault(name, value)
+        return value
     raise AttributeError(f"module 'noisesearch' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -792,16 +792,23 @@ def _recipe_nfe(recipe: dict[str, Any], engine: Engine) -> int:
     return total
 
 
-@contextlib.contextmanager
-def _not_retried(rows: int) -> Iterator[None]:
+class _not_retried:  # noqa: N801 - used as a function: ``with _not_retried(rows):``
     """An out-of-memory error while a scored batch is being recorded (the evaluator, on one image:
     it halves its own calls before that) fails the run: retrying the chunk with a smaller batch,
-    as ``_in_batches`` does for the model and the verifiers, would record candidates twice."""
-    try:
-        yield
-    except Exception as error:
-        if not is_out_of_memory(error):
-            raise
+    as ``_in_batches`` does for the model and the verifiers, would record candidates twice. (A
+    class, not a generator: entered once per recorded batch.)"""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
+        if not isinstance(error, Exception) or not is_out_of_memory(error):
+            return False
         raise RecordingFailed(
-            f"{error} (while recording a scored batch of {rows}, which cannot be retried half "
+            f"{error} (while recording a scored batch of {self.rows}, which cannot be retried half "
             f"recorded: start again with a smaller --batch-size)") from error

@@ -19,29 +19,30 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 _lock = threading.Lock()
 _depth = 0  # searches running in this process (threads, nested): only the outermost freezes
 
 
-@contextmanager
-def search_objects_only() -> Iterator[None]:
+class search_objects_only:  # noqa: N801 - used as a function: ``with search_objects_only():``
     """Collections inside the block walk only objects made inside it (see the module). Leaves
     the collector alone where the process froze objects itself (``gc.get_freeze_count()``) or
     runs with the collector off."""
-    global _depth
-    with _lock:
-        outermost = _depth == 0
-        frozen = outermost and gc.isenabled() and gc.get_freeze_count() == 0
-        _depth += 1
-        if frozen:
-            gc.freeze()
-    try:
-        yield
-    finally:
+
+    __slots__ = ("frozen",)
+
+    def __enter__(self) -> None:
+        global _depth
+        with _lock:
+            outermost = _depth == 0
+            self.frozen = outermost and gc.isenabled() and gc.get_freeze_count() == 0
+            _depth += 1
+            if self.frozen:
+                gc.freeze()
+
+    def __exit__(self, *exc: object) -> None:
+        global _depth
         with _lock:
             _depth -= 1
-            if frozen:
+            if self.frozen:
                 gc.unfreeze()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -50,36 +49,41 @@ def reset() -> None:
     _state["requested"] = False
 
 
-@contextmanager
-def deferred() -> Iterator[None]:
+class deferred:  # noqa: N801 - used as a function: ``with deferred():``
     """Hold a Ctrl-C that arrives inside the block until the block is done, then raise it.
 
     The engine records a scored batch in several places (usage, the selection, the listeners
     that write ``candidates.jsonl``); a ``KeyboardInterrupt`` between two of them left a run
     folder whose ``run.json`` counted candidates that ``candidates.jsonl`` never got. Only the
     main thread's own Ctrl-C handlers (ours or Python's default) are swapped; a handler someone
-    else installed is left alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = _getsignal(signal.SIGINT)
-    if previous is not _record and previous is not signal.default_int_handler:
-        yield
-        return
-    held = []
+    else installed is left alone. A class, not a generator: entered once per recorded batch."""
 
-    def hold(signum: int, frame: FrameType | None) -> None:
-        if previous is _record:
-            _state["requested"] = True
-        held.append(signum)
+    __slots__ = ("previous", "held")
 
-    _setsignal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        _setsignal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        self.held: list[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = _getsignal(signal.SIGINT)
+        if previous is not _record and previous is not signal.default_int_handler:
+            return
+        held = self.held
+
+        def hold(signum: int, frame: FrameType | None) -> None:
+            if previous is _record:
+                _state["requested"] = True
+            held.append(signum)
+
+        _setsignal(signal.SIGINT, hold)
+        self.previous = previous
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        if self.previous is None:
+            return
+        _setsignal(signal.SIGINT, self.previous)
+        if self.held and error is None:
+            raise KeyboardInterrupt
 
 
 class Checkpoint:

@@ -186,6 +186,7 @@ MODEL_TRAITS: dict[str, Any] = {
     # options cannot run (img2img: a strength that leaves no step), before anything loads
     "check_steps": None,
 }
+_UNSET = object()
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
 HF_PREFIX = "hf:"
 
@@ -202,10 +203,11 @@ def model_traits(entry: Entry, options: dict[str, Any], built: Any = None) -> di
     ``model_index.json`` says whether it takes prompts or labels); for an already-built
     model, its own attributes."""
     if built is not None:
-        return {
-            name: getattr(built, name, getattr(entry.factory, name, default))
-            for name, default in MODEL_TRAITS.items()
-        }
+        traits = {name: getattr(built, name, _UNSET) for name in MODEL_TRAITS}  # asked every search
+        for name, value in traits.items():
+            if value is _UNSET:
+                traits[name] = getattr(entry.factory, name, MODEL_TRAITS[name])
+        return traits
     traits = {name: getattr(entry.factory, name, default) for name, default in MODEL_TRAITS.items()}
     describe = getattr(entry.factory, "describe", None)
     if callable(describe):

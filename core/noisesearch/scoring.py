@@ -144,7 +144,9 @@ class Scorer:
                 f"verifier {name!r} returned scores of shape {tuple(values.shape)}, "
                 f"expected ({images.shape[0]},)"
             )
-        return values.detach().float().cpu().tolist()  # Python floats, one C call (not B)
+        # Python floats in one C call (not B); tolist() copies from any device and ignores
+        # autograd, so only the cast to float32 stays (a float64 score is rounded as before)
+        return values.float().tolist()
 
     def objectives(self, scores: Sequence[Mapping[str, float]]) -> list[float]:
         """What selection ranks by, for each row of ``scores``: the objective verifier's score,
