@@ -88,11 +88,12 @@ def derive_seeds(run_seed: int, start: int, n: int) -> list[int]:
     once (a third less time a seed: a search draws one per candidate)."""
     prefix = hashlib.blake2b(digest_size=8)
     prefix.update(f"{run_seed}:".encode())
+    copy, from_bytes = prefix.copy, int.from_bytes
     seeds = []
     for index in range(start, start + n):
-        hasher = prefix.copy()
-        hasher.update(str(index).encode())
-        seeds.append(int.from_bytes(hasher.digest(), "big") >> 1)
+        hasher = copy()
+        hasher.update(b"%d" % index)  # str(index).encode()
+        seeds.append(from_bytes(hasher.digest(), "big") >> 1)
     return seeds
 
 

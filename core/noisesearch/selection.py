@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 from noisesearch import recipes as rec
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
 
 def selection_key(candidate: Candidate) -> tuple[tuple[int, float], int]:
     """Larger is better: finite objectives first, by value; ties to the earlier candidate."""
-    return rank_key(candidate.objective), -candidate.index
+    objective = candidate.objective
+    if type(objective) is float and isfinite(objective):  # rank_key's value, without its call
+        return (1, objective), -candidate.index
+    return rank_key(objective), -candidate.index
+
+
+def _finite(value: object) -> bool:
+    """:func:`~noisesearch.finite.is_finite`, with a float's check inline (per candidate)."""
+    return isfinite(value) if type(value) is float else is_finite(value)
 
 
 class Selection:
@@ -79,9 +88,10 @@ class Selection:
             self.all.extend(candidates)
         else:  # counted now: the candidates are not kept (non_finite() of a pooled run recounts)
             for candidate in candidates:
-                self._non_finite_objectives += not is_finite(candidate.objective)
+                if not _finite(candidate.objective):
+                    self._non_finite_objectives += 1
                 for name, value in candidate.scores.items():
-                    if not is_finite(value):
+                    if not _finite(value):
                         self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
         heap, top_k = self._heap, self.top_k
         entered: list[int] = []  # rows that entered the heap (some may leave it again below)
@@ -153,7 +163,7 @@ class Selection:
         """The top-k by final objective, best first; non-finite objectives are never selected."""
         # The heap holds the k best keys, and every finite key beats every non-finite one.
         pool = self.all if self.keep_all else [c for _, _, c in self._heap]
-        finite = [c for c in pool if is_finite(c.objective)]
+        finite = [c for c in pool if _finite(c.objective)]
         return sorted(finite, key=selection_key, reverse=True)[: self.top_k]
 
     def non_finite(self, later: Mapping[str, int] | None = None) -> dict[str, Any]:

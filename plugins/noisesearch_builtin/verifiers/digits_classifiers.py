@@ -27,12 +27,18 @@ class _DigitsClassifier:
     weights_name: ClassVar[str]
 
     def __init__(self, device: str = "cpu", weights: str | None = None) -> None:
+        import torch
+
         from noisesearch_builtin import digits
         from noisesearch_builtin.digits import networks
 
         network_class = getattr(networks, self.network_name)
         path = weights or getattr(digits, self.weights_name)
         self.network = load_network(path, network_class, device)
+        if any(isinstance(layer, torch.nn.Conv2d) for layer in self.network.modules()):
+            # oneDNN's own layout on CPUs: the evaluator's conv net runs ~15% faster on a batch
+            # of 9 images (its scores move by ~1e-6, as with any other batch composition)
+            self.network = self.network.to(memory_format=torch.channels_last)
         self.device = device
 
     def log_probs(self, images: torch.Tensor, grad: bool = False) -> torch.Tensor:
