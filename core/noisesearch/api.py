@@ -8,15 +8,17 @@ run directory.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from noisesearch import batch_memory, interrupts
+from noisesearch import batch_memory, fingerprint, interrupts, locking, results
 from noisesearch.config import RunConfig
 from noisesearch.engine import Engine, EngineResult, Scorer, Usage
 from noisesearch.errors import ConfigError, RunInterrupted
+from noisesearch.faults import blame
 from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are public here too
     DEFAULT_OUTPUT_ROOT,
     NO_EVALUATOR,
@@ -122,11 +124,6 @@ def run_plan(
     ``config.overlap``: this process's units computed one ahead on a thread
     (``noisesearch.overlap``), the same result.
     """
-    import contextlib
-
-    from noisesearch import fingerprint, locking, results
-    from noisesearch.faults import blame
-
     config = plan.config
     if config.overlap and dispatch is not None:
         raise _overlap_refused()
@@ -174,7 +171,9 @@ def run_plan(
     # (noisesearch.batch_memory) or the model's; run.json says which (batch_size_from).
     solver = resolve_solver(model, config.solver, plan.steps)  # "native": the model's own sampler
     levels = search_levels(model, plan.steps, solver)
-    memory_key = batch_memory.key(str(config.model), model, config.model_options)
+    def memory_key() -> str:  # made only where the memory is read or written
+        return batch_memory.key(str(config.model), model, config.model_options)
+
     recorded = batch_memory.recorded_from(plan.output) if resume else None
     config.batch_size, batch_from = batch_memory.choose(config.batch_size, model, memory_key, recorded,
                                                         _padded_batch_cap(model, plan, levels, solver))
@@ -348,8 +347,6 @@ def _write_status(
     batch_from: str | None = None,
 ) -> None:
     """``run.json`` of a run that is not (yet) complete: enough to resume it."""
-    from noisesearch import results
-
     data: dict[str, Any] = {
         "schema_version": results.SCHEMA_VERSION,
         "complete": False,
@@ -479,8 +476,6 @@ def _write_run_dir(
 ) -> None:
     """Everything a run folder holds; ``report=False`` leaves out report.html and scaling.png
     (``noisesearch report RUN`` draws them later), which a bench of many cells skips."""
-    from noisesearch import results
-
     model = engine.model
     run_json = {
         "schema_version": results.SCHEMA_VERSION,
@@ -697,7 +692,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     """
     import torch
 
-    from noisesearch import recipes, results
+    from noisesearch import recipes
 
     run_dir = Path(run_dir)
     _check_run_json(run_dir)

@@ -20,6 +20,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,14 @@ def _parse(path: Path) -> dict[str, Any]:
     return entries
 
 
-def recall(memory_key: str) -> int | None:
-    """The remembered batch size for ``memory_key``, or None."""
-    entry = _read(memory_file()).get(memory_key)
+def recall(memory_key: str | Callable[[], str]) -> int | None:
+    """The remembered batch size for ``memory_key``, or None. A callable key is made only when
+    the memory has entries (most machines have none; :func:`key` costs a small search ~1%)."""
+    entries = _read(memory_file())
+    if not entries:
+        return None
+    memory_key = memory_key() if callable(memory_key) else memory_key
+    entry = entries.get(memory_key)
     size = entry.get("batch_size") if isinstance(entry, dict) else None
     if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
         return size
@@ -169,8 +175,9 @@ def recall(memory_key: str) -> int | None:
     return None
 
 
-def remember(memory_key: str, batch_size: int, failed: int) -> None:
+def remember(memory_key: str | Callable[[], str], batch_size: int, failed: int) -> None:
     """Record that ``batch_size`` worked where ``failed`` ran out of memory."""
+    memory_key = memory_key() if callable(memory_key) else memory_key
     path = memory_file()
     entries = _read(path)
     entries[memory_key] = {"batch_size": int(batch_size), "failed": int(failed),
@@ -186,7 +193,8 @@ def remember(memory_key: str, batch_size: int, failed: int) -> None:
 
 
 def choose(
-    given: int | None, model: Any, memory_key: str, recorded_from: str | None = None, cap: int | None = None
+    given: int | None, model: Any, memory_key: str | Callable[[], str], recorded_from: str | None = None,
+    cap: int | None = None,
 ) -> tuple[int, str]:
     """The run's batch size and where it came from: ``given`` (the user's, or a resumed run's:
     then ``recorded_from``, what its run.json said); else the remembered size where it is below

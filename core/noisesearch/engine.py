@@ -164,7 +164,7 @@ class Engine:
         self.nfe_per_candidate = solver_nfe(model.schedule, self.levels, self.solver)
         self._prepared: Any = None
         self._draws = 0
-        first = derive_seed(seed, 0)  # the baseline: the plain sample of this seed (baseline.py)
+        first = self._first_seed = derive_seed(seed, 0)  # the baseline: the plain sample of this seed
         levels = self.levels  # the lambda below must not hold self (a cycle keeps a search alive)
         step_seed = plain.step_noise_seed(first) if is_stochastic(self.solver) else None
         self.selection = Selection(
@@ -222,7 +222,10 @@ class Engine:
                             plain.FROM_SEARCH if found else plain.EXTRA, self.reported.predicted)
 
     def next_seeds(self, n: int) -> list[int]:
-        seeds = derive_seeds(self.seed, self._draws, n)
+        if self._draws == 0 and n > 0:  # the first is the baseline's, derived in __init__
+            seeds = [self._first_seed, *derive_seeds(self.seed, 1, n - 1)]
+        else:
+            seeds = derive_seeds(self.seed, self._draws, n)
         self._draws += n
         return seeds
 

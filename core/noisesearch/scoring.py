@@ -6,7 +6,6 @@ those below every finite score (``noisesearch.selection``) and the run folder re
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,15 @@ class Scorer:
         # An evaluator that reads the trajectory, or is searched on too, scores every candidate.
         self.evaluate_all = evaluate_all or bool(evaluator and (
             evaluator[0] in self.verifiers or "trajectory" in getattr(evaluator[1], "requires", ())))
+        # Asked per batch, so found once: whether the objective ranks over a pool, and the levels
+        # whose clean predictions a verifier or the evaluator reads.
+        objective = self.verifiers[self.objective_name]
+        self.pooled: bool = hasattr(objective, "member_scores") and hasattr(objective, "combine")
+        levels: set[float] = set()
+        for verifier in [*self.verifiers.values(), *([evaluator[1]] if evaluator else [])]:
+            if "trajectory" in getattr(verifier, "requires", ()):
+                levels.update(getattr(verifier, "trajectory_levels", ()))
+        self.trajectory_levels: tuple[float, ...] = tuple(sorted(levels))
 
     @property
     def evaluated(self) -> str | None:
@@ -60,21 +68,6 @@ class Scorer:
     @property
     def objective(self) -> Verifier:
         return self.verifiers[self.objective_name]
-
-    @functools.cached_property
-    def pooled(self) -> bool:
-        """Whether the objective ranks over a pool (asked per batch: computed once)."""
-        return hasattr(self.objective, "member_scores") and hasattr(self.objective, "combine")
-
-    @functools.cached_property
-    def trajectory_levels(self) -> tuple[float, ...]:
-        """The levels whose clean predictions a verifier or the evaluator reads (computed once)."""
-        members = [*self.verifiers.values(), *([self.evaluator[1]] if self.evaluator else [])]
-        levels: set[float] = set()
-        for verifier in members:
-            if "trajectory" in getattr(verifier, "requires", ()):
-                levels.update(getattr(verifier, "trajectory_levels", ()))
-        return tuple(sorted(levels))
 
     def score(
         self,

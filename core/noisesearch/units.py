@@ -101,9 +101,11 @@ def compute(
         images, trajectory = (None, {}) if unit.kind == SOLVE else \
             _decode(model, result.x[:rows], captured, owner)
     done = time.perf_counter()
-    # The states leave as ordinary tensors (a copy made outside inference mode), as they did when
-    # only the denoiser ran in it: a strategy may update them in place.
-    return Output(result.x[:rows].clone(), result.nfe, captured, done - start, images, trajectory,
+    # A solve's states leave as ordinary tensors (a copy made outside inference mode), as they did
+    # when only the denoiser ran in it: a strategy may update them in place. A sample's final
+    # state goes to the journal only, as it is.
+    x = result.x[:rows] if unit.kind == SAMPLE else result.x[:rows].clone()
+    return Output(x, result.nfe, captured, done - start, images, trajectory,
                   done - solved if images is not None else 0.0)
 
 
