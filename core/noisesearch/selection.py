@@ -87,11 +87,12 @@ class Selection:
         if self.keep_all:
             self.all.extend(candidates)
         else:  # counted now: the candidates are not kept (non_finite() of a pooled run recounts)
-            for candidate in candidates:
-                if not _finite(candidate.objective):
+            for candidate in candidates:  # (a float's check inline: per candidate and score)
+                objective = candidate.objective
+                if not (type(objective) is float and isfinite(objective)) and not is_finite(objective):
                     self._non_finite_objectives += 1
                 for name, value in candidate.scores.items():
-                    if not _finite(value):
+                    if not (type(value) is float and isfinite(value)) and not is_finite(value):
                         self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
         heap, top_k = self._heap, self.top_k
         entered: list[int] = []  # rows that entered the heap (some may leave it again below)
@@ -111,14 +112,15 @@ class Selection:
             else:
                 continue
             entered.append(row)
-            self._update_floor()
+            if len(heap) >= top_k:  # (while the heap has room the floor stays -inf)
+                self._update_floor()
         if not entered:
             return
         held = {id(entry[2]) for entry in heap}
         # An accelerator's row is copied alone; a CPU row is kept as the view .cpu() would return
         # (the call costs a small search ~1 us a row when the caches are cold).
-        images_on_cpu = images.device.type == "cpu"
-        noises_on_cpu = noises is not None and noises.device.type == "cpu"
+        images_on_cpu = images.is_cpu
+        noises_on_cpu = noises is not None and noises.is_cpu
         for row in entered:
             candidate = candidates[row]
             if candidate.image is not None:
