@@ -62,13 +62,14 @@ class ReportedEvaluation:
             return
         rows = []
         for row, candidate in enumerate(candidates):
-            if is_finite(candidate.objective) and (self._best is None or candidate.objective > self._best):
-                self._best = candidate.objective
+            objective = candidate.objective
+            if is_finite(objective) and (self._best is None or objective > self._best):
+                self._best = objective
                 rows.append(row)
             elif candidate.image is not None:
                 rows.append(row)
         if rows:
-            self._score([candidates[row] for row in rows], images[rows])
+            self._score([candidates[row] for row in rows], _rows(images, rows))
 
     def complete(self, candidates: Sequence[Candidate | None]) -> None:
         """Score, in one call, those of ``candidates`` (the top-k, the baseline) that hold an
@@ -109,3 +110,13 @@ class ReportedEvaluation:
         first, second = self._evaluate(images[:half]), self._evaluate(images[half:])
         both = None if first[1] is None or second[1] is None else first[1] + second[1]
         return first[0] + second[0], both
+
+
+def _rows(images: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``images[rows]`` for increasing ``rows``: a view where they are consecutive, else one
+    ``index_select`` (indexing with a Python list converts it element by element)."""
+    if rows[-1] - rows[0] == len(rows) - 1:
+        return images[rows[0] : rows[-1] + 1]
+    import torch
+
+    return images.index_select(0, torch.tensor(rows, device=images.device))

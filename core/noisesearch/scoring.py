@@ -111,7 +111,8 @@ class Scorer:
         with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
             if callable(both):
                 values, classes = both(images, condition)  # (B,), (B,)
-                predicted = [int(c) for c in self._as_list(f"{name} (predicted)", classes, images)]
+                self._check_shape(f"{name} (predicted)", classes, images)
+                predicted = list(map(int, classes.tolist()))
             else:
                 values = verifier.score(images, condition, trajectory=None)
             values = self._as_list(name, values, images)
@@ -132,14 +133,18 @@ class Scorer:
 
     @staticmethod
     def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:
+        Scorer._check_shape(name, values, images)
+        # Python floats in one C call (not B); tolist() copies from any device and ignores
+        # autograd, so only the cast to float32 stays (a float64 score is rounded as before)
+        return values.float().tolist()
+
+    @staticmethod
+    def _check_shape(name: str, values: torch.Tensor, images: torch.Tensor) -> None:
         if tuple(values.shape) != (images.shape[0],):
             raise ValueError(
                 f"verifier {name!r} returned scores of shape {tuple(values.shape)}, "
                 f"expected ({images.shape[0]},)"
             )
-        # Python floats in one C call (not B); tolist() copies from any device and ignores
-        # autograd, so only the cast to float32 stays (a float64 score is rounded as before)
-        return values.float().tolist()
 
     def objectives(self, scores: Sequence[Mapping[str, float]]) -> list[float]:
         """What selection ranks by, for each row of ``scores``: the objective verifier's score,
