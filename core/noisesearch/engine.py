@@ -645,7 +645,7 @@ class Engine:
         and a finish, so that a dispatch computing ahead (``noisesearch.overlap``) denoises
         the next chunk while this one is scored. The same model batches, recipes and
         candidates as a solve of every row followed by a finish; charged by the caller."""
-        levels = [float(level) for level in self.levels]
+        levels = list(self.levels)  # (floats already) the chunk's rows share this list in their recipes
         if not isinstance(self.solver, str):  # a model's own solver: along its grid (all of it)
             levels = self.on_grid(levels)
         step_seeds = self._step_seeds(states, levels) if is_stochastic(self.solver) else None
