@@ -329,31 +329,55 @@ def draw_noise(
     """
     import torch
 
-    noise = torch.empty((len(seeds), *shape), dtype=torch.float32)
-    generator = _generator()  # re-seeded per row: the same numbers as a fresh one
-    reseed = generator.manual_seed
+    drawing = _drawing(len(seeds), tuple(shape))
+    reseed = drawing.generator.manual_seed  # re-seeded per row: the same numbers as a fresh one
+    generator = drawing.generator
     # Each row's view filled in place: the numbers of torch.randn(shape, generator=...), which
     # is empty(shape).normal_(generator=...), in a third less time (per-row dispatch dominates).
-    for row, seed in zip(noise.unbind(0), seeds):
+    for row, seed in zip(drawing.rows, seeds):
         reseed(int(seed))
         row.normal_(generator=generator)
+    # (N, *shape): a kept buffer is filled again by the next draw, so the caller gets a copy
+    noise = drawing.buffer.clone() if drawing is getattr(_drawings, "last", None) else drawing.buffer
     if dtype in (None, torch.float32) and (device == "cpu" or torch.device(device).type == "cpu"):
         return noise  # as drawn (a no-op .to() call costs a small search more than its work)
     return noise.to(device=device, dtype=dtype or torch.float32)
 
 
-_generators = threading.local()
+class _Drawing:
+    """One thread's means of :func:`draw_noise`: a CPU generator and a buffer of ``(N, *shape)``
+    with its row views, kept from one draw to the next of the same size. Making N views and
+    freeing them again cost a search of 16 small candidates more than drawing their numbers."""
 
-
-def _generator() -> torch.Generator:
-    """This thread's CPU generator for :func:`draw_noise`, made once: every draw re-seeds it
-    before use, so nothing carries over, and making one costs a small search ~1 us a draw."""
-    generator = getattr(_generators, "cpu", None)
-    if generator is None:
+    def __init__(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None) -> None:
         import torch
 
-        generator = _generators.cpu = torch.Generator("cpu")
-    return generator
+        self.key = (n, shape)
+        self.generator = generator or torch.Generator("cpu")
+        with torch.inference_mode(False):  # filled in and out of inference mode alike
+            self.buffer = torch.empty((n, *shape), dtype=torch.float32)
+            self.rows = self.buffer.unbind(0)
+
+
+_drawings = threading.local()
+
+
+def _drawing(n: int, shape: tuple[int, ...]) -> _Drawing:
+    """This thread's :class:`_Drawing` for ``n`` rows of ``shape``: the one kept (a search draws
+    its batches at one size, but for the last), or, for noise of more than ``KEPT_NUMBERS``
+    numbers, a new one that is not kept (its views cost nothing beside its numbers)."""
+    drawing = getattr(_drawings, "last", None)
+    if drawing is not None and drawing.key == (n, shape):
+        return drawing
+    generator = drawing.generator if drawing is not None else None
+    if n * math.prod(shape) > KEPT_NUMBERS:
+        return _Drawing(n, shape, generator)
+    drawing = _drawings.last = _Drawing(n, shape, generator)
+    return drawing
+
+
+#: The largest noise (in numbers) whose buffer :func:`draw_noise` keeps for the next draw (1 MB).
+KEPT_NUMBERS = 1 << 18
 
 
 def _nearest(levels: Sequence[float], target: float) -> float:
