@@ -9,6 +9,7 @@ out through listeners (``candidates.jsonl``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from noisesearch.types import Model, SearchStrategy
 
 
+@functools.lru_cache(maxsize=1024)  # a search's first seed, asked by every search of a run seed
 def derive_seed(run_seed: int, index: int) -> int:
     """An independent 63-bit seed for draw number ``index`` of a run seeded ``run_seed``.
 

@@ -36,6 +36,7 @@ MAX_FILES = 200
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
 
 
+@functools.lru_cache(maxsize=256)  # asked for every plugin of every search; entry points are read once
 def plugin_distribution(plugin: str) -> tuple[str, str | None]:
     """The distribution (and its version) that ships plugin ``plugin``."""
     if plugin in DEFAULT_PLUGINS or plugin.startswith("noisesearch_builtin"):
@@ -56,7 +57,13 @@ def _version(distribution: str) -> str | None:
 
 def owner(entry: Entry) -> Owner:
     """Who to blame for ``entry``'s exceptions (``noisesearch.faults``)."""
-    return Owner(entry.kind, entry.name, plugin_distribution(entry.plugin)[0])
+    return _owner(entry.kind, entry.name, entry.plugin)
+
+
+@functools.lru_cache(maxsize=256)
+def _owner(kind: str, name: str, plugin: str) -> Owner:
+    """One :class:`Owner` per plugin object (asked for every plugin of every search)."""
+    return Owner(kind, name, plugin_distribution(plugin)[0])
 
 
 def owners(plan: Plan) -> dict[str, Owner]:
