@@ -339,9 +339,17 @@ def draw_noise(
         row.normal_(generator=generator)
     # (N, *shape): a kept buffer is filled again by the next draw, so the caller gets a copy
     noise = drawing.buffer.clone() if drawing is getattr(_drawings, "last", None) else drawing.buffer
-    if dtype in (None, torch.float32) and (device == "cpu" or torch.device(device).type == "cpu"):
+    if (dtype is None or dtype is torch.float32) and _is_cpu(device):
         return noise  # as drawn (a no-op .to() call costs a small search more than its work)
     return noise.to(device=device, dtype=dtype or torch.float32)
+
+
+def _is_cpu(device: str | torch.device) -> bool:
+    if device == "cpu":
+        return True
+    import torch
+
+    return (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu"
 
 
 class _Drawing:
