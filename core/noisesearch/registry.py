@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -206,9 +206,10 @@ def _has_var_keyword(function: Callable[..., Any]) -> bool:
 def option_names(factory: Callable[..., Any]) -> frozenset[str]:
     """The names of ``factory``'s keyword options. Cached: planning checks options on every
     search, and describing them parses docstrings (~1 ms a search of a few ms at N = 16)."""
-    if isinstance(factory, Hashable):
+    try:
         return _cached_option_names(factory)
-    return frozenset(p.name for p in describe_parameters(factory))
+    except TypeError:  # an unhashable factory (checking Hashable first cost more than the cache)
+        return frozenset(p.name for p in describe_parameters(factory))
 
 
 @functools.lru_cache(maxsize=512)
@@ -258,9 +259,10 @@ def _param_docs(obj: object) -> dict[str, str]:
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
-    if isinstance(factory, Hashable):  # cached as option_names is: checked on every search
+    try:  # cached as option_names is: checked on every search
         return _cached_takes_var_keyword(factory)
-    return _option_sources(factory)[1]
+    except TypeError:  # unhashable
+        return _option_sources(factory)[1]
 
 
 @functools.lru_cache(maxsize=512)
