@@ -232,3 +232,27 @@ def test_an_evaluator_out_of_memory_is_met_by_scoring_in_halves(tmp_path, monkey
         judge = "digits-evaluator"
         assert math.isclose(ours.scores[judge], theirs.scores[judge], rel_tol=1e-5, abs_tol=1e-6)
     assert halved.verdicts == reference.verdicts
+
+
+def test_next_seeds_are_the_derived_seeds_in_order_whatever_the_call_sizes() -> None:
+    """The engine derives its first seed once (the baseline's) and reuses it: any sequence of
+    next_seeds calls gives derive_seeds(run_seed, 0, total) in order."""
+    import random
+
+    from noisesearch.engine import Engine, derive_seed, derive_seeds
+    from noisesearch.scoring import Scorer
+    from noisesearch.testing import BrightnessVerifier
+    from noisesearch.types import Condition
+
+    rng = random.Random(0)
+    model = GaussianModel()
+    for run_seed in (0, 1, 7, 2**62):
+        scorer = Scorer({"brightness": BrightnessVerifier()})
+        levels = model.schedule.levels(4)
+        engine = Engine(model, Condition(), scorer, Budget(candidates=4), levels, seed=run_seed)
+        sizes = [rng.choice([0, 0, 1, 2, 5, 16]) for _ in range(12)]
+        drawn = [seed for n in sizes for seed in engine.next_seeds(n)]
+        assert drawn == derive_seeds(run_seed, 0, sum(sizes))
+        assert derive_seed(run_seed, 0) == derive_seeds(run_seed, 0, 1)[0]
+    derive_seed(1, 0)  # cached: an equal key of another type (True == 1) is hashed as itself
+    assert derive_seed(True, 0) == derive_seeds(True, 0, 1)[0] != derive_seed(1, 0)

@@ -119,3 +119,27 @@ def test_score_and_predict_agrees_with_score_and_predict_called_apart() -> None:
         scores, predicted = verifier.score_and_predict(images, condition)
         assert torch.equal(scores, verifier.score(images, condition))
         assert torch.equal(predicted, verifier.predict(images))
+
+
+def test_the_evaluator_gets_ordinary_tensors_it_may_run_autograd_on(monkeypatch) -> None:
+    """The reported candidates' images reach the evaluator as an ordinary copy, not a view of the
+    model unit's inference-mode images: an evaluator with trainable weights that runs without
+    no_grad (autograd saves its input) works, whichever rows it is given."""
+    from noisesearch.evaluation import _rows
+    from noisesearch_builtin.verifiers.digits_classifiers import DigitsEvaluator
+
+    with torch.inference_mode():
+        images = torch.rand(6, 3, 8, 8)
+    for rows in ([1, 2, 3], [0, 2, 5], [4]):
+        taken = _rows(images, rows)
+        assert not taken.is_inference() and torch.equal(taken, images[rows])
+    layer = torch.nn.Linear(3 * 8 * 8, 10)  # requires grad: a forward outside no_grad saves its input
+
+    def score_and_predict(self, images, condition):  # noqa: ANN001, ANN202
+        logits = layer(images.flatten(1))
+        return logits[:, int(condition.label)].detach(), logits.argmax(dim=1)
+
+    monkeypatch.setattr(DigitsEvaluator, "score_and_predict", score_and_predict)
+    for candidates in (8, 16):  # 8 with the top-k of 8: every row of the batch, consecutive
+        result = noisesearch.search(model="digits", label=2, candidates=candidates, steps=4, write=False)
+        assert all(JUDGE in c.scores for c in [*result.top, result.baseline])

@@ -341,6 +341,42 @@ def test_draw_noise_honours_dtype_and_is_standard_normal() -> None:
     assert draw_noise([], (4,)).shape == (0, 4)
 
 
+def test_draw_noise_hands_out_its_own_tensor_in_and_out_of_inference_mode() -> None:
+    """draw_noise reuses a buffer per thread for small draws: every caller still gets a tensor of
+    its own, with the numbers of torch.randn per seed, whether or not inference mode is on, in
+    any order of sizes, and on other threads at the same time."""
+    import threading
+
+    def expected(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+    first = draw_noise([1, 2, 3], (4, 4))
+    with torch.inference_mode():
+        inside = draw_noise([4, 5, 6], (4, 4))
+    after = draw_noise([1, 2, 3], (4, 4))  # the buffer was filled inside inference mode meanwhile
+    after.add_(1.0)  # an ordinary tensor outside inference mode: updatable in place
+    assert torch.equal(first, expected([1, 2, 3], (4, 4)))
+    assert torch.equal(inside, expected([4, 5, 6], (4, 4)))
+    assert torch.equal(after, first + 1.0)
+    assert len({t.data_ptr() for t in (first, inside, after)}) == 3
+    big = draw_noise([7, 8], (4, 64, 1025))  # over the kept size: drawn apart, not kept
+    assert torch.equal(big, expected([7, 8], (4, 64, 1025)))
+    assert torch.equal(draw_noise([1, 2, 3], (4, 4)), first)
+
+    found: dict[int, bool] = {}
+
+    def draw(worker: int) -> None:
+        seeds = [worker * 100 + i for i in range(5)]
+        found[worker] = all(torch.equal(draw_noise(seeds, (8,)), expected(seeds, (8,))) for _ in range(50))
+
+    threads = [threading.Thread(target=draw, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert found == {w: True for w in range(4)}
+
+
 def test_heun_on_a_flow_starts_from_pure_noise_at_level_one() -> None:
     flow = RectifiedFlow()
     z = normal_deviations(seed=4)

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from noisesearch.types import Model, SearchStrategy
 
 
-@functools.lru_cache(maxsize=1024)  # a search's first seed, asked by every search of a run seed
+@functools.lru_cache(maxsize=1024, typed=True)  # a search's first seed, asked by every search
 def derive_seed(run_seed: int, index: int) -> int:
     """An independent 63-bit seed for draw number ``index`` of a run seeded ``run_seed``.
 

@@ -113,10 +113,9 @@ class ReportedEvaluation:
 
 
 def _rows(images: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """``images[rows]`` for increasing ``rows``: a view where they are consecutive, else one
-    ``index_select`` (indexing with a Python list converts it element by element)."""
-    if rows[-1] - rows[0] == len(rows) - 1:
-        return images[rows[0] : rows[-1] + 1]
+    """``images[rows]`` with one ``index_select`` (indexing with a Python list converts it element
+    by element): an ordinary copy, as the evaluator always got (a slice of the unit's images
+    would be an inference tensor, which an evaluator run with autograd on cannot take)."""
     import torch
 
     return images.index_select(0, torch.tensor(rows, device=images.device))

@@ -66,6 +66,13 @@ def _owner(kind: str, name: str, plugin: str) -> Owner:
     return Owner(kind, name, plugin_distribution(plugin)[0])
 
 
+def forget_distributions() -> None:
+    """Read the plugins' distributions again (the registries are being built anew: a plugin may
+    have been installed or upgraded in this process since)."""
+    plugin_distribution.cache_clear()
+    _owner.cache_clear()
+
+
 def owners(plan: Plan) -> dict[str, Owner]:
     """``"model"``, ``"strategy"`` and every verifier's name (the evaluator's included)."""
     found = {"model": owner(plan.model), "strategy": owner(plan.strategy)}

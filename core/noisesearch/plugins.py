@@ -204,6 +204,9 @@ class Registries:
 
 def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
     """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name."""
+    from noisesearch.fingerprint import forget_distributions  # (fingerprint imports this module)
+
+    forget_distributions()
     pm = pm or get_plugin_manager()
     # Each plugin registers into registries of its own first: a third-party hook that raises
     # (or registers a bad name or factory) is skipped whole, with a warning, and the rest work.

@@ -206,10 +206,18 @@ def _has_var_keyword(function: Callable[..., Any]) -> bool:
 def option_names(factory: Callable[..., Any]) -> frozenset[str]:
     """The names of ``factory``'s keyword options. Cached: planning checks options on every
     search, and describing them parses docstrings (~1 ms a search of a few ms at N = 16)."""
-    try:
-        return _cached_option_names(factory)
-    except TypeError:  # an unhashable factory (checking Hashable first cost more than the cache)
+    if not _hashable(factory):
         return frozenset(p.name for p in describe_parameters(factory))
+    return _cached_option_names(factory)
+
+
+def _hashable(factory: object) -> bool:
+    """(``isinstance(factory, Hashable)`` costs more than the cache lookup it guards.)"""
+    try:
+        hash(factory)
+    except TypeError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=512)
@@ -259,10 +267,9 @@ def _param_docs(obj: object) -> dict[str, str]:
 
 
 def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
-    try:  # cached as option_names is: checked on every search
-        return _cached_takes_var_keyword(factory)
-    except TypeError:  # unhashable
+    if not _hashable(factory):
         return _option_sources(factory)[1]
+    return _cached_takes_var_keyword(factory)  # cached as option_names is: checked on every search
 
 
 @functools.lru_cache(maxsize=512)

@@ -337,15 +337,16 @@ def draw_noise(
     for row, seed in zip(drawing.rows, seeds):
         reseed(int(seed))
         row.normal_(generator=generator)
-    # (N, *shape): a kept buffer is filled again by the next draw, so the caller gets a copy
-    noise = drawing.buffer.clone() if drawing is getattr(_drawings, "last", None) else drawing.buffer
-    if (dtype is None or dtype is torch.float32) and _is_cpu(device):
-        return noise  # as drawn (a no-op .to() call costs a small search more than its work)
-    return noise.to(device=device, dtype=dtype or torch.float32)
+    noise = drawing.buffer  # (N, *shape)
+    if (dtype is not None and dtype is not torch.float32) or not _is_cpu(device):
+        return noise.to(device=device, dtype=dtype or torch.float32)  # a copy
+    # A kept buffer is filled again by the next draw: the caller gets a copy (and no no-op .to()
+    # call, which costs a small search more than its work).
+    return noise.clone() if drawing is getattr(_drawings, "last", None) else noise
 
 
-def _is_cpu(device: str | torch.device) -> bool:
-    if device == "cpu":
+def _is_cpu(device: str | torch.device | None) -> bool:
+    if device is None or device == "cpu":  # (None: where .to() leaves a tensor)
         return True
     import torch
 
