@@ -50,6 +50,25 @@ def save(model, processor, folder: Path, tokenizer) -> Path:
     return folder
 
 
+IDEFICS_SPECIALS = ["<|endoftext|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+                    "<global-img>", "[PAD]"]
+IDEFICS_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>"
+    "{% elif item['type'] == 'text' %} {{ item['text'] }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def idefics_config(config_class, tokenizer):
+    """Idefics3's and SmolVLM's tiny configuration: a one-layer vision tower on 32 px images in 8 px
+    patches, pixel-shuffled 2 x 2 into 4 image tokens, and a 2-layer Llama."""
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    return config_class(vision_config=vision, text_config=dict(model_type="llama", **text_config(tokenizer)),
+                        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+
 def idefics3(folder: Path, seed: int = 0) -> Path:
     """A tiny Idefics3 (SmolVLM's architecture): 32 px images, 4 image tokens, a 2-layer Llama."""
     from transformers import (
@@ -59,27 +78,35 @@ def idefics3(folder: Path, seed: int = 0) -> Path:
         Idefics3Processor,
     )
 
-    specials = ["<|endoftext|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>",
-                "[PAD]"]
-    tokenizer = word_tokenizer(specials, pad="[PAD]", eos="<end_of_utterance>", bos="<|endoftext|>")
-    template = (
-        "{% for message in messages %}{{ message['role'] | capitalize }}:{% for item in message['content'] %}"
-        "{% if item['type'] == 'image' %}<image>"
-        "{% elif item['type'] == 'text' %} {{ item['text'] }}{% endif %}"
-        "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-    )
+    tokenizer = word_tokenizer(IDEFICS_SPECIALS, pad="[PAD]", eos="<end_of_utterance>", bos="<|endoftext|>")
     images = Idefics3ImageProcessor(size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
                                     do_image_splitting=False)
     processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=4,
-                                  chat_template=template)
-    config = Idefics3Config(
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(model_type="llama", **text_config(tokenizer)),
-        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
+                                  chat_template=IDEFICS_TEMPLATE)
+    config = idefics_config(Idefics3Config, tokenizer)
     torch.manual_seed(seed)
     return save(Idefics3ForConditionalGeneration(config), processor, folder, tokenizer)
+
+
+def smolvlm(folder: Path, seed: int = 0) -> Path:
+    """A tiny SmolVLM: Idefics3's shape (32 px images, 4 image tokens, a 2-layer Llama) under its own
+    classes, whose processor also takes videos (and imports ``num2words``: the ``smolvlm`` extra)."""
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    tokenizer = word_tokenizer(IDEFICS_SPECIALS, pad="[PAD]", eos="<end_of_utterance>", bos="<|endoftext|>")
+    size = dict(size={"longest_edge": 32}, max_image_size={"longest_edge": 32})
+    processor = SmolVLMProcessor(image_processor=SmolVLMImageProcessor(**size, do_image_splitting=False),
+                                 tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(**size),
+                                 image_seq_len=4, chat_template=IDEFICS_TEMPLATE)
+    config = idefics_config(SmolVLMConfig, tokenizer)
+    torch.manual_seed(seed)
+    return save(SmolVLMForConditionalGeneration(config), processor, folder, tokenizer)
 
 
 def qwen2_vl(folder: Path, seed: int = 0) -> Path:
@@ -137,4 +164,4 @@ def qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
     return save(Qwen2_5_VLForConditionalGeneration(config), processor, folder, tokenizer)
 
 
-BUILDERS = {"idefics3": idefics3, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl}
+BUILDERS = {"idefics3": idefics3, "smolvlm": smolvlm, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl}

@@ -1,8 +1,8 @@
 """A local vision-language model as rubric judge, through transformers' own classes.
 
 ``AutoProcessor`` and ``AutoModelForImageTextToText`` load any hub id or folder whose
-``config.json`` names a model of that auto class: tested with Qwen2-VL, Qwen2.5-VL and Idefics3
-(the architecture of SmolVLM's first release), and written for SmolVLM as well. The
+``config.json`` names a model of that auto class: tested with Qwen2-VL, Qwen2.5-VL, Idefics3
+(the architecture of SmolVLM's first release) and SmolVLM (tiny models built from configs). The
 question goes through the processor's own chat template; generation is greedy and batched
 (left padding), and by default constrained to the grammar of a score (:class:`ScoreOnly`), so
 that every reply is one.
