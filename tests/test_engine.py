@@ -256,3 +256,36 @@ def test_next_seeds_are_the_derived_seeds_in_order_whatever_the_call_sizes() -> 
         assert derive_seed(run_seed, 0) == derive_seeds(run_seed, 0, 1)[0]
     derive_seed(1, 0)  # cached: an equal key of another type (True == 1) is hashed as itself
     assert derive_seed(True, 0) == derive_seeds(True, 0, 1)[0] != derive_seed(1, 0)
+
+
+def test_a_verifier_out_of_memory_retry_counts_only_the_decodes_that_made_candidates(monkeypatch) -> None:
+    """The searched verifier runs out of memory on a chunk of 8, which is then made again as two
+    of 4: the decode phase counts the two decodes that made candidates, as the model's time does,
+    not the first one too (with a slow decode, counting it made the decode phase longer than the
+    model's time, of which it is a part)."""
+    import time
+
+    import noisesearch
+    from noisesearch_builtin.models.digits import DigitsModel
+    from noisesearch_builtin.verifiers import digits_classifiers
+
+    original_score, original_decode = digits_classifiers.DigitsClassifier.score, DigitsModel.decode
+    calls = {"n": 0}
+
+    def flaky(self, images, condition, trajectory=None):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FakeOutOfMemory("CUDA out of memory")
+        return original_score(self, images, condition, trajectory)
+
+    def slow_decode(self, x0):  # noqa: ANN001, ANN202
+        time.sleep(0.1)
+        return original_decode(self, x0)
+
+    monkeypatch.setattr(digits_classifiers.DigitsClassifier, "score", flaky)
+    monkeypatch.setattr(DigitsModel, "decode", slow_decode)
+    result = noisesearch.search(model="digits", label=3, candidates=8, batch_size=8, steps=2,
+                                evaluator="none", write=False)
+    assert calls["n"] == 3  # 8 (out of memory), then 4 and 4
+    decode = result.usage.phases["decode"]
+    assert 0.2 <= decode <= result.usage.model_seconds < 0.3

@@ -677,8 +677,8 @@ class Engine:
                 # out-of-memory error retries the chunk smaller with nothing of it on record
                 solved: list[SolveResult] = []
                 scores, images = self._journaled_scores(
-                    "finish", hi - lo, lambda: self._sampled(output),
-                    before=lambda: solved.append(self._journaled_solve(states.x[lo:hi], output)))
+                    "finish", hi - lo, lambda: (output.images, output.trajectory),
+                    before=lambda: solved.append(self._sampled(states.x[lo:hi], output)))
                 result = solved[0]
             self.usage.nfe += result.nfe * (hi - lo)
             # start()'s recipes are these rows' own: the solve op goes in place, once nothing
@@ -689,11 +689,13 @@ class Engine:
         self._in_batches(len(states), unit, work)
         return candidates
 
-    def _sampled(self, output: Output) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
-        """A sample unit's images and trajectory (its model time is counted with its solve)."""
+    def _sampled(self, x: torch.Tensor, output: Output) -> SolveResult:
+        """A scored sample unit's solve, journaled, with its model time (its decode's included)
+        counted: once its chunk is scored, so that a chunk a verifier's out-of-memory error retried
+        smaller counts only the work that made its candidates."""
         assert output.images is not None
         self.usage.add_phase("decode", output.decode_seconds)
-        return output.images, output.trajectory
+        return self._journaled_solve(x, output)
 
     # -- differentiable evaluation (gradient strategies: noisesearch.gradients) ----------------
     def gradient_nfe(self, levels: Sequence[float]) -> tuple[int, int]:
