@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from noisesearch.errors import ConfigError
 from noisesearch.faults import Owner
 from noisesearch.hookspecs import PROJECT_NAME
-from noisesearch.plugins import DEFAULT_PLUGINS
+from noisesearch.plugins import DEFAULT_PLUGINS, registries_built
 
 if TYPE_CHECKING:
     from noisesearch.planning import Plan
@@ -36,9 +36,13 @@ MAX_FILES = 200
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
 
 
-@functools.lru_cache(maxsize=256)  # asked for every plugin of every search; entry points are read once
 def plugin_distribution(plugin: str) -> tuple[str, str | None]:
     """The distribution (and its version) that ships plugin ``plugin``."""
+    return _plugin_distribution(plugin, registries_built())
+
+
+@functools.lru_cache(maxsize=256)  # asked for every plugin of every search: read once per registries build
+def _plugin_distribution(plugin: str, build: int) -> tuple[str, str | None]:
     if plugin in DEFAULT_PLUGINS or plugin.startswith("noisesearch_builtin"):
         return PROJECT_NAME, _version(PROJECT_NAME)
     for ep in metadata.entry_points(group=PROJECT_NAME):
@@ -57,20 +61,14 @@ def _version(distribution: str) -> str | None:
 
 def owner(entry: Entry) -> Owner:
     """Who to blame for ``entry``'s exceptions (``noisesearch.faults``)."""
-    return _owner(entry.kind, entry.name, entry.plugin)
+    return _owner(entry.kind, entry.name, entry.plugin, registries_built())
 
 
 @functools.lru_cache(maxsize=256)
-def _owner(kind: str, name: str, plugin: str) -> Owner:
-    """One :class:`Owner` per plugin object (asked for every plugin of every search)."""
+def _owner(kind: str, name: str, plugin: str, build: int) -> Owner:
+    """One :class:`Owner` per plugin object and registries build (asked for every plugin of
+    every search)."""
     return Owner(kind, name, plugin_distribution(plugin)[0])
-
-
-def forget_distributions() -> None:
-    """Read the plugins' distributions again (the registries are being built anew: a plugin may
-    have been installed or upgraded in this process since)."""
-    plugin_distribution.cache_clear()
-    _owner.cache_clear()
 
 
 def owners(plan: Plan) -> dict[str, Owner]:

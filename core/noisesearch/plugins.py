@@ -202,11 +202,20 @@ class Registries:
         ]
 
 
+_builds = 0
+
+
+def registries_built() -> int:
+    """How many times registries were built in this process: a cache of what the installed
+    plugins are (their distributions: ``noisesearch.fingerprint``) keys on it, since a plugin may
+    be installed or upgraded in a running process and the registries built again."""
+    return _builds
+
+
 def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
     """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name."""
-    from noisesearch.fingerprint import forget_distributions  # (fingerprint imports this module)
-
-    forget_distributions()
+    global _builds
+    _builds += 1  # what was found out about the installed plugins is found out again
     pm = pm or get_plugin_manager()
     # Each plugin registers into registries of its own first: a third-party hook that raises
     # (or registers a bad name or factory) is skipped whole, with a warning, and the rest work.
