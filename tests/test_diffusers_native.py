@@ -192,11 +192,19 @@ RESTARTS = {
 }
 
 
-@pytest.mark.parametrize("scheduler", list(RESTARTS))
+#: (family, scheduler) pairs of the restart test: every scheduler on SD, and those of CASES on SD-XL
+#: and PixArt-Sigma (other conditioning, other networks: the same restart semantics).
+RESTART_CASES = [("sd", scheduler) for scheduler in RESTARTS] + [
+    (family, scheduler) for family in ("sdxl", "pixart-sigma") for scheduler in RESTARTS
+    if any(case == (family, scheduler, {}) for case in CASES.values())
+]
+
+
+@pytest.mark.parametrize(("family", "scheduler"), RESTART_CASES)
 def test_a_resumed_partial_solve_equals_the_whole_one_for_single_step_schedulers(
-    scheduler: str, tiny: Callable[[str], Path], registries: Registries
+    family: str, scheduler: str, tiny: Callable[[str], Path], registries: Registries
 ) -> None:
-    model, solver, levels, noise, denoise = _split_solve_setup(registries, tiny("sd"), scheduler=scheduler)
+    model, solver, levels, noise, denoise = _split_solve_setup(registries, tiny(family), scheduler=scheduler)
 
     with torch.inference_mode():
         whole = solver.solve(denoise, noise, levels)
