@@ -212,8 +212,8 @@ def test_a_resumed_partial_solve_equals_the_whole_one_for_single_step_schedulers
         rest = solver.solve(denoise, first.x, levels[2:])
     assert first.nfe + rest.nfe == whole.nfe
     difference = (rest.x - whole.x).abs().max().item()
-    if RESTARTS[scheduler]:
-        assert difference < 1e-5
+    if RESTARTS[scheduler]:  # float32 rounding of latents up to ~70 (PixArt's): relative
+        assert difference <= 1e-6 * whole.x.abs().max().item() + 1e-6
     else:
         assert difference > 1e-4  # the history matters: a resumed 2nd-order step is not the same
 

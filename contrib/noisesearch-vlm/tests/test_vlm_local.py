@@ -33,7 +33,8 @@ SHAPES_PROMPT = "a red circle above a blue square"  # in the shapes world's voca
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-vlm")
-    return {name: build(root / name) for name, build in vlm_tiny.BUILDERS.items()}
+    buildable = {name: build for name, build in vlm_tiny.BUILDERS.items() if vlm_tiny.missing(name) is None}
+    return {name: build(root / name) for name, build in buildable.items()}
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +81,8 @@ class TestUnconstrainedVLMJudgeContract(TestVLMJudgeContract):
 def test_each_family_loads_through_the_auto_classes_and_replies_with_a_score(
     family: str, folders: dict[str, Path]
 ) -> None:
+    if family not in folders:
+        pytest.skip(vlm_tiny.missing(family))
     judge = VLMJudge(model=str(folders[family]), metric="accuracy")
     assert type(judge.model).__name__ in " ".join(SUPPORTED)
     scores = judge.score(images(), Condition(prompt=PROMPT))

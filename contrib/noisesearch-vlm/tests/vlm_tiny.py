@@ -165,3 +165,19 @@ def qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
 
 
 BUILDERS = {"idefics3": idefics3, "smolvlm": smolvlm, "qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl}
+
+
+def missing(family: str) -> str | None:
+    """Why ``family`` cannot be built here (``None``: it can): SmolVLM needs a transformers that
+    has it and ``num2words`` (the plugin's ``smolvlm`` extra, which the project's install takes)."""
+    if family != "smolvlm":
+        return None
+    import importlib.util
+
+    import transformers
+
+    if not hasattr(transformers, "SmolVLMForConditionalGeneration"):
+        return f"transformers {transformers.__version__} has no SmolVLM"
+    if importlib.util.find_spec("num2words") is None:
+        return "SmolVLM's processor imports num2words: pip install './contrib/noisesearch-vlm[smolvlm]'"
+    return None
