@@ -280,6 +280,31 @@ def test_ctrl_c_while_loading_prints_no_traceback_and_no_resume_hint(tmp_path: P
         assert "--resume" not in err and "RUN_FOLDER" not in err
 
 
+def test_ctrl_c_inside_torchs_import_is_held_until_the_import_is_done(tmp_path: Path) -> None:
+    """torch's import runs Python from C++, where a KeyboardInterrupt cannot unwind (the process
+    was ended by ``terminate``: no exit code 130, seen when Ctrl-C came 0.8 s into a run). A stand-in
+    ``torch`` whose import gets a Ctrl-C halfway: the import finishes, then the KeyboardInterrupt
+    comes."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import builtins, signal\nsignal.raise_signal(signal.SIGINT)\nbuiltins.imported_whole = True\n")
+    script = textwrap.dedent(f"""
+        import builtins, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from noisesearch import interrupts
+        interrupts.install()
+        try:
+            interrupts.import_torch()
+        except KeyboardInterrupt:
+            print("interrupted after the import:", getattr(builtins, "imported_whole", False))
+        print("requested:", interrupts.requested())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=with_default_ctrl_c)
+    assert done.stdout.splitlines() == ["interrupted after the import: True", "requested: True"], done.stderr
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_run_names_the_real_folder(tmp_path: Path) -> None:
     out = tmp_path / "my run"

@@ -141,6 +141,7 @@ def run_plan(
         loading.show(f"loading model {plan.model.name}\u2026")
     loaded = {"load_model": time.perf_counter()}
     try:
+        interrupts.import_torch()  # (a Ctrl-C in torch's import, which most models start with, is held)
         with blame(owners["model"]):
             use_threads(config.threads)
             model = plan.build_model()

@@ -10,6 +10,7 @@ Python keeps its own Ctrl-C handling, and :func:`requested` stays false there.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -84,6 +85,17 @@ class deferred:  # noqa: N801 - used as a function: ``with deferred():``
         _setsignal(signal.SIGINT, self.previous)
         if self.held and error is None:
             raise KeyboardInterrupt
+
+
+def import_torch() -> None:
+    """Import torch, a Ctrl-C held until the import is done: torch's import runs Python code from
+    C++ (its operator registrations), where the ``KeyboardInterrupt`` of a Ctrl-C cannot unwind and
+    ends the process (``terminate called after throwing ... error_already_set``: no message, no
+    exit code 130). Held, it is raised right after the import, as anywhere else."""
+    if "torch" in sys.modules:
+        return
+    with deferred():
+        import torch  # noqa: F401
 
 
 class Checkpoint:
