@@ -87,12 +87,11 @@ class Selection:
         if self.keep_all:
             self.all.extend(candidates)
         else:  # counted now: the candidates are not kept (non_finite() of a pooled run recounts)
-            for candidate in candidates:  # (a float's check inline: per candidate and score)
-                objective = candidate.objective
-                if not (type(objective) is float and isfinite(objective)) and not is_finite(objective):
+            for candidate in candidates:
+                if not _finite(candidate.objective):
                     self._non_finite_objectives += 1
                 for name, value in candidate.scores.items():
-                    if not (type(value) is float and isfinite(value)) and not is_finite(value):
+                    if not _finite(value):
                         self._non_finite_scores[name] = self._non_finite_scores.get(name, 0) + 1
         heap, top_k = self._heap, self.top_k
         entered: list[int] = []  # rows that entered the heap (some may leave it again below)
