@@ -232,6 +232,19 @@ def test_load_plugins_also_accepts_a_distribution_name(
         assert "example-antithetic" in build_registries().strategies
 
 
+def test_load_plugins_warns_of_a_name_that_is_no_installed_plugin(
+    example: Path, broken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo would otherwise surface later as an unknown verifier, pointing away from the cause."""
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "example,exampel")
+    with pytest.warns(PluginLoadWarning, match="exampel") as caught:
+        names = plugin_names()
+    assert names == {"example", *DEFAULT_PLUGINS}  # the right name still loads
+    message = str(caught[0].message)
+    assert LOAD_PLUGINS_ENV in message and "did you mean 'example'?" in message
+    assert "installed: " in message and "noisesearch-example" in message
+
+
 # -- plugins that break the contract ----------------------------------------------------------
 
 

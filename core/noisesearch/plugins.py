@@ -98,7 +98,7 @@ def get_plugin_manager(load_entrypoints: bool | Sequence[str] | None = None) -> 
         _register(pm, module, module_name)
     selection = _selection(load_entrypoints)
     if selection is not False:
-        _load_entrypoints(pm, selection)
+        _load_entrypoints(pm, selection, LOAD_PLUGINS_ENV if load_entrypoints is None else "load_entrypoints")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -118,8 +118,11 @@ def _selection(load_entrypoints: bool | Sequence[str] | None) -> bool | set[str]
     return set(load_entrypoints)
 
 
-def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str]) -> None:
-    for ep in metadata.entry_points(group=PROJECT_NAME):
+def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str], source: str) -> None:
+    entry_points = metadata.entry_points(group=PROJECT_NAME)
+    if selection is not True:
+        _warn_unmatched(selection, entry_points, source)
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else None
         if selection is not True and ep.name not in selection and dist not in selection:
             continue
@@ -142,10 +145,28 @@ def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str]) -> N
             skip_plugin(pm, ep.name, reason, registered=False)
 
 
+def _warn_unmatched(selection: set[str], entry_points: Sequence[metadata.EntryPoint], source: str) -> None:
+    """A selected name that is no installed plugin (a typo in ``NOISESEARCH_LOAD_PLUGINS``) would
+    otherwise only show later, as an unknown verifier or model that points away from the cause."""
+    installed = {ep.name for ep in entry_points}
+    installed |= {ep.dist.name for ep in entry_points if ep.dist is not None}
+    for name in sorted(selection - installed):
+        close = difflib.get_close_matches(name, sorted(installed), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.warn(
+            f"{source} names {name!r}, which is no installed plugin{hint}; installed: "
+            f"{', '.join(sorted(installed)) or 'none'}",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
+        if pm.get_plugin(name) is not None:  # pluggy < 1.7 leaves a plugin it refused registered
+            pm.unregister(name=name)
         raise PluginError(_describe_validation_error(exc, name)) from None
     unknown = [caller.name for caller in pm.get_hookcallers(plugin) or [] if not caller.has_spec()]
     if unknown:
