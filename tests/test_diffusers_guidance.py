@@ -73,6 +73,15 @@ def test_guidance_rescale_and_clip_skip_reproduce_the_pipeline(
     assert (ours - plain).abs().max() > 10 * ATOL  # the options did change the image
 
 
+def test_the_deepest_clip_skip_reproduces_the_pipeline(
+    tiny: Callable[[str], Path], registries: Registries
+) -> None:
+    """The largest clip_skip planning lets through (the 2-layer encoder's embeddings) is one the
+    pipeline itself runs: the bound refuses only what would fail."""
+    ours = _ours(registries, tiny("sd"), clip_skip=2)
+    torch.testing.assert_close(ours, _pipeline(tiny("sd"), clip_skip=2), atol=ATOL, rtol=0)
+
+
 def test_rescale_is_diffusers_rescale_noise_cfg() -> None:
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
@@ -88,6 +97,9 @@ def test_rescale_is_diffusers_rescale_noise_cfg() -> None:
         ("pixart-sigma", {"clip_skip": 1}, "PixArtSigmaModel.s does not"),
         ("sd", {"guidance_rescale": 1.5}, "must be a number from 0 to 1"),
         ("sd", {"clip_skip": 0}, "must be a positive number of CLIP layers"),
+        # encode_prompt indexes hidden_states[-(clip_skip + 1)] (SD-XL: + 2) of 2-layer encoders
+        ("sd", {"clip_skip": 3}, "has 2 layers, so clip_skip can skip at most 2; got 3"),
+        ("sdxl", {"clip_skip": 2}, "has 2 layers, so clip_skip can skip at most 1; got 2"),
     ],
 )
 def test_guidance_options_are_refused_at_planning_where_they_do_not_apply(

@@ -131,6 +131,10 @@ class DiffusersModel:
     attention_slicing_family: ClassVar[bool] = False
     #: Whether the pipeline takes ``guidance_rescale`` and ``clip_skip`` (the UNet families).
     guidance_options_family: ClassVar[bool] = False
+    #: The text encoders whose hidden states ``clip_skip`` indexes, and how many of their last
+    #: layers the pipeline's ``encode_prompt`` passes over besides (``guidance.check_depth``).
+    clip_skip_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    clip_skip_reserved: ClassVar[int] = 0
     #: Whether this adapter runs img2img (``init_image``, ``strength``).
     img2img_family: ClassVar[bool] = False
     #: img2img's first step rounded as the SD3 and FLUX pipelines round it (``img2img.start_index``).
@@ -211,6 +215,10 @@ class DiffusersModel:
         memory.check(attention_slicing, cls.attention_slicing_family, cls.__name__)
         compiled.check(compile, compile_backend, memory.offload_mode(cpu_offload))
         guidance.check(guidance_rescale, clip_skip, cls.guidance_options_family, cls.__name__)
+        configs = [index.read_json(path, f"{encoder}/config.json", required=False) or {}
+                   for encoder in cls.clip_skip_encoders]
+        depths = [config.get("num_hidden_layers") for config in configs]
+        guidance.check_depth(clip_skip, depths, cls.clip_skip_reserved)
         img2img.check(init_image, strength, cls.img2img_family, cls.__name__, multiple, height, width)
         if memory.offload_mode(cpu_offload) and resolve_device(device).type == "cpu":
             raise ConfigError("cpu_offload", "offloading to the CPU needs an accelerator device, "
@@ -329,6 +337,11 @@ class DiffusersModel:
         self.scheduler_name = scheduler
         self.scheduler_options = dict(scheduler_options or {})
         self._load(path, guidance_scale, device, dtype, cpu_offload, variant)
+        if clip_skip is not None:  # checked again: a pipeline in memory has no JSON to read before
+            encoders = [getattr(self.pipe, name, None) for name in self.clip_skip_encoders]
+            configs = [getattr(encoder, "config", None) for encoder in encoders]
+            depths = [getattr(config, "num_hidden_layers", None) for config in configs]
+            guidance.check_depth(clip_skip, depths, self.clip_skip_reserved)
         self._setup(height, width)
         if self.compile_mode is not None:  # placed and offloaded: the graph sees the final module
             compiled.apply(self._denoiser(), self.compile_mode, self.compile_backend)

@@ -14,7 +14,7 @@ Both are checked before loading; the transformer families' pipelines take neithe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,20 @@ if TYPE_CHECKING:
 
 #: The families whose pipelines take these options (named in the refusal).
 FAMILIES = "SD 1.x/2.x and SD-XL"
+
+
+def check_depth(clip_skip: Any, depths: Sequence[int | None], reserved: int) -> None:
+    """``clip_skip`` within the text encoders' depth: the pipeline's ``encode_prompt`` indexes the
+    hidden states at ``-(clip_skip + 1 + reserved)`` (SD: 0, SD-XL: 1, its penultimate layer), and
+    a skip past the first layer would fail there with a bare IndexError, after the run started.
+    ``depths``: each text encoder's ``num_hidden_layers`` (None where unknown)."""
+    known = [depth for depth in depths if isinstance(depth, int) and not isinstance(depth, bool)]
+    if clip_skip is None or not known:
+        return
+    most = min(known) - reserved
+    if clip_skip > most:
+        raise ConfigError("clip_skip", f"this pipeline's text encoder has {min(known)} layers, so "
+                          f"clip_skip can skip at most {most}; got {clip_skip}")
 
 
 def check(guidance_rescale: Any, clip_skip: Any, supported: bool, family: str) -> None:

@@ -39,6 +39,8 @@ class StableDiffusionXLModel(VariancePreservingModel):
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     attention_slicing_family: ClassVar[bool] = True
     guidance_options_family: ClassVar[bool] = True
+    clip_skip_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
+    clip_skip_reserved: ClassVar[int] = 1  # SD-XL's embeddings are the penultimate layer's
     img2img_family: ClassVar[bool] = True
     default_guidance_scale: ClassVar[float] = 5.0
     default_steps: ClassVar[int] = 50
