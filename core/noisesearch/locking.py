@@ -1,5 +1,8 @@
 """One writer per run folder: a lock file, and no silent writing over a finished run.
 
+A bench folder (``noisesearch bench``) is locked the same way for the whole bench; the
+messages then say "bench folder" (``what``).
+
 ``RUN/.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+)
 and holds the writer's pid, host and command. A second ``run``, ``--resume`` or ``report``
 on the folder is refused, naming that process. A lock whose process is gone (same host, pid
@@ -104,8 +107,16 @@ def _describe(record: dict[str, Any]) -> str:
     return f"process {record.get('pid')} on {record.get('host')}{command}{since}"
 
 
-def acquire(folder: Path) -> None:
-    """Take ``folder`` (which must exist) for this process, or raise :class:`FolderInUse`."""
+def _in_use(folder: Path, record: dict[str, Any], what: str) -> str:
+    """Who holds ``folder``; for a holder on another host, which file to delete once it is dead."""
+    hint = (f"; if that process is dead, delete {folder / LOCK_FILE}"
+            if record and holder_alive(record) is None else "")
+    return f"{what} {str(folder)!r} is in use by {_describe(record)}{hint}"
+
+
+def acquire(folder: Path, what: str = "run folder") -> None:
+    """Take ``folder`` (which must exist) for this process, or raise :class:`FolderInUse`;
+    ``what`` names the kind of folder in the message."""
     for _ in range(20):
         if _try_create(folder / LOCK_FILE, _owner_record()):
             return
@@ -115,10 +126,8 @@ def acquire(folder: Path) -> None:
         if record and holder_alive(record) is False:
             _break_stale(folder, record)
             continue
-        hint = (f"; if that process is dead, delete {folder / LOCK_FILE}"
-                if record and holder_alive(record) is None else "")
-        raise FolderInUse(f"run folder {str(folder)!r} is in use by {_describe(record)}{hint}")
-    raise FolderInUse(f"could not lock run folder {str(folder)!r}: its lock keeps changing hands")
+        raise FolderInUse(_in_use(folder, record, what))
+    raise FolderInUse(f"could not lock {what} {str(folder)!r}: its lock keeps changing hands")
 
 
 def held_by_others(folder: Path) -> bool:
@@ -129,12 +138,12 @@ def held_by_others(folder: Path) -> bool:
     return not record or holder_alive(record) is not False
 
 
-def check_unlocked(folder: Path) -> None:
+def check_unlocked(folder: Path, what: str = "run folder") -> None:
     """Refuse early (before weights load) a folder that a live process holds."""
     record = read_lock(folder) if folder.is_dir() else None
     live = record is not None and (not record or holder_alive(record) is not False)
     if live and folder.resolve() not in _held:
-        raise FolderInUse(f"run folder {str(folder)!r} is in use by {_describe(record)}")
+        raise FolderInUse(_in_use(folder, record, what))
 
 
 def release(folder: Path) -> None:
@@ -144,13 +153,13 @@ def release(folder: Path) -> None:
 
 
 @contextmanager
-def hold(folder: Path) -> Iterator[None]:
+def hold(folder: Path, what: str = "run folder") -> Iterator[None]:
     """Hold ``folder``'s lock for the block; re-entrant within one process."""
     key = folder.resolve()
     if key in _held:
         yield
         return
-    acquire(folder)
+    acquire(folder, what)
     _held.add(key)
     try:
         yield

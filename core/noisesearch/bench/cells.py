@@ -8,6 +8,8 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,19 +96,17 @@ class CellRunner:
 
     def run(self, cell: Cell) -> dict[str, Any]:
         """The cell's result row; a failure (exception, out of memory) becomes a row with its
-        error, so that the bench goes on. A leftover folder of an interrupted try is removed
-        first: a cell runs from scratch and ends the same."""
+        error, so that the bench goes on. A leftover folder of an interrupted try is emptied
+        first (:func:`fresh_run_folder`): a cell runs from scratch and ends the same."""
         started = time.perf_counter()
         threads = cell.threads or self.threads
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        run_dir = Path(cell.run_dir)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         try:
-            row = self._run(cell)
+            with fresh_run_folder(Path(cell.run_dir)):
+                row = self._run(cell)
         except Exception as error:  # recorded, and the bench goes on (Ctrl-C is not an Exception)
             row = base_row(cell)
             row.update(status="failed", error=f"{type(error).__name__}: {error}",
@@ -175,6 +175,31 @@ class CellRunner:
             self._verifiers[key] = entry.create(**with_device(entry, options, device))
             self.load_seconds += time.perf_counter() - started
         return self._verifiers[key]
+
+
+@contextmanager
+def fresh_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold a cell's run folder (``locking.py``) for the block, emptied of what an interrupted
+    try left. The folder is emptied only once its lock is ours: a folder that another live
+    process holds (``noisesearch report`` on it, a stray worker) is refused with
+    :class:`~noisesearch.locking.FolderInUse` and left as it is, never removed under that
+    process; a dead holder's lock (a killed worker's) is stale and broken. This lock, not
+    the bench folder's, is what guards a cell, because the cells of a bench run in workers
+    (Ray actors) that do not hold the bench lock: the driver holds it for them."""
+    from noisesearch import locking
+
+    if not run_dir.exists():  # nothing to clear: run_plan makes the folder and locks it
+        yield
+        return
+    with locking.hold(run_dir):  # run_plan's own hold of it re-enters
+        for entry in run_dir.iterdir():
+            if entry.name.startswith(locking.LOCK_FILE):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        yield
 
 
 def base_row(cell: Cell) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         overlap: bool = typer.Option(False, "--overlap", help="In each cell, denoise the next batch while the last is scored (the same results)."),  # noqa: E501
         cell_reports: bool = typer.Option(False, "--cell-reports", help="Also draw each cell's report.html (about 0.5 s a cell on a CPU; `noisesearch report RUN` can later)."),  # noqa: E501
         output: Optional[str] = typer.Option(None, "--output", "-o", help="Bench folder (default: noisesearch-bench/<model>-<grid hash>, so re-running continues)."),  # noqa: E501, UP045
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the bench of another grid in the --output folder (its rows and tables); without it such a folder is refused."),  # noqa: E501
         executor: str = typer.Option("local", help="local (in this process) or ray (noisesearch[ray])."),
         address: Optional[str] = typer.Option(None, help="Ray: join this cluster (default: start a local one and shut it down)."),  # noqa: E501, UP045
         workers: Optional[int] = typer.Option(None, help="Ray: model-holding actors (default: one per GPU, else 2 CPU slots)."),  # noqa: E501, UP045
@@ -55,11 +56,11 @@ def register(app: typer.Typer) -> None:
         result = None
         with user_errors():
             data = load_grid_file(grid_file) if grid_file else {}
-            data.update({k: v for k, v in given.items() if v})
+            data.update({k: v for k, v in given.items() if _given(v)})
             grid = grid_from_mapping(data, where=grid_file or "the command line")
             # Ctrl-C is told below, outside user_errors (whose message is about run folders).
             with contextlib.suppress(KeyboardInterrupt):
-                result = run_bench(grid, executor, options, progress=not quiet)
+                result = run_bench(grid, executor, options, progress=not quiet, overwrite=overwrite)
         if result is None:
             typer.echo("Interrupted. Finished cells are kept; run the same command again to "
                        "continue the bench.", err=True)
@@ -70,3 +71,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {result.folder / 'summary.md'} and {result.folder / 'report.html'}")
         if result.failed:
             raise typer.Exit(1)
+
+
+def _given(value: Any) -> bool:
+    """Whether an option was given: ``None``, an empty repeatable option and an absent flag
+    (``False``) were not, and leave the grid file's key alone. Any other value was, ``0``
+    included: it overrides the file and reaches validation (``--limit 0`` is refused, as
+    ``limit = 0`` in a file is), never silently dropped."""
+    return value is not None and value is not False and value != [] and value != ()

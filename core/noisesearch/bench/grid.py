@@ -4,6 +4,7 @@ from a TOML file or the command line, checked field by field before any model lo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ class BenchGrid:
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.output, os.PathLike):  # bench(output=Path(...)): kept as text in bench.json
+            self.output = os.fspath(self.output)
+
     def validate(self) -> None:
         """Checks that need no plugin; each error names the field."""
         for name in ("models", "strategies", "budgets", "seeds"):
@@ -98,6 +103,11 @@ class BenchGrid:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        # An empty string is no suite, and as a folder it would be the current one.
+        if not isinstance(self.prompts, str) or not self.prompts.strip():
+            raise ConfigError("prompts", f"must be a suite name or file, got {self.prompts!r}")
+        if self.output is not None and (not isinstance(self.output, str) or not self.output.strip()):
+            raise ConfigError("output", f"must be a folder path, got {self.output!r}")
         for name in ("overlap", "cell_reports"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
@@ -181,7 +191,7 @@ def load_grid_file(path: Path | str) -> dict[str, Any]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
 
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

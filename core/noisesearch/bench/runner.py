@@ -3,6 +3,7 @@ the cells that are not finished yet, and write the bench folder's tables, plots 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -57,7 +58,7 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
 
     grid.validate()
     # Absolute: remote workers (Ray) need not share the driver's working directory.
-    root = (Path(grid.output) if grid.output else default_folder(grid)).absolute()
+    root = bench_folder(grid).absolute()
     cells: list[Cell] = []
     for model_name in grid.models:
         probe = RunConfig(model=model_name, model_options=dict(grid.model_options.get(model_name, {})))
@@ -149,6 +150,12 @@ def _get(registry: Any, name: str, field: str) -> Any:
         raise ConfigError(field, str(exc)) from None
 
 
+def bench_folder(grid: BenchGrid) -> Path:
+    """The bench folder: ``output`` (``~`` expanded: a grid file or ``bench(output=...)`` gets
+    no shell to do it) or the grid's default folder."""
+    return Path(grid.output).expanduser() if grid.output else default_folder(grid)
+
+
 def default_folder(grid: BenchGrid) -> Path:
     """Same grid, same folder: re-running a command continues its bench."""
     from noisesearch.names import safe_token
@@ -163,25 +170,52 @@ def run_bench(
     executor_options: dict[str, Any] | None = None,
     progress: bool = False,
     registries: Any = None,
+    overwrite: bool = False,
 ) -> BenchResult:
-    """Run every unfinished cell of ``grid`` and write the bench folder (docs/bench.md)."""
+    """Run every unfinished cell of ``grid`` and write the bench folder (docs/bench.md).
+
+    The bench folder is locked for the whole bench (``locking.py``, as a run folder is), before
+    anything in it is written: a second bench on it is refused. ``overwrite`` starts a bench of
+    another grid afresh in a folder that holds one (see :func:`check_folder`)."""
+    from noisesearch import locking
     from noisesearch.bench.executors import make_executor
     from noisesearch.plugins import build_registries, get_plugin_manager
+    from noisesearch.results import write_json
 
+    if not isinstance(overwrite, bool):
+        raise ConfigError("overwrite", f"must be true or false, got {overwrite!r}")
     started = time.perf_counter()
     pm = get_plugin_manager()
     registries = registries or build_registries(pm)
     cells = expand(grid, registries)
+    folder = bench_folder(grid)
+    check_folder(folder, grid, cells, overwrite)  # early: before a cluster starts
     runner = make_executor(executor, {"threads": grid.threads, **(executor_options or {})}, pm)
-    start = getattr(runner, "start", None)
-    if callable(start):  # join or start a cluster before anything is written
-        start()
-    folder = Path(grid.output) if grid.output else default_folder(grid)
-    folder.mkdir(parents=True, exist_ok=True)
-    from noisesearch.results import write_json
+    with contextlib.ExitStack() as held:
+        try:
+            start = getattr(runner, "start", None)
+            if callable(start):  # join or start a cluster before anything is written
+                start()
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(locking.hold(folder, "bench folder"))  # nothing written before
+            except locking.FolderInUse as exc:
+                raise _in_use(exc) from None
+            check_folder(folder, grid, cells, overwrite)  # again, now that the folder is ours
+            if overwrite:
+                clear_bench_files(folder)
+            write_json(folder / BENCH_JSON, {"grid": grid.to_json(), "executor": executor,
+                                              "cells": [cell.key for cell in cells]})
+            ran = _run_cells(folder, cells, runner, progress)
+        finally:
+            runner.close()
+        rows = finish(folder, cells)
+    return BenchResult(folder, rows, ran, time.perf_counter() - started)
 
-    write_json(folder / BENCH_JSON, {"grid": grid.to_json(), "executor": executor,
-                                      "cells": [cell.key for cell in cells]})
+
+def _run_cells(folder: Path, cells: list[Cell], runner: Any, progress: bool) -> int:
+    """Run the cells without an ``ok`` row, appending each row as it arrives; returns how
+    many ran."""
     done = store.read_rows(folder / store.RESULTS_JSONL)
     todo = [cell for cell in cells if done.get(cell.key, {}).get("status") != "ok"]
     appender = store.RowAppender(folder / store.RESULTS_JSONL)
@@ -203,9 +237,83 @@ def run_bench(
         runner.run(todo, on_row)
     finally:
         appender.close()
-        runner.close()
-    rows = finish(folder, cells)
-    return BenchResult(folder, rows, count["n"], time.perf_counter() - started)
+    return count["n"]
+
+
+def check_folder(folder: Path, grid: BenchGrid, cells: list[Cell], overwrite: bool) -> None:
+    """Refuse, before anything is written, a folder this bench must not write into: one that
+    another process holds; one that holds a run (``run.json``: its report would be replaced)
+    or anything else but a bench; and, unless ``overwrite``, a bench of another grid that
+    this one would drop cells of. A grid that keeps every cell of the folder's (more budgets,
+    seeds or strategies; ``overlap`` or the executor changed) continues the bench: its rows
+    are kept, so nothing leaves the tables."""
+    from noisesearch import locking
+
+    if not folder.is_dir():
+        return
+    try:
+        locking.check_unlocked(folder, "bench folder")
+    except locking.FolderInUse as exc:
+        raise _in_use(exc) from None
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(locking.LOCK_FILE))
+    if locking.is_run_folder(folder):
+        raise ConfigError("output", f"{str(folder)!r} holds a `noisesearch run` (run.json), not a "
+                          "bench; choose another --output")
+    if BENCH_JSON not in names:
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ConfigError("output", f"{str(folder)!r} is not empty and holds no {BENCH_JSON} "
+                              f"(it holds {shown}): a bench writes into a new or empty folder, or "
+                              "continues a bench folder; choose another --output")
+        return
+    if not overwrite:
+        _check_same_cells(folder, grid, cells)
+
+
+def _in_use(exc: Exception) -> Exception:
+    """A bench folder in use, with what to do about it."""
+    return type(exc)(f"{exc}; a bench folder takes one bench at a time: wait for that one to "
+                     "finish, or choose another --output")
+
+
+def _check_same_cells(folder: Path, grid: BenchGrid, cells: list[Cell]) -> None:
+    """Refuse a grid that would drop cells of the bench in ``folder``, naming the grid keys
+    that differ and how many finished rows would leave the tables."""
+    again = "re-run its own grid, pass --overwrite to replace it, or choose another --output"
+    try:
+        earlier = load_bench_json(folder)
+        earlier_grid, earlier_cells = dict(earlier["grid"]), set(earlier["cells"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError("output", f"{str(folder / BENCH_JSON)!r} cannot be read; pass --overwrite "
+                          "to start the bench afresh, or choose another --output") from None
+    dropped = earlier_cells - {cell.key for cell in cells}
+    if not dropped:
+        return
+    now = json.loads(json.dumps(grid.to_json(), default=str))  # as bench.json holds it
+    differ = [f"{k}: {_short(earlier_grid.get(k))} -> {_short(now.get(k))}"
+              for k in sorted({*earlier_grid, *now}) if k != "output" and earlier_grid.get(k) != now.get(k)]
+    rows = store.read_rows(folder / store.RESULTS_JSONL)
+    finished = sum(1 for key in dropped if rows.get(key, {}).get("status") == "ok")
+    raise ConfigError("output", f"{str(folder)!r} holds a bench of another grid "
+                      f"({'; '.join(differ) or 'other cells'}): {len(dropped)} of its cells "
+                      f"({finished} finished) are not in this grid and would leave its tables; {again}")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def clear_bench_files(folder: Path) -> None:
+    """Remove what a bench writes beside ``runs/`` (its rows, tables, plots and report), and
+    nothing else (``overwrite``): every cell then runs again, each emptying its own run folder
+    under that folder's lock. Run folders of cells that the new grid lacks stay in ``runs/``."""
+    from noisesearch.bench.outputs import HACKING_PNG, REPORT_HTML, SUMMARY_MD
+
+    for name in (BENCH_JSON, store.RESULTS_JSONL, store.RESULTS_CSV, SUMMARY_MD, REPORT_HTML, HACKING_PNG):
+        (folder / name).unlink(missing_ok=True)
+    for plot in folder.glob("scaling-*.png"):
+        plot.unlink()
 
 
 def finish(folder: Path, cells: list[Cell]) -> list[dict[str, Any]]:
@@ -221,10 +329,11 @@ def finish(folder: Path, cells: list[Cell]) -> list[dict[str, Any]]:
 
 def bench(grid: BenchGrid | dict[str, Any] | None = None, *, executor: str = "local",
           executor_options: dict[str, Any] | None = None, progress: bool = False,
-          **fields: Any) -> BenchResult:
+          overwrite: bool = False, **fields: Any) -> BenchResult:
     """Run a bench from a :class:`BenchGrid`, or its fields as keywords, e.g.
     ``bench(models=["digits"], strategies=["random", "paths"], budgets=[40, 80], seeds=[0, 1])``.
-    Re-running the same grid skips finished cells."""
+    Re-running the same grid skips finished cells; a grid that would drop cells of the bench
+    in its folder is refused unless ``overwrite`` (which starts that bench afresh)."""
     from noisesearch.bench.grid import grid_from_mapping
 
     if grid is None:
@@ -233,7 +342,7 @@ def bench(grid: BenchGrid | dict[str, Any] | None = None, *, executor: str = "lo
         grid = grid_from_mapping({**grid, **fields}, where="bench()")
     elif fields:
         raise ConfigError("bench()", "pass either a BenchGrid or keyword fields, not both")
-    return run_bench(grid, executor, executor_options, progress)
+    return run_bench(grid, executor, executor_options, progress, overwrite=overwrite)
 
 
 def load_bench_json(folder: Path) -> dict[str, Any]:

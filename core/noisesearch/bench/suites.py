@@ -75,7 +75,7 @@ def parse_suite(text: str, source: str) -> list[SuiteItem]:
 
 
 def read_suite_file(path: Path | str) -> list[SuiteItem]:
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/..." from a grid file or bench(): no shell expands it
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -121,7 +121,7 @@ def load_suite(spec: str, model_suite: str | None, model_name: str) -> list[Suit
         return read_suite_file(NAMED_SUITES[spec])
     if spec.startswith(DRAWBENCH_PREFIX):
         return read_suite_file(spec[len(DRAWBENCH_PREFIX):])
-    if not Path(spec).exists():
+    if not Path(spec).expanduser().exists():
         names = ", ".join([MODEL_SUITE, *NAMED_SUITES, DRAWBENCH_PREFIX + "FILE"])
         raise ConfigError("prompts", f"{spec!r} is neither a suite ({names}) nor a file")
     return read_suite_file(spec)
