@@ -366,7 +366,9 @@ def _write_status(
 
 def resume_run(run_dir: Path, progress: bool = False, registries: Registries | None = None) -> SearchResult:
     """Continue an interrupted run in its own folder (``noisesearch run --resume RUN``)."""
-    run_dir = Path(run_dir)
+    from noisesearch.runs import run_folder
+
+    run_dir = run_folder(run_dir)  # the folder, or its run.json as `show` and `report` take
     _check_run_json(run_dir)
     checked, run = plan_saved_run(run_dir, registries)
     if run.get("complete"):
@@ -593,6 +595,8 @@ def search(
     the last one is decoded, scored and recorded: the same result, sooner when the verifiers
     take a while (``noisesearch.overlap``; not with another executor).
     """
+    if write is not None and not isinstance(write, bool):  # "no" is truthy: it would write
+        raise ConfigError("write", f"expected True, False or None, got {write!r}")
     built_model = None
     if config is not None and not isinstance(config.model, str):
         built_model = config.model
@@ -694,8 +698,9 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     import torch
 
     from noisesearch import recipes
+    from noisesearch.runs import run_folder
 
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)  # the folder, or its run.json as `show` and `report` take
     _check_run_json(run_dir)
     checked, run = plan_saved_run(run_dir, registries)
     if not run.get("complete"):
@@ -709,6 +714,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     if not isinstance(recipe, dict) or not isinstance(recipe.get("start"), dict):
         raise ConfigError("replay", f"{run_dir / 'run.json'} records no recipe of its best "
                           f"candidate (\"best\": {{\"recipe\": ...}}); the file is damaged")
+    _refuse_damaged_recipe(run_dir, recipe, max_batch=checked.config.batch_size)
     try:
         saved = results.load_best(saved_path)
         saved["image"], saved["noise"]  # noqa: B018 - both must be there
@@ -718,6 +724,7 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
     _check_inputs(recipe.get("inputs") or {}, checked.config.model_options)
     use_threads(checked.config.threads)  # results are bit-exact for a given count
     model = checked.build_model()
+    _refuse_damaged_recipe(run_dir, recipe, shape=tuple(model.latent_shape))  # a subspace noise's layout
     noise = None if recipes.is_derivable(recipe["start"]) else saved["noise"]
     prepared = model.prepare(checked.condition)
     solver = resolve_solver(model, checked.config.solver, checked.steps)
@@ -746,6 +753,17 @@ def replay_run(run_dir: Path, registries: Registries | None = None) -> ReplayRes
         score=score,
         recorded_score=recorded_score,
     )
+
+
+def _refuse_damaged_recipe(run_dir: Path, recipe: dict[str, Any], **limits: Any) -> None:
+    """A hand-edited or damaged recipe is one line naming run.json and the field, not a
+    traceback from the middle of the replay."""
+    from noisesearch import recipes
+
+    problem = recipes.recipe_problem(recipe, **limits)
+    if problem:
+        raise ConfigError("replay", f"{run_dir / 'run.json'}: best.recipe.{problem}; the file was "
+                          "edited or damaged, so its best cannot be replayed")
 
 
 def _check_inputs(inputs: dict[str, str], model_options: dict[str, Any]) -> None:
@@ -782,4 +800,5 @@ def _replayed_score(checked: Plan, image: Any, run: dict[str, Any]) -> tuple[flo
         return None, None
     verifier = checked.build_verifier(entry)
     score = float(verifier.score(image[None], checked.condition)[0])
-    return score, float(run["best"]["scores"][entry.name])
+    recorded = (run["best"].get("scores") or {}).get(entry.name)  # an edited run.json may lack it
+    return score, float(recorded) if isinstance(recorded, (int, float)) else None

@@ -410,7 +410,7 @@ def _show_command(app: typer.Typer) -> None:
             ("searched on", summary["objective"]),
             ("judge", record.evaluator),
             ("budget", f"{budget.get('candidates') or '-'} candidates, {budget.get('nfe') or '-'} NFEs"),
-            ("used", f"{summary['candidates']} candidates, {summary['nfe']} NFEs, "
+            ("used", f"{_or_dash(summary['candidates'])} candidates, {_or_dash(summary['nfe'])} NFEs, "
                      f"{usage.get('verifier_calls', '-')} verifier calls, {run.get('seconds', '-')} s"),
             ("device", f"{run.get('device', '-')} {run.get('dtype', '')}"),
             ("non-finite", f"{summary['non_finite']} candidates had a NaN or infinite objective "
@@ -431,7 +431,7 @@ def _show_command(app: typer.Typer) -> None:
         verdicts = run.get("verdicts") or {}
         if verdicts:
             table.add_column("judge says", justify="left" if "baseline_clauses" in verdicts else "right")
-        shown = (("no search", "baseline"), (f"best of {summary['candidates']}", "best"))
+        shown = (("no search", "baseline"), (f"best of {_or_dash(summary['candidates'])}", "best"))
         for title, key in shown:
             candidate = run.get(key)
             if not candidate:
@@ -448,6 +448,11 @@ def _show_command(app: typer.Typer) -> None:
             console.print(table)
         elif summary["best"] is not None:
             console.print(f"best objective so far: {summary['best']:.4f}")
+
+
+def _or_dash(value: Any) -> Any:
+    """``-`` for a count a run never wrote (interrupted early), not ``None``; a 0 stays 0."""
+    return "-" if value is None else value
 
 
 def _escape(text: str) -> str:
@@ -524,22 +529,23 @@ def _status_cell(row: dict[str, Any]) -> str:
 
 def _replay_command(app: typer.Typer) -> None:
     @app.command()
-    def replay(run_dir: str = typer.Argument(..., help="A run folder written by `noisesearch run`.")) -> None:
+    def replay(
+        run_dir: str = typer.Argument(..., help="A run folder of `noisesearch run` (or its run.json)."),
+    ) -> None:
         """Regenerate a run's best candidate from its recipe and check it is the same image."""
-        from pathlib import Path
-
         from noisesearch.api import replay_run
+        from noisesearch.runs import run_folder
 
         with user_errors():
-            outcome = replay_run(Path(run_dir))
+            folder = run_folder(run_dir)
+            outcome = replay_run(folder)
         verdict = "identical (bit for bit)" if outcome.identical else (
             f"DIFFERENT (max abs difference {outcome.max_abs_diff:.3g})"
         )
-        score = "" if outcome.score is None else (
-            f"; score {outcome.score:.6g} (recorded {outcome.recorded_score:.6g})"
-        )
-        typer.echo(f"replayed best of {run_dir}: {verdict}{score}")
-        typer.echo(f"wrote {Path(run_dir) / 'replay.png'}")
+        recorded = "-" if outcome.recorded_score is None else f"{outcome.recorded_score:.6g}"
+        score = "" if outcome.score is None else f"; score {outcome.score:.6g} (recorded {recorded})"
+        typer.echo(f"replayed best of {folder}: {verdict}{score}")
+        typer.echo(f"wrote {folder / 'replay.png'}")
         if not outcome.identical:
             raise typer.Exit(1)
 

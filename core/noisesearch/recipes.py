@@ -127,6 +127,136 @@ def is_derivable(noise_recipe: Recipe) -> bool:
     return noise_recipe.get("kind") in DERIVABLE_KINDS
 
 
+def recipe_problem(
+    recipe: Any, shape: Sequence[int] | None = None, max_batch: int | None = None
+) -> str | None:
+    """What keeps :func:`replay` from using ``recipe``, as ``"FIELD should be ...; got ..."``
+    (``FIELD`` inside the recipe, e.g. ``ops[0].row``), or ``None`` when it is well formed.
+
+    Replay reads a recipe back from ``run.json``, which a person may have edited or a disk
+    damaged: checking its structure first names the bad field in one line, before any model
+    loads, instead of a traceback from deep in :func:`replay`. ``shape`` (the model's latent)
+    also checks a subspace noise's layout; ``max_batch`` (the run's batch size) bounds a batch.
+    """
+    try:
+        _require(isinstance(recipe, dict), "recipe", recipe, "a table")
+        start, ops = recipe.get("start", _MISSING), recipe.get("ops", _MISSING)
+        _require(isinstance(start, dict), "start", start, "a table")
+        _check_start(start, shape)
+        _require(isinstance(ops, list), "ops", ops, "a list of ops")
+        for i, op in enumerate(ops):
+            _check_op(op, f"ops[{i}]", max_batch)
+        decode = recipe.get("decode", {})
+        _require(isinstance(decode, dict) and set(decode) <= {"batch", "row"}, "decode", decode,
+                 "a table of batch and row")
+        _check_batch_row(decode, "decode", max_batch, 1)
+        inputs = recipe.get("inputs", {})
+        _require(isinstance(inputs, dict) and all(isinstance(v, str) for v in inputs.values()), "inputs",
+                 inputs, "a table of file SHA-256 digests")
+    except _Damaged as damaged:
+        return str(damaged)
+    return None
+
+
+class _Damaged(Exception):
+    """One field of a recipe that replay cannot use (internal to :func:`recipe_problem`)."""
+
+
+_MISSING = object()
+
+
+def _require(ok: bool, field: str, value: Any, what: str) -> None:
+    if not ok:
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        got = "it is missing" if value is _MISSING else f"got {text}"
+        raise _Damaged(f"{field} should be {what}; {got}")
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _is_seed(value: Any) -> bool:
+    """A whole number a ``torch.Generator`` accepts as its seed."""
+    return type(value) is int and -(2**63) <= value < 2**64
+
+
+def _check_seed(table: dict[str, Any], key: str, field: str) -> None:
+    value = table.get(key, _MISSING)
+    _require(_is_seed(value), f"{field}.{key}", value, "a whole-number seed")
+
+
+def _check_start(start: dict[str, Any], shape: Sequence[int] | None) -> None:
+    """A derivable noise recipe's fields; other kinds come from the saved noise, unchecked."""
+    kind = start.get("kind")
+    if kind == "seed":
+        _check_seed(start, "seed", "start")
+    elif kind == "neighbour":
+        _check_seed(start, "root", "start")
+        moves = start.get("moves", _MISSING)
+        _require(isinstance(moves, list) and all(
+            isinstance(m, list) and len(m) == 2 and _is_seed(m[0]) and _is_number(m[1]) and -1 <= m[1] <= 1
+            for m in moves), "start.moves", moves, "a list of [seed, cosine] pairs")
+    elif kind == "subspace":
+        _check_seed(start, "seed", "start")
+        transform = start.get("transform", _MISSING)
+        _require(transform == spectral.TRANSFORM, "start.transform", transform, repr(spectral.TRANSFORM))
+        grid, band = start.get("layout", _MISSING), start.get("band", _MISSING)
+        _require(_positive_ints(grid, 3), "start.layout", grid, "[channels, height, width]")
+        if shape is not None:
+            try:
+                latent = list(spectral.layout(shape))
+            except ValueError:
+                latent = None
+            _require(grid == latent, "start.layout", grid, f"the model's latent layout {latent}")
+        _require(_positive_ints(band, 2) and band[0] <= grid[1] and band[1] <= grid[2], "start.band", band,
+                 f"[h, w] within the layout's {grid[1]} x {grid[2]}")
+        count = grid[0] * band[0] * band[1]
+        coefficients = start.get("coefficients", _MISSING)
+        _require(isinstance(coefficients, list) and len(coefficients) == count
+                 and all(_is_number(c) for c in coefficients), "start.coefficients",
+                 coefficients, f"a list of {count} numbers (channels x h x w)")
+
+
+def _positive_ints(value: Any, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length and all(type(d) is int and d > 0 for d in value)
+
+
+def _check_op(op: Any, field: str, max_batch: int | None) -> None:
+    _require(isinstance(op, dict), field, op, "a table")
+    kind = op.get("op", _MISSING)
+    if kind == "solve":
+        levels = op.get("levels", _MISSING)
+        _require(isinstance(levels, list) and len(levels) >= 2
+                 and all(_is_number(s) and 0 <= s <= 1 for s in levels)
+                 and all(b < a for a, b in zip(levels, levels[1:])), f"{field}.levels", levels,
+                 "at least two decreasing noise levels in [0, 1]")
+        _check_batch_row(op, field, max_batch, _MISSING)
+        if "noise_seed" in op:
+            _check_seed(op, "noise_seed", field)
+    elif kind == "renoise":
+        for key in ("from", "to"):
+            level = op.get(key, _MISSING)
+            _require(_is_number(level) and 0 <= level <= 1, f"{field}.{key}", level,
+                     "a noise level in [0, 1]")
+        _require(op["to"] > op["from"], f"{field}.to", op["to"], f"a noisier level than from ({op['from']})")
+        _check_seed(op, "seed", field)
+    else:
+        _require(False, f"{field}.op", kind, "'solve' or 'renoise'")
+
+
+def _check_batch_row(table: dict[str, Any], field: str, max_batch: int | None, default_batch: Any) -> None:
+    """``batch`` and ``row``: the row must lie in the batch it is padded back into."""
+    batch = table.get("batch", default_batch)
+    limit = f"from 1 to {max_batch}" if max_batch else "of 1 or more"
+    _require(type(batch) is int and 1 <= batch <= (max_batch or batch), f"{field}.batch", batch,
+             f"a batch size {limit}")
+    row = table.get("row", 0)
+    _require(type(row) is int and 0 <= row < batch, f"{field}.row", row, f"a row of its batch of {batch} "
+             f"(0 to {batch - 1})")
+
+
 def same_norm_neighbour(pivot: torch.Tensor, direction: torch.Tensor, cosine: float) -> torch.Tensor:
     """``y = |n| (c u + sqrt(1 - c^2) w)``: ``u = n/|n|``, ``w`` the unit part of ``direction``
     orthogonal to ``u``. Computed in float64, where norm and cosine hold to ~1e-15, then cast

@@ -9,11 +9,13 @@ cannot understand, naming the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from noisesearch.errors import NoiseSearchError
+from noisesearch.finite import FLAG
 from noisesearch.results import SCHEMA_VERSION
 
 RUN_JSON = "run.json"
@@ -99,6 +101,8 @@ def run_folder(path: Path | str) -> Path:
     path = Path(path)
     if path.is_file() and path.name == RUN_JSON:
         return path.parent
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{str(path)!r} is a file, not a run folder; give the folder or its {RUN_JSON}")
     if not path.is_dir():
         raise RunFolderError(f"run folder {str(path)!r} does not exist")
     if not (path / RUN_JSON).exists() and not (path / CANDIDATES_JSONL).exists():
@@ -128,13 +132,77 @@ def read_run_json(path: Path) -> dict[str, Any]:
             f"{path}: schema version {version} is newer than this noisesearch reads "
             f"({SCHEMA_VERSION}); upgrade noisesearch"
         )
-    for key in ("config", "condition", "usage", "budget", "best", "baseline", "environment"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
+    for key, value, fits, expected in _shapes(data):
+        if not fits:
             raise RunFolderError(
-                f"{path}: its {key!r} is a {type(data[key]).__name__}, not a table; the file was "
+                f"{path}: its {key!r} is {_kind(value)}, not {expected}; the file was "
                 f"damaged or not written by noisesearch"
             )
     return data
+
+
+#: The top-level fields of run.json that are tables (JSON objects) whenever present.
+_TABLES = ("config", "condition", "usage", "budget", "best", "baseline", "environment", "non_finite",
+          "verdicts")
+
+
+def _shapes(data: dict[str, Any]) -> Iterator[tuple[str, Any, bool, str]]:
+    """``(field, value, fits, what it should be)`` for each field of run.json that ``show``,
+    ``runs`` and ``report`` read, so that a hand-edited file is refused in one line naming the
+    field rather than failing deep in the page. Absent fields fit (a partial run lacks them).
+    Lazy, in an order where each check may rely on the earlier ones having passed."""
+    for key in _TABLES:
+        yield key, data.get(key), _table(data.get(key)), "a table"
+    for key in ("best", "baseline"):
+        scores = (data.get(key) or {}).get("scores")
+        yield f"{key}.scores", scores, _table(scores), "a table"
+    top = data.get("top")
+    yield "top", top, top is None or isinstance(top, list), "a list of candidates"
+    for i, candidate in enumerate(top or []):
+        yield f"top[{i}]", candidate, isinstance(candidate, dict), "a table"
+        yield f"top[{i}].scores", candidate.get("scores"), _table(candidate.get("scores")), "a table"
+    config = data.get("config") or {}
+    verifiers, evaluator = config.get("verifiers"), config.get("evaluator")
+    yield "config.verifiers", verifiers, verifiers is None or isinstance(verifiers, list), "a list of names"
+    for i, name in enumerate(verifiers or []):
+        yield f"config.verifiers[{i}]", name, isinstance(name, str), "a name"
+    yield "config.evaluator", evaluator, evaluator is None or isinstance(evaluator, str), "a name"
+    counts = (data.get("non_finite") or {}).get("scores")
+    yield "non_finite.scores", counts, _table(counts), "a table"
+    verdicts = data.get("verdicts") or {}
+    for key in ("baseline_clauses", "best_clauses"):
+        clauses = verdicts.get(key)
+        yield f"verdicts.{key}", clauses, clauses is None or isinstance(clauses, list), "a list"
+        for i, pair in enumerate(clauses or []):
+            fits = isinstance(pair, list) and len(pair) == 2
+            yield f"verdicts.{key}[{i}]", pair, fits, "a [clause, holds] pair"
+
+
+def _table(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def _kind(value: Any) -> str:
+    """``a list``, ``an int``, ``null``: what a JSON value is, for a message."""
+    if value is None:
+        return "null"
+    noun = type(value).__name__
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _candidate_problem(row: Any) -> str | None:
+    """What of a ``candidates.jsonl`` line the scaling plot and ``runs`` cannot read: they
+    compare scores and the objective, and add up NFEs."""
+    if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
+        return "expected a candidate object with scores"
+    numbers = {key: row.get(key) for key in ("objective", "nfe", "nfe_spent")}
+    numbers.update({f"scores.{name}": value for name, value in row["scores"].items()})
+    for key, value in numbers.items():
+        if value is not None and not isinstance(value, (int, float)):
+            return f"its {key!r} is {_kind(value)}, not a number"
+    if not _table(row.get(FLAG)):
+        return f"its {FLAG!r} is {_kind(row[FLAG])}, not a table"
+    return None
 
 
 def read_candidates(path: Path) -> list[dict[str, Any]]:
@@ -156,8 +224,9 @@ def read_candidates(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 break
             raise RunFolderError(f"{path}:{number}: not valid JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
-            raise RunFolderError(f"{path}:{number}: expected a candidate object with scores")
+        problem = _candidate_problem(row)
+        if problem:
+            raise RunFolderError(f"{path}:{number}: {problem}")
         rows.append(row)
     return rows
 
@@ -174,6 +243,8 @@ def load_run(path: Path | str, candidates: bool = True) -> RunRecord:
 def find_runs(root: Path | str) -> list[Path]:
     """Run folders at any depth under ``root`` (a prompts file nests them), sorted by path."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"{str(root)!r} is a file, not a folder to look for runs in")
     if not root.is_dir():
         raise RunFolderError(f"folder {str(root)!r} does not exist")
     found = {p.parent for name in (RUN_JSON, CANDIDATES_JSONL) for p in root.rglob(name)}
@@ -225,8 +296,6 @@ def _non_finite_count(record: RunRecord) -> int | None:
         return counted
     if not record.candidates:
         return None
-    from noisesearch.finite import FLAG
-
     return sum("/objective" in (row.get(FLAG) or {}) for row in record.candidates)
 
 
