@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class RunConfig:
     batch_size: int | None = None
     top_k: int = 8
     device: str | None = None
-    output: str | None = None
+    output: str | os.PathLike[str] | None = None  # planning expands a leading ~
     model_options: dict[str, Any] = field(default_factory=dict)
     verifier_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +72,16 @@ class RunConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        """Check every value that can be checked without plugins; errors name the field."""
+        """Check every value that can be checked without plugins; errors name the field.
+
+        The kind of every field is checked here, not only in files and ``--set``, so that
+        ``search(**fields)`` and a RunConfig built by hand are held to the same rules: a string
+        ``overwrite="no"`` is truthy and would replace a finished run.
+        """
+        for name in _FIELD_KINDS:
+            if name == "model" and not isinstance(self.model, str):
+                continue  # an already-built model (search(model=obj)): plan() resolves or refuses it
+            check_kind(name, getattr(self, name))
         for name, limit in LIMITS.items():
             value = getattr(self, name)
             if value is not None and (
@@ -88,16 +98,12 @@ class RunConfig:
             raise ConfigError("solver", f"must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.prompt is not None and self.label is not None:
             raise ConfigError("prompt", "give a prompt or a label, not both")
-        if self.label is not None and not isinstance(self.label, (int, str)):
-            raise ConfigError("label", f"must be a class index or name, got {self.label!r}")
         if isinstance(self.label, int) and self.label < 0:
             raise ConfigError("label", f"must be a non-negative integer, got {self.label!r}")
         if self.device is not None and not DEVICE_PATTERN.fullmatch(str(self.device)):
             raise ConfigError(
                 "device", f"must be auto, cpu, mps or cuda[:N] (or xpu[:N]), got {self.device!r}"
             )
-        if not isinstance(self.overlap, bool):
-            raise ConfigError("overlap", f"must be true or false, got {self.overlap!r}")
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier")
         if self.output is not None and not str(self.output).strip():
@@ -149,15 +155,46 @@ def check_output_writable(path: Path) -> None:
 
 # -- configuration files and overrides ---------------------------------------------------------
 
-#: What each RunConfig field accepts in a file or a ``--set``, for messages and checks.
-_FIELD_KINDS: dict[str, str] = {
-    "model": "str", "strategy": "str", "verifiers": "list", "evaluator": "str?",
-    "prompt": "str?", "negative_prompt": "str?", "label": "label", "candidates": "int?",
-    "budget_nfe": "int?", "steps": "int?", "solver": "str", "seed": "int", "batch_size": "int?",
-    "top_k": "int", "device": "str?", "output": "str?", "model_options": "table",
-    "verifier_options": "tables", "strategy_options": "table", "overwrite": "bool",
-    "evaluate_all": "bool", "overlap": "bool", "threads": "int?",
+#: The kind of value each RunConfig annotation stands for. Field kinds are derived from the
+#: annotations, so a new field is checked in files, ``--set`` and ``validate()`` alike (and one
+#: with an annotation missing here fails on import instead of going unchecked).
+_ANNOTATION_KINDS: dict[str, str] = {
+    "str": "str", "str | None": "str?", "int": "int", "int | None": "int?", "bool": "bool",
+    "int | str | None": "label", "list[str] | None": "list", "dict[str, Any]": "table",
+    "dict[str, dict[str, Any]]": "tables", "str | os.PathLike[str] | None": "path?",
 }
+#: What each RunConfig field accepts, from its annotation.
+_FIELD_KINDS: dict[str, str] = {f.name: _ANNOTATION_KINDS[str(f.type)] for f in fields(RunConfig)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Per kind: whether a value is of it, and how a message says what was expected.
+_KIND_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str?": (lambda v: v is None or isinstance(v, str), "a string"),
+    "path?": (lambda v: v is None or isinstance(v, (str, os.PathLike)), "a folder path"),
+    "int": (_is_int, "an integer"),
+    "int?": (lambda v: v is None or _is_int(v), "an integer"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "label": (lambda v: v is None or isinstance(v, str) or _is_int(v), "a class index or name"),
+    "list": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+             "a list of names"),
+    "table": (lambda v: isinstance(v, dict), "a table of options"),
+    "tables": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+               "a table of option tables, one per verifier"),
+}
+
+
+def check_kind(key: str, value: Any, where: str | None = None) -> None:
+    """Refuse a value of the wrong kind for the RunConfig field ``key``, naming the field."""
+    accepts, expected = _KIND_CHECKS[_FIELD_KINDS[key]]
+    if not accepts(value):
+        if where:
+            raise ConfigError(key, f"expected {expected} in {where}, got {value!r}")
+        raise ConfigError(key, f"must be {expected}, got {value!r}")
 
 
 def _valid_keys() -> str:
@@ -167,10 +204,11 @@ def _valid_keys() -> str:
 def load_config_file(path: Path | str) -> dict[str, Any]:
     """The RunConfig fields in a TOML file, or in a JSON file (a ``run.json`` gives its
     ``"config"``, so that ``--config RUN/run.json`` repeats that run; its ``output`` is
-    dropped so the repeat gets a folder of its own)."""
+    dropped so the repeat gets a folder of its own). A leading ``~`` is the home folder, as in
+    a shell (``--config=~/run.toml`` reaches here unexpanded)."""
     import json
 
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -216,29 +254,9 @@ def check_config_mapping(data: dict[str, Any], where: str = "configuration") -> 
     """Refuse unknown keys (naming the valid ones) and values of the wrong kind, so that a
     typo in a file fails before anything runs instead of being silently ignored."""
     for key, value in data.items():
-        kind = _FIELD_KINDS.get(key)
-        if kind is None:
+        if key not in _FIELD_KINDS:
             raise ConfigError(key, f"unknown key in {where}. Valid keys: {_valid_keys()}")
-        if value is None and (kind.endswith("?") or kind in ("list", "label")):
-            continue
-        ok = {
-            "str": isinstance(value, str), "str?": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "int?": isinstance(value, int) and not isinstance(value, bool),
-            "label": isinstance(value, (int, str)) and not isinstance(value, bool),
-            "list": isinstance(value, list) and all(isinstance(v, str) for v in value),
-            "table": isinstance(value, dict),
-            "tables": isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()),
-            "bool": isinstance(value, bool),
-        }[kind]
-        if not ok:
-            expected = {
-                "str": "a string", "str?": "a string", "int": "an integer", "int?": "an integer",
-                "label": "a class index or name", "list": "a list of names",
-                "table": "a table of options", "tables": "a table of option tables, one per verifier",
-                "bool": "true or false",
-            }[kind]
-            raise ConfigError(key, f"expected {expected} in {where}, got {value!r}")
+        check_kind(key, value, where)
         check_finite(value, key)
 
 
@@ -265,7 +283,7 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        if kind.startswith("str") and not isinstance(value, str) and value is not None:
+        if kind in ("str", "str?", "path?") and not isinstance(value, str) and value is not None:
             value = raw  # --set device=0 means the string "0"
         if kind == "list" and isinstance(value, str):
             value = [value]
@@ -297,8 +315,9 @@ def config_from_mapping(data: dict[str, Any]) -> RunConfig:
 
 
 def read_prompts(path: Path | str) -> list[str]:
-    """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped. A leading
+    ``~`` is the home folder, as in a shell."""
+    path = Path(path).expanduser()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:

@@ -73,6 +73,8 @@ def plan(
     registries = registries or build_registries()
     if built_model is not None and not isinstance(config.model, str):
         built_model, config.model = _built_and_name(built_model, registries, config)
+    if not isinstance(config.model, str):
+        raise ConfigError("model", f"must be a model name (see `noisesearch models`), got {config.model!r}")
     _expand_model_prefix(config)
     model = registries.models.get(config.model)
     if built_model is None:
@@ -87,6 +89,7 @@ def plan(
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
         raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
+    _check_each_once(verifier_names)
     verifiers = [registries.verifiers.get(name) for name in verifier_names]
     evaluator_name = config.evaluator or traits["default_evaluator"]
     evaluator = None
@@ -113,9 +116,11 @@ def plan(
     if callable(order):  # read only when it matters: it may import the model's library
         order = order() if config.solver == "native" else 1
     _check_budget(budget, steps, config.solver, int(order))
-    output = Path(config.output) if config.output else None
+    output = Path(config.output).expanduser() if config.output else None  # "~/x" from a file or the API
     if check_output:
         check_output_writable(output or DEFAULT_OUTPUT_ROOT)
+    if output is not None:
+        config.output = str(output)  # run.json records where the run went (and stays JSON)
     config.verifiers = verifier_names
     config.evaluator = evaluator.name if evaluator else NO_EVALUATOR
     config.label = condition.label
@@ -233,6 +238,11 @@ def _resolve_label(label: int | str, model: Entry, traits: dict[str, Any]) -> in
 
 def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condition:
     conditioning = traits["conditioning"]
+    if conditioning != "prompt" and config.negative_prompt is not None:
+        # refused like --prompt: recorded in run.json, it would claim an effect it never had
+        kind = "class-conditional" if conditioning == "label" else "unconditional"
+        raise ConfigError("negative_prompt", f"model {model.name!r} is {kind}: a negative prompt "
+                          f"has no effect on it; leave it out")
     if conditioning == "label":
         if config.prompt is not None:
             raise IncompatibleError(
@@ -271,6 +281,16 @@ def _checked_condition(model: Entry, condition: Condition, built: Any = None) ->
         return condition
     checked = check(condition)
     return condition if checked is None else checked
+
+
+def _check_each_once(verifier_names: list[str]) -> None:
+    """Each verifier once: a second copy would be built, run and weighted as another verifier.
+    (An evaluator that is also searched on is allowed, as the model's default is with
+    ``--verifier shapes-judge``, the oracle ceiling; the run table then does not call it
+    independent. ``bench`` refuses it: its tables claim a held-out evaluator.)"""
+    for i, name in enumerate(verifier_names):
+        if name in verifier_names[:i]:
+            raise ConfigError("verifiers", f"{name!r} is named twice; name each verifier once")
 
 
 def _check_verifier_fits(

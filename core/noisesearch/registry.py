@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -68,17 +69,24 @@ class Entry:
         return describe_parameters(self.factory)
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Refuse options the factory does not take, naming the valid ones."""
-        known = option_names(self.factory)
-        if _takes_var_keyword(self.factory):
-            return
-        for key in options:
-            if key not in known:
-                valid = ", ".join(sorted(known)) or "(none)"
-                raise ConfigError(
-                    f"{self.kind} {self.name}: option {key!r}",
-                    f"not an option of this {self.kind}. Valid options: {valid}.",
-                )
+        """Refuse options the factory does not take, naming the valid ones, and values that do
+        not fit a simple annotation of the option (see :func:`value_checks`): ``neighbours=2.5``
+        would fail mid-run, after the run folder exists, and ``pivot_competes="no"`` would run
+        as true."""
+        if not _takes_var_keyword(self.factory):
+            known = option_names(self.factory)
+            for key in options:
+                if key not in known:
+                    valid = ", ".join(sorted(known)) or "(none)"
+                    raise ConfigError(
+                        f"{self.kind} {self.name}: option {key!r}",
+                        f"not an option of this {self.kind}. Valid options: {valid}.",
+                    )
+        checks = value_checks(self.factory)
+        for key, value in options.items():
+            check = checks.get(key)
+            if check is not None and not check[0](value):
+                raise ConfigError(f"{self.name}.{key}", f"expected {check[1]}, got {value!r}")
 
     def accepts(self, option: str) -> bool:
         return _takes_var_keyword(self.factory) or option in option_names(self.factory)
@@ -249,6 +257,94 @@ def _annotation_text(annotation: Any) -> str:
     return annotation if isinstance(annotation, str) else getattr(
         annotation, "__name__", repr(annotation)
     )
+
+
+#: A check of a value and what it expects, in words for a message.
+ValueCheck = tuple[Callable[[Any], bool], str]
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+_SCALAR_CHECKS: dict[str, ValueCheck] = {
+    "None": (lambda v: v is None, "null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (_finite_number, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def value_checks(factory: Callable[..., Any]) -> dict[str, ValueCheck]:
+    """The options of ``factory`` whose annotation is simple, with a check of their values.
+
+    Simple: ``bool`` (True or False only: ``bool("no")`` is True), ``int`` (not a bool or a
+    float), ``float`` (an int or float, finite: a NaN guidance scale turns guidance off), ``str``,
+    ``None``, ``list[...]``/``tuple[...]`` of those, ``dict[...]``, and unions of these. Other
+    annotations (``Sequence[str]``, ``Any``, a class) are left to the factory. Cached: planning
+    checks options on every search.
+    """
+    if not _hashable(factory):
+        return _value_checks(factory)
+    return _cached_value_checks(factory)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_value_checks(factory: Callable[..., Any]) -> dict[str, ValueCheck]:
+    return _value_checks(factory)
+
+
+def _value_checks(factory: Callable[..., Any]) -> dict[str, ValueCheck]:
+    checks = {p.name: _annotation_check(p.annotation) for p in describe_parameters(factory)}
+    return {name: check for name, check in checks.items() if check is not None}
+
+
+def _annotation_check(annotation: str) -> ValueCheck | None:
+    """The check of a simple annotation (as text: ``int | None``), None for any other."""
+    text = annotation.strip().replace("typing.", "").replace("NoneType", "None")
+    if not text:
+        return None
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = f"{text[len('Optional['):-1]} | None"
+    parts: list[ValueCheck] = []
+    for part in _split_top_level(text, "|"):
+        head, bracket, inner = part.partition("[")
+        if part in _SCALAR_CHECKS:
+            parts.append(_SCALAR_CHECKS[part])
+        elif head in ("list", "tuple", "List", "Tuple"):
+            items = _split_top_level(inner[:-1], ",") if bracket else []
+            item = _annotation_check(items[0]) if len(items) == 1 or items[1:] == ["..."] else None
+            parts.append(_sequence_check(item))
+        elif head in ("dict", "Dict"):
+            parts.append((lambda v: isinstance(v, dict), "a table"))
+        else:
+            return None  # not simple: the factory checks it
+    return (lambda v: any(accepts(v) for accepts, _ in parts)), " or ".join(what for _, what in parts)
+
+
+def _sequence_check(item: ValueCheck | None) -> ValueCheck:
+    if item is None:
+        return (lambda v: isinstance(v, (list, tuple))), "a list"
+    accepts, what = item
+    return (lambda v: isinstance(v, (list, tuple)) and all(accepts(x) for x in v)), f"a list (each {what})"
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside brackets, each part stripped."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == separator and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
 
 
 def _param_docs(obj: object) -> dict[str, str]:

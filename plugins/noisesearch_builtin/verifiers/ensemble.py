@@ -33,11 +33,31 @@ DEFAULT_MEMBERS = ("aesthetic", "clip-score")
 NAME = "ensemble"
 
 
-def _as_list(value: Sequence[Any] | str) -> list[Any]:
-    """Lists as given, or comma-separated on the command line (``members=aesthetic,clip-score``)."""
+def _as_list(value: Sequence[Any] | str | float) -> list[Any]:
+    """Lists as given, or comma-separated on the command line (``members=aesthetic,clip-score``);
+    one number is a list of one (``weights=1``: the count check then names the real problem)."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
     return list(value)
+
+
+def _weights(weights: Sequence[float] | str | float | None, members: int) -> list[float]:
+    """One non-negative weight per member (equal by default), checked before anything loads."""
+    from noisesearch.errors import ConfigError
+
+    if weights is None:
+        return [1.0] * members
+    try:
+        numbers = [float(w) for w in _as_list(weights)]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{NAME}.weights", f"must be numbers, got {weights!r}") from None
+    if len(numbers) != members:
+        raise ConfigError(f"{NAME}.weights", f"{len(numbers)} weights for {members} members")
+    if any(not math.isfinite(w) or w < 0 for w in numbers) or sum(numbers) <= 0:
+        raise ConfigError(f"{NAME}.weights", f"must be non-negative with a positive sum, got {numbers}")
+    return numbers
 
 
 def _member_entries(
@@ -94,8 +114,8 @@ class Ensemble:
     """Weighted mean of each member verifier's normalised rank over the pool, in [0, 1].
 
     :param members: verifier names (each built with its own options); a list, or comma-separated.
-    :param weights: one non-negative weight per member (a list, or comma-separated); default:
-        equal weights, as in the paper.
+    :param weights: one non-negative weight per member (a list, comma-separated, or one number
+        for one member); default: equal weights, as in the paper.
     :param member_options: options per member name, e.g. ``{"clip-score": {"scale": "clipscore"}}``.
     :param device: torch device passed to every member that takes one (unless its
         member_options set it).
@@ -106,37 +126,30 @@ class Ensemble:
         cls,
         members: Sequence[str] | str = DEFAULT_MEMBERS,
         member_options: Mapping[str, Mapping[str, Any]] | None = None,
+        weights: Sequence[float] | str | float | None = None,
         **_: Any,
     ) -> dict[str, Any]:
-        """What the ensemble needs: the union of its members' needs (read before loading)."""
+        """What the ensemble needs: the union of its members' needs (read before loading, so
+        the members and their weights are checked there too)."""
         from noisesearch.registry import verifier_requirements
 
         member_options = member_options or {}
+        entries = _member_entries(members, member_options)
+        _weights(weights, len(entries))
         needs: set[str] = set()
-        for entry in _member_entries(members, member_options):
+        for entry in entries:
             needs |= verifier_requirements(entry, dict(member_options.get(entry.name, {})))
         return {"requires": frozenset(needs)}
 
     def __init__(
         self,
         members: Sequence[str] | str = DEFAULT_MEMBERS,
-        weights: Sequence[float] | str | None = None,
+        weights: Sequence[float] | str | float | None = None,
         member_options: Mapping[str, Mapping[str, Any]] | None = None,
         device: str | None = None,
     ) -> None:
-        from noisesearch.errors import ConfigError
-
         entries = _member_entries(members, member_options)
-        if weights is None:
-            weights = [1.0] * len(entries)
-        try:
-            weights = [float(w) for w in _as_list(weights)]
-        except (TypeError, ValueError):
-            raise ConfigError(f"{NAME}.weights", f"must be numbers, got {weights!r}") from None
-        if len(weights) != len(entries):
-            raise ConfigError(f"{NAME}.weights", f"{len(weights)} weights for {len(entries)} members")
-        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"{NAME}.weights", f"must be non-negative with a positive sum, got {weights}")
+        weights = _weights(weights, len(entries))
         self.names = [entry.name for entry in entries]
         self.weights = dict(zip(self.names, weights))
         self.members: dict[str, Any] = {}
