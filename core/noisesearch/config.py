@@ -78,10 +78,10 @@ class RunConfig:
         ``search(**fields)`` and a RunConfig built by hand are held to the same rules: a string
         ``overwrite="no"`` is truthy and would replace a finished run.
         """
-        for name in _FIELD_KINDS:
-            if name == "model" and not isinstance(self.model, str):
-                continue  # an already-built model (search(model=obj)): plan() resolves or refuses it
-            check_kind(name, getattr(self, name))
+        for name, (accepts, _) in _FIELD_CHECKS.items():  # per search: one call per field
+            value = getattr(self, name)
+            if not accepts(value) and name != "model":  # a model object: plan() resolves or refuses it
+                check_kind(name, value)  # raises, naming the field
         for name, limit in LIMITS.items():
             value = getattr(self, name)
             if value is not None and (
@@ -186,6 +186,10 @@ _KIND_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tables": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
                "a table of option tables, one per verifier"),
 }
+
+
+#: Each field's check, looked up once (``validate`` runs on every search).
+_FIELD_CHECKS = {name: _KIND_CHECKS[kind] for name, kind in _FIELD_KINDS.items()}
 
 
 def check_kind(key: str, value: Any, where: str | None = None) -> None:
