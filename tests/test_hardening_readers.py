@@ -11,26 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from cli_helpers import invoke, refused
 
 import noisesearch
-from noisesearch.cli import build_app
 from noisesearch.errors import ConfigError
 from noisesearch.plugins import build_registries
 from noisesearch.recipes import recipe_problem
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(build_app(), list(args))
-
-
-def refused(result: Result, code: int = 2, *phrases: str) -> None:
-    """A clean exit with ``code``: typer's Exit, not an exception escaping the command."""
-    assert result.exit_code == code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    for phrase in phrases:
-        assert phrase in result.output, result.output
 
 
 @pytest.fixture(scope="module")
