@@ -91,6 +91,9 @@ def test_an_output_path_object_is_planned_as_text(tmp_path: Path) -> None:
     ("zero-order", "cosine=abc", "zero-order.cosine: expected a finite number, got 'abc'"),
     ("paths", "children=2.5", "paths.children: expected an integer, got 2.5"),
     ("paths", "forward=abc", "paths.forward: expected a finite number"),
+    # the factory's own check, in the stochastic sampler (a subclass of paths) under its own name
+    ("stochastic", "backward=0.1", "stochastic.backward: need 0 < forward < backward"),
+    ("paths", "backward=0.1", "paths.backward: need 0 < forward < backward"),
     ("smc", "resample_every=1.5", "smc.resample_every: expected an integer, got 1.5"),
     ("smc", "particles=2.5", "smc.particles: expected an integer or null, got 2.5"),
     ("smc", "churn=true", "smc.churn: expected a finite number, got True"),

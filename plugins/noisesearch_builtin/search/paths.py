@@ -56,6 +56,8 @@ class SearchOverPaths:
 
     #: Samples are finished from partial paths (no single trajectory of clean predictions).
     partial_paths: ClassVar[bool] = True
+    #: The registered name, in messages about options (a subclass registered apart sets its own).
+    name: ClassVar[str] = "paths"
 
     def __init__(
         self,
@@ -66,19 +68,21 @@ class SearchOverPaths:
         backward: float = 0.3,
         preset: str | None = None,
     ) -> None:
+        name = self.name
         if preset is not None:
             if preset not in PRESETS:
-                raise ConfigError("paths.preset", f"unknown preset {preset!r}; choose {sorted(PRESETS)}")
+                raise ConfigError(f"{name}.preset", f"unknown preset {preset!r}; choose {sorted(PRESETS)}")
             values = PRESETS[preset]
             start_level, forward, backward = values["start_level"], values["forward"], values["backward"]
         if (paths is not None and paths < 1) or children < 1:
-            raise ConfigError("paths.paths", f"paths and children must be >= 1, got {paths}, {children}")
+            raise ConfigError(f"{name}.paths", f"paths and children must be >= 1, got {paths}, {children}")
         if not 0.0 < start_level < 1.0:
-            raise ConfigError("paths.start_level", f"must be in (0, 1), got {start_level}")
+            raise ConfigError(f"{name}.start_level", f"must be in (0, 1), got {start_level}")
         if not 0.0 < forward < backward:
-            raise ConfigError("paths.backward", f"need 0 < forward < backward, got {forward}, {backward}")
+            raise ConfigError(f"{name}.backward", f"need 0 < forward < backward, got {forward}, {backward}")
         if start_level + forward > 1.0:
-            raise ConfigError("paths.forward", f"start_level + forward must be <= 1: {start_level + forward}")
+            reach = start_level + forward
+            raise ConfigError(f"{name}.forward", f"start_level + forward must be <= 1: {reach}")
         self.paths = paths
         self.children = children
         self.start_level = start_level
@@ -110,7 +114,7 @@ class SearchOverPaths:
     def run(self, context: SearchContext) -> None:
         end = context.levels[-1]
         if self.start_level <= end:
-            raise ConfigError("paths.start_level", f"must be above the grid's last level {end}")
+            raise ConfigError(f"{self.name}.start_level", f"must be above the grid's last level {end}")
         paths = self._paths(context)
         if paths == 0:  # too small a budget for one path: spend it on plain samples instead
             context.plain_samples()

@@ -37,6 +37,8 @@ class StochasticSampler(SearchOverPaths):
     :param preset: ``"paper"`` sets start_level, forward and backward to the paper's values.
     """
 
+    name = "stochastic"
+
     def nfe_cost(self, context: SearchContext, paths: int) -> int:
         levels = context.levels
         total = paths * context.solve_nfe(context.grid(levels[0], self.start_level))
