@@ -119,3 +119,26 @@ def test_the_core_heun_solver_has_no_pipeline_scheduler(
     result = _search(tiny("sd"), registries, tmp_path / "run", solver="heun", candidates=1)
     assert result.best_latents is not None
     assert result.latents_info["regenerates"] is False and result.latents_info["scheduler"] is None
+
+
+def test_the_saved_call_carries_the_negative_prompt(
+    tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    result = _search(tiny("sd"), registries, tmp_path / "run", candidates=2, negative_prompt="blurry, dark")
+    tensors, info = _saved(result.run_dir)
+    assert info["regenerates"] is True and info["kwargs"]["negative_prompt"] == "blurry, dark"
+    image = _pipeline_image(tiny("sd"), tensors["latents"], info)
+    torch.testing.assert_close(image, result.best.image[None].float(), atol=ATOL, rtol=0)
+
+
+def test_a_stochastic_flow_run_says_its_pipeline_cannot_regenerate_it(
+    tiny: Callable[[str], Path], registries: Registries, tmp_path: Path
+) -> None:
+    """The FLUX.1 and SD3 pipelines call ``scheduler.step`` without their generator: the recorded
+    step-noise seed cannot reach a stochastic scheduler there, so only replay regenerates the run."""
+    result = _search(tiny("flux"), registries, tmp_path / "run", candidates=2, solver="native",
+                     model_options={"scheduler_options": {"stochastic_sampling": True}})
+    assert "noise_seed" in result.best.recipe["ops"][0]  # the run did draw step noise
+    _, info = _saved(result.run_dir)
+    assert info["regenerates"] is False
+    assert "generator" in info["why"] and "noisesearch replay" in info["why"]

@@ -237,7 +237,7 @@ def run_plan(
             batch_size_from=batch_from,
         )
         result.best_latents, result.latents_info = pipeline_latents_info(
-            model, outcome.best, engine.levels, config.solver, plan.steps)
+            model, outcome.best, engine.levels, config.solver, plan.steps, plan.condition)
         inputs = dict(getattr(model, "input_hashes", None) or {})
         for candidate in {id(c): c for c in (result.best, result.baseline)}.values():
             if inputs:  # files the result depends on (img2img's image): replay checks them
@@ -398,12 +398,16 @@ def search_levels(model: Any, steps: int, solver: str | Solver = "ddim") -> list
 
 
 def pipeline_latents_info(
-    model: Any, best: Candidate, levels: list[float], solver: str, steps: int
+    model: Any, best: Candidate, levels: list[float], solver: str, steps: int,
+    condition: Condition | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The winner's noise as the model's pipeline takes ``latents=`` (``model.pipeline_latents``),
     and what regenerates the winner from it: ``regenerates`` is true only for a whole sample
     (one solve over the run's grid) with a solver that a pipeline scheduler runs; a winner of paths,
-    SMC or pruning (re-noised, resampled or resumed) needs its recipe (``noisesearch replay``)."""
+    SMC or pruning (re-noised, resampled or resumed) needs its recipe (``noisesearch replay``), and
+    so does one whose step noise the pipeline would draw elsewhere (a model whose
+    ``pipeline_step_generator`` is false: its pipeline does not pass ``generator`` to the
+    scheduler's step). ``condition``'s negative prompt goes into the call's ``kwargs``."""
     convert = getattr(model, "pipeline_latents", None)
     if not callable(convert) or best.noise is None:
         return None, {}
@@ -412,6 +416,9 @@ def pipeline_latents_info(
         return None, {}
     call = dict(model.pipeline_call(solver, steps))
     why_not = call.pop("why_not", None)  # the model says why its pipeline's latents= cannot (img2img)
+    negative = condition.negative_prompt if condition is not None else None
+    if negative is not None and isinstance(call.get("kwargs"), dict):
+        call["kwargs"] = {**call["kwargs"], "negative_prompt": negative}
     ops = best.recipe.get("ops", [])
     whole = (len(ops) == 1 and ops[0].get("op") == "solve"
              and [float(v) for v in ops[0]["levels"]] == [float(v) for v in levels])
@@ -428,6 +435,11 @@ def pipeline_latents_info(
         info["regenerates"] = False
         info["why"] = (f"no diffusers scheduler runs the {solver} solver; search with --solver ddim "
                        f"or native to regenerate the winner with the pipeline")
+    elif "noise_seed" in ops[0] and not getattr(model, "pipeline_step_generator", True):
+        info["regenerates"] = False
+        info["why"] = ("the pipeline does not pass its generator to the scheduler's step, so its "
+                       "stochastic scheduler would draw other step noise (from torch's global "
+                       "generator); replay the recipe (noisesearch replay RUN)")
     else:
         info["regenerates"] = True
         if "noise_seed" in ops[0]:  # a stochastic scheduler's step noise

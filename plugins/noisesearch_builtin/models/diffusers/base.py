@@ -561,6 +561,9 @@ class DiffusersModel:
         return a * self._init_latents.to(noise.device, noise.dtype) + b * noise
 
     # -- the pipeline's own call from a noise (best_noise.safetensors' "latents") ------------------
+    #: Whether the family's pipeline passes its ``generator`` to ``scheduler.step``, so that a
+    #: stochastic scheduler's step noise can be given to it (``noisesearch.api.pipeline_latents_info``).
+    pipeline_step_generator: ClassVar[bool] = True
     #: How ``pipeline_latents`` relates to the pipeline's ``latents=`` (said in the saved file).
     latents_scaling: ClassVar[str] = (
         "unscaled N(0, I) noise, shape (1, C, h, w); the pipeline multiplies it by its scheduler's "
@@ -591,10 +594,12 @@ class DiffusersModel:
         call: dict[str, Any] = {"scheduler": scheduler, "scheduler_options": options, "kwargs": kwargs}
         if getattr(self, "_init_latents", None) is not None:
             call["why_not"] = (
-                f"img2img: the pipeline's latents= does not start from the init image; run the family's "
-                f"img2img pipeline with image= the image's latents, strength={self.strength} and "
-                f"generator=torch.Generator().manual_seed(seed) for a candidate of seed seed "
-                f"(docs/models.md), or replay the recipe (noisesearch replay RUN)")
+                f"img2img: the pipeline's latents= does not start from the init image; with a "
+                f"deterministic scheduler, run the family's img2img pipeline with image= the image's "
+                f"latents, strength={self.strength} and generator=torch.Generator().manual_seed(seed) "
+                f"for a candidate of seed seed (docs/models.md); with a stochastic one (its step noise "
+                f"would come from that generator too) or any other: replay the recipe (noisesearch "
+                f"replay RUN)")
         return call
 
     def _core_solver_scheduler(self) -> str:

@@ -22,6 +22,10 @@ class FlowModel(DiffusersModel):
 
     cuda_dtype = "bfloat16"
     img2img_flow_rounding = True  # t_start as the SD3 and FLUX img2img pipelines round it
+    #: The SD3 and FLUX pipelines call ``scheduler.step`` without their generator: a stochastic
+    #: scheduler's step noise then comes from torch's global generator, so the pipeline given
+    #: ``latents=`` and the recorded step-noise seeds cannot regenerate a stochastic run.
+    pipeline_step_generator = False
 
     def _setup_schedule(self) -> None:
         config = self.pipe.scheduler.config
