@@ -372,6 +372,10 @@ def test_cli_searches_a_saved_pipeline_folder_with_a_text_verifier(
     assert run["config"]["model"] == "hf" and run["config"]["model_options"]["path"] == "./sd"
     assert run["usage"]["candidates"] == 2 and run["nfe_per_candidate"] == 2
     assert (out / "best.png").exists()
+    # hf runs are told apart by their pipeline: the folder's name, not just "hf"
+    for command in (["show", str(out)], ["runs", str(tmp_path)]):
+        shown = CliRunner().invoke(build_app(), command)
+        assert shown.exit_code == 0 and "hf:sd" in shown.output, shown.output
 
 
 # -- planning: traits, presets and bad input, before any weights load ---------------------------

@@ -19,6 +19,7 @@ from noisesearch.config import RunConfig
 from noisesearch.engine import Engine, EngineResult, Scorer, Usage
 from noisesearch.errors import ConfigError, RunInterrupted
 from noisesearch.faults import blame
+from noisesearch.names import model_label
 from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are public here too
     DEFAULT_OUTPUT_ROOT,
     NO_EVALUATOR,
@@ -186,8 +187,8 @@ def run_plan(
     try:
         if write:
             folder = plan.output or results.default_run_dir(
-                DEFAULT_OUTPUT_ROOT, config.model, condition_slug(plan.condition)
-            )
+                DEFAULT_OUTPUT_ROOT, model_label(config.model, config.model_options),
+                condition_slug(plan.condition))
             _make_run_folder(folder)
             held.enter_context(locking.hold(folder))  # nothing is written here before this
             journal = _open_journal(folder, plan, resume, fingerprint.fingerprint(plan), journaled)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
 
 #: Longest name :func:`safe_name` returns, hash suffix included.
 MAX_NAME_LENGTH = 60
@@ -48,3 +51,15 @@ def safe_token(text: str, max_length: int = MAX_NAME_LENGTH) -> str:
     if len(text) <= max_length and _TOKEN.fullmatch(text):
         return text
     return safe_name(text, max_length, fallback="name")
+
+
+def model_label(model: Any, options: Mapping[str, Any] | None = None) -> str:
+    """A run's model as people tell runs apart: its name, and for a model given by a ``path``
+    option (``hf``) the pipeline too: ``hf:stabilityai/sdxl-turbo`` for a hub id, ``hf:sd-tiny`` for
+    a local folder (its last component: the full path is in ``run.json``)."""
+    name = str(model)
+    path = (options or {}).get("path") if isinstance(options, Mapping) else None
+    if not isinstance(path, str) or not path or ":" in name:
+        return name
+    local = PurePath(path).is_absolute() or path.startswith((".", "~"))
+    return f"{name}:{PurePath(path).name if local else path}"

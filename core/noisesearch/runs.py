@@ -16,6 +16,7 @@ from typing import Any
 
 from noisesearch.errors import NoiseSearchError
 from noisesearch.finite import FLAG
+from noisesearch.names import model_label
 from noisesearch.results import SCHEMA_VERSION
 
 RUN_JSON = "run.json"
@@ -271,7 +272,7 @@ def run_summary(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
     return {
         "run": name,
         "path": str(record.path),
-        "model": config.get("model"),
+        "model": model_label(config["model"], config.get("model_options")) if config.get("model") else None,
         "condition": run.get("condition"),
         "strategy": config.get("strategy"),
         "objective": record.objective,

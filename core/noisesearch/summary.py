@@ -20,7 +20,10 @@ def print_summary(result: SearchResult) -> None:
         caption += f"; judge: {evaluator} (also searched on: not independent)"
     elif evaluator:
         caption += f"; judge: {evaluator} (independent, not searched on)"
-    table = Table(title=f"noisesearch run: {result.config.model} {result.condition.to_json()}",
+    from noisesearch.names import model_label
+
+    model = model_label(result.config.model, result.config.model_options)
+    table = Table(title=f"noisesearch run: {model} {result.condition.to_json()}",
                   caption=caption)
     table.add_column("")
     table.add_column("score", justify="right")
