@@ -217,3 +217,15 @@ def test_img2img_is_refused_before_loading_where_the_family_has_none(
     ])
     assert result.exit_code == 2, result.output
     assert "SD 1.x/2.x" in result.output and "Traceback" not in result.output
+
+
+def test_img2img_on_dit_gets_the_img2img_refusal_not_an_unknown_option(
+    tiny: Callable[[str], Path], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(build_app(), [
+        "run", "--model", f"hf:{tiny('dit')}", "--label", "3", "--candidates", "1",
+        "--init-image", str(_image(tmp_path / "init.png")), "--dry-run",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "init_image (--init-image)" in result.output and "SD 1.x/2.x" in result.output
+    assert "not an option" not in result.output and "Traceback" not in result.output

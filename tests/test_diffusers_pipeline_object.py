@@ -85,3 +85,21 @@ def test_bad_pipeline_objects_and_options_are_refused(registries: Registries) ->
         _search(DDPMPipeline.__new__(DDPMPipeline), registries)
     with pytest.raises(ConfigError, match="not for a pipeline already in memory"):
         _search(build("sd"), registries, model_options={"path": "x"})
+
+
+def test_an_img2img_or_subclassed_pipeline_is_refused_with_the_way_to_search_it(
+    registries: Registries,
+) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    img2img = StableDiffusionImg2ImgPipeline.__new__(StableDiffusionImg2ImgPipeline)
+    with pytest.raises(IncompatibleError, match=r"StableDiffusionPipeline\(\*\*pipe.components\) and "
+                                                r"model_options=\{'init_image'"):
+        _search(img2img, registries)
+
+    class MyPipeline(StableDiffusionPipeline):  # a user's subclass: its own sampling would be ignored
+        pass
+
+    with pytest.raises(IncompatibleError, match=r"subclass of diffusers' StableDiffusionPipeline.*"
+                                                r"StableDiffusionPipeline\(\*\*pipe.components\)"):
+        _search(MyPipeline.__new__(MyPipeline), registries)

@@ -9,11 +9,12 @@ fails before any weights load.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.registry import describe_parameters
-from noisesearch_builtin.models.diffusers import index
+from noisesearch_builtin.models.diffusers import img2img, index, lora
 from noisesearch_builtin.models.diffusers.dit import DiTModel
 from noisesearch_builtin.models.diffusers.flux import FluxModel
 from noisesearch_builtin.models.diffusers.pixart import PixArtSigmaModel
@@ -55,6 +56,10 @@ def adapter_for(path: str | None) -> type[DiffusersModel]:
 def _check_options(adapter: type[DiffusersModel], path: str, options: dict[str, Any]) -> None:
     valid = {p.name for p in describe_parameters(adapter)}
     for key in options:
+        if key in ("init_image", "strength") and key not in valid:  # a family without img2img
+            option = img2img.OPTION if key == "init_image" else img2img.STRENGTH
+            raise ConfigError(option, f"img2img runs on the {img2img.FAMILIES} pipelines; {path!r} "
+                              f"holds a {adapter.__name__.removesuffix('Model')} pipeline: leave it out")
         if key not in valid:
             raise ConfigError(
                 f"model hf: option {key!r}",
@@ -120,12 +125,23 @@ def wrap(pipeline: Any, **options: Any) -> DiffusersModel | None:
     by the adapter of its class; None for an object that is not a diffusers pipeline. Its LoRAs,
     scheduler and offload stay as the user set them; ``options`` are the model's (no ``path``)."""
     module = type(pipeline).__module__ or ""
-    if not module.startswith("diffusers"):
-        return None
     name = type(pipeline).__name__
+    if not module.startswith("diffusers"):
+        base = _supported_base(type(pipeline))
+        if base is not None:  # a user's subclass: its own changes to sampling would not be searched
+            raise IncompatibleError(
+                f"a {name} is a subclass of diffusers' {base}, which noisesearch searches with "
+                f"{base}'s own sampling, not the subclass's: pass {base}(**pipe.components) to search "
+                f"it so")
+        return None
     if name not in SUPPORTED_PIPELINES:
+        hint = ""
+        if "Img2Img" in name:
+            family = name.replace("Img2Img", "")
+            hint = (f" For img2img, search the text-to-image pipeline with an init image: "
+                    f"{family}(**pipe.components) and model_options={{'init_image': ..., 'strength': ...}}.")
         raise IncompatibleError(f"a {name} cannot be searched. Supported pipeline classes: "
-                                f"{', '.join(sorted(SUPPORTED_PIPELINES))}.")
+                                f"{', '.join(sorted(SUPPORTED_PIPELINES))}.{hint}")
     adapter = SUPPORTED_PIPELINES[name]
     given = {k: v for k, v in options.items() if v is not None}
     for key in ("path", "variant"):
@@ -135,5 +151,48 @@ def wrap(pipeline: Any, **options: Any) -> DiffusersModel | None:
     return adapter.from_pipeline(pipeline, **given)
 
 
+def _supported_base(cls: type) -> str | None:
+    """The supported diffusers pipeline class that ``cls`` derives from, if any."""
+    for base in cls.__mro__[1:]:
+        if (base.__module__ or "").startswith("diffusers") and base.__name__ in SUPPORTED_PIPELINES:
+            return base.__name__
+    return None
+
+
+def normalize_options(**options: Any) -> dict[str, Any]:
+    """The options as ``run.json`` records them: local files and folders (``path``, ``init_image``,
+    ``lora`` entries) as absolute paths, so that replay, ``--resume`` and ``--config run.json`` from
+    another directory mean the same files (a relative ``pipes/sd`` there would be read as a hub id,
+    or be another folder). Paths that do not exist are left as given: the checks refuse them."""
+    out = dict(options)
+    for key in ("path", "init_image"):
+        value = out.get(key)
+        if isinstance(value, str) and value:
+            out[key] = _absolute(value)
+    entries = out.get("lora")
+    if isinstance(entries, (str, list, tuple)) and entries:
+        given = [entries] if isinstance(entries, str) else list(entries)
+        resolved = [_absolute_lora(entry) for entry in given]
+        out["lora"] = resolved[0] if isinstance(entries, str) else resolved
+    return out
+
+
+def _absolute(path: str) -> str:
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def _absolute_lora(entry: Any) -> Any:
+    """``PATH[:SCALE]`` with a local ``PATH`` made absolute (the scale kept as written)."""
+    if not isinstance(entry, str) or not entry.strip():
+        return entry
+    text = entry.strip()
+    spec = lora.parse(text)[0]
+    if not text.startswith(spec.path) or not lora.looks_local(spec.path):
+        return entry
+    return _absolute(spec.path) + text[len(spec.path):]
+
+
 hf_pipeline.describe = describe  # type: ignore[attr-defined]  # traits depend on the path
+hf_pipeline.normalize_options = normalize_options  # type: ignore[attr-defined]  # recorded paths
 hf_pipeline.wrap = wrap  # type: ignore[attr-defined]  # search(model=pipe): a pipeline in memory
