@@ -71,6 +71,18 @@ def test_a_grid_file_is_read_and_unknown_keys_are_refused(tmp_path: Path) -> Non
     assert result.exit_code == 2 and "budget: unknown key" in result.output
 
 
+def test_an_evaluator_that_is_a_searched_ensembles_member_is_refused(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text('models = ["digits"]\nbudgets = [40]\nverifiers = ["ensemble"]\n'
+                    'evaluators = ["digits-evaluator"]\n[verifier_options.ensemble]\n'
+                    'members = ["digits-classifier", "digits-evaluator"]\n')
+    out = tmp_path / "bench"
+    result = invoke("bench", str(grid), "-o", str(out))
+    assert result.exit_code == 2, result.output
+    assert "Error: evaluators" in result.output and "digits-evaluator" in result.output
+    assert not out.exists()
+
+
 def test_cells_cover_strategies_and_the_three_baselines_with_stable_keys(tmp_path: Path) -> None:
     registries = build_registries()
     grid = small_grid(tmp_path / "a", budgets=[40, 80], seeds=[0, 1])

@@ -237,6 +237,15 @@ def test_a_verifier_named_twice_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_an_evaluator_searched_on_as_an_ensembles_member_is_not_called_independent(tmp_path: Path) -> None:
+    result = invoke("run", *DIGITS, "--verifier", "ensemble", "--verifier-opt",
+                    "ensemble.members=digits-classifier,digits-evaluator", "--candidates", "2", "--steps", "2",
+                    "-o", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "judge: digits-evaluator (also searched on: not independent)" in text
+
+
 @pytest.mark.parametrize("named", [False, True], ids=["default-evaluator", "named-evaluator"])
 def test_an_evaluator_that_is_also_searched_on_is_not_called_independent(named: bool, tmp_path: Path) -> None:
     """The quickstart's oracle ceiling (``--verifier shapes-judge``, whose default evaluator it is),

@@ -30,7 +30,7 @@ from noisesearch.planning import (  # noqa: F401 - plan() and model_traits() are
     plan_saved_run,
 )
 from noisesearch.plugins import Registries, build_registries
-from noisesearch.registry import verifier_requirements
+from noisesearch.registry import searched_names, verifier_requirements
 from noisesearch.sampling import Solver, resolve_solver
 from noisesearch.types import Candidate, Condition
 
@@ -69,6 +69,9 @@ class SearchResult:
     #: Where ``config.batch_size`` came from: "user", "remembered" or "model default"
     #: (``noisesearch.batch_memory``).
     batch_size_from: str | None = None
+    #: Every verifier the search scored by: ``config.verifiers`` and their members (an ensemble's),
+    #: so that an evaluator among them is not called held out.
+    searched: list[str] = field(default_factory=list)
 
     @property
     def image(self) -> Any:
@@ -236,6 +239,7 @@ def run_plan(
             baseline_origin=outcome.baseline_origin,
             loading=loaded,
             batch_size_from=batch_from,
+            searched=sorted(searched_names(plan.verifiers, config.verifier_options)),
         )
         result.best_latents, result.latents_info = pipeline_latents_info(
             model, outcome.best, engine.levels, config.solver, plan.steps, plan.condition)

@@ -10,7 +10,7 @@ import functools
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -371,6 +371,19 @@ def _takes_var_keyword(factory: Callable[..., Any]) -> bool:
 @functools.lru_cache(maxsize=512)
 def _cached_takes_var_keyword(factory: Callable[..., Any]) -> bool:
     return _option_sources(factory)[1]
+
+
+def searched_names(entries: Iterable[Entry], options: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """The verifiers a search with ``entries`` scores by: their names and, for a verifier that runs
+    others (an ensemble: ``describe(**options)["members"]``), theirs. An evaluator among them is
+    not held out, whatever name it is searched under."""
+    names: set[str] = set()
+    for entry in entries:
+        names.add(entry.name)
+        describe = getattr(entry.factory, "describe", None)
+        if callable(describe):
+            names.update(describe(**dict(options.get(entry.name, {}))).get("members", ()))
+    return frozenset(names)
 
 
 def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[str]:

@@ -16,7 +16,7 @@ def print_summary(result: SearchResult) -> None:
     objective = result.config.verifiers[0]
     evaluator = result.config.evaluator if result.config.evaluator != "none" else None
     caption = f"score: {objective} (searched on)"
-    if evaluator in result.config.verifiers:  # e.g. the model's default judge, searched on
+    if evaluator in (result.searched or result.config.verifiers):  # the default judge, an ensemble member
         caption += f"; judge: {evaluator} (also searched on: not independent)"
     elif evaluator:
         caption += f"; judge: {evaluator} (independent, not searched on)"

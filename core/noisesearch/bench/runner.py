@@ -17,6 +17,7 @@ from noisesearch.bench.cells import Cell, cell_key, make_cell
 from noisesearch.bench.grid import BenchGrid
 from noisesearch.bench.suites import check_items, load_suite, subset
 from noisesearch.errors import ConfigError, UnknownNameError
+from noisesearch.registry import searched_names
 
 DEFAULT_BENCH_ROOT = Path("noisesearch-bench")
 BENCH_JSON = "bench.json"
@@ -75,7 +76,8 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
             _get(registries.verifiers, name, "verifiers")
         for name in evaluators:
             _get(registries.verifiers, name, "evaluators")
-        both = set(verifiers) & set(evaluators)
+        searched = searched_names([registries.verifiers.get(n) for n in verifiers], grid.verifier_options)
+        both = searched & set(evaluators)  # an ensemble's members are searched on too
         if both:
             raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
                               "evaluator must be held out, or it cannot show verifier hacking")

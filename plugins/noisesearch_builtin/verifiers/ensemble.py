@@ -130,7 +130,8 @@ class Ensemble:
         **_: Any,
     ) -> dict[str, Any]:
         """What the ensemble needs: the union of its members' needs (read before loading, so
-        the members and their weights are checked there too)."""
+        the members and their weights are checked there too); and its members' names (an
+        evaluator among them is searched on, not held out)."""
         from noisesearch.registry import verifier_requirements
 
         member_options = member_options or {}
@@ -139,7 +140,7 @@ class Ensemble:
         needs: set[str] = set()
         for entry in entries:
             needs |= verifier_requirements(entry, dict(member_options.get(entry.name, {})))
-        return {"requires": frozenset(needs)}
+        return {"requires": frozenset(needs), "members": [entry.name for entry in entries]}
 
     def __init__(
         self,
