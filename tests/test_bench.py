@@ -71,6 +71,13 @@ def test_a_grid_file_is_read_and_unknown_keys_are_refused(tmp_path: Path) -> Non
     assert result.exit_code == 2 and "budget: unknown key" in result.output
 
 
+def test_a_strategy_option_may_be_a_list_on_the_command_line() -> None:
+    from noisesearch.bench.grid import parse_strategy
+
+    spec = parse_strategy("pruning:checkpoints=[0.6,0.3],keep=0.5")
+    assert spec.name == "pruning" and spec.options == {"checkpoints": [0.6, 0.3], "keep": 0.5}
+
+
 def test_an_evaluator_that_is_a_searched_ensembles_member_is_refused(tmp_path: Path) -> None:
     grid = tmp_path / "grid.toml"
     grid.write_text('models = ["digits"]\nbudgets = [40]\nverifiers = ["ensemble"]\n'

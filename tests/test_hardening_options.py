@@ -238,9 +238,9 @@ def test_a_verifier_named_twice_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_evaluator_searched_on_as_an_ensembles_member_is_not_called_independent(tmp_path: Path) -> None:
-    result = invoke("run", *DIGITS, "--verifier", "ensemble", "--verifier-opt",
-                    "ensemble.members=digits-classifier,digits-evaluator", "--candidates", "2", "--steps", "2",
-                    "-o", str(tmp_path / "run"))
+    members = "ensemble.members=digits-classifier,digits-evaluator"
+    result = invoke("run", *DIGITS, "--verifier", "ensemble", "--verifier-opt", members,
+                    "--candidates", "2", "--steps", "2", "-o", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "judge: digits-evaluator (also searched on: not independent)" in text

@@ -313,12 +313,12 @@ def _annotation_check(annotation: str) -> ValueCheck | None:
     if text.startswith("Optional[") and text.endswith("]"):
         text = f"{text[len('Optional['):-1]} | None"
     parts: list[ValueCheck] = []
-    for part in _split_top_level(text, "|"):
+    for part in split_top_level(text, "|"):
         head, bracket, inner = part.partition("[")
         if part in _SCALAR_CHECKS:
             parts.append(_SCALAR_CHECKS[part])
         elif head in ("list", "tuple", "List", "Tuple"):
-            items = _split_top_level(inner[:-1], ",") if bracket else []
+            items = split_top_level(inner[:-1], ",") if bracket else []
             item = _annotation_check(items[0]) if len(items) == 1 or items[1:] == ["..."] else None
             parts.append(_sequence_check(item))
         elif head in ("dict", "Dict"):
@@ -335,11 +335,12 @@ def _sequence_check(item: ValueCheck | None) -> ValueCheck:
     return (lambda v: isinstance(v, (list, tuple)) and all(accepts(x) for x in v)), f"a list (each {what})"
 
 
-def _split_top_level(text: str, separator: str) -> list[str]:
-    """``text`` split at ``separator`` outside brackets, each part stripped."""
+def split_top_level(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside brackets and braces, each part stripped (an
+    annotation's ``dict[str, int] | None``, a list value's ``keep=[0.6,0.3]``)."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
-        depth += {"[": 1, "]": -1}.get(char, 0)
+        depth += {"[": 1, "]": -1, "{": 1, "}": -1}.get(char, 0)
         if char == separator and depth == 0:
             parts.append(text[start:i].strip())
             start = i + 1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from noisesearch.errors import ConfigError, UnknownNameError
+from noisesearch.registry import split_top_level
 
 #: The baselines every bench runs beside its strategies, at the same NFEs (docs/bench.md).
 BASELINES = ("default", "more-steps", "stochastic")
@@ -37,10 +38,11 @@ def _short(value: Any) -> str:
 
 
 def parse_strategy(text: str) -> StrategySpec:
-    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (values are JSON where they parse)."""
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (values are JSON where they parse; a list's or
+    table's commas stay in its value: ``pruning:checkpoints=[0.6,0.3],keep=0.5``)."""
     name, _, rest = text.partition(":")
     options: dict[str, Any] = {}
-    for pair in filter(None, (part.strip() for part in rest.split(","))):
+    for pair in filter(None, split_top_level(rest, ",")):
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError("strategies", f"expected NAME:KEY=VALUE,..., got {text!r}")
