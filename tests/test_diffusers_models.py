@@ -378,6 +378,19 @@ def test_cli_searches_a_saved_pipeline_folder_with_a_text_verifier(
         assert shown.exit_code == 0 and "hf:sd" in shown.output, shown.output
 
 
+def test_models_hf_lists_the_adapters_options_and_hf_path_its_familys(tiny: Callable[[str], Path]) -> None:
+    """``noisesearch models hf`` shows what ``--model-opt`` takes beyond hf's own keywords (the
+    options every adapter shares), and ``models hf:PATH`` the options of that pipeline's family."""
+    shared = CliRunner().invoke(build_app(), ["models", "hf"])
+    assert shared.exit_code == 0, shared.output
+    for option in ("scheduler", "lora", "init_image", "compile", "guidance_rescale"):
+        assert f"--model-opt {option}=" in shared.output
+    flux = CliRunner().invoke(build_app(), ["models", f"hf:{tiny('flux')}"])
+    assert flux.exit_code == 0, flux.output
+    assert "--model-opt true_cfg_scale=" in flux.output and "--model-opt max_sequence_length=" in flux.output
+    assert "true_cfg_scale" not in shared.output  # a family's own option, not every adapter's
+
+
 # -- planning: traits, presets and bad input, before any weights load ---------------------------
 
 

@@ -100,15 +100,24 @@ def _kind_command(app: typer.Typer, command: str, kind: str) -> None:
         with user_errors():
             registry = build_registries(_plugin_manager()).of(kind)
             if name is not None:
+                options: dict[str, Any] = {}
+                if kind == "model":  # hf:<id-or-folder>: the options of that pipeline's adapter
+                    from noisesearch.config import RunConfig
+                    from noisesearch.planning import _expand_model_prefix
+
+                    probe = RunConfig(model=name)
+                    _expand_model_prefix(probe)
+                    name, options = str(probe.model), probe.model_options
                 entry = registry.get(name)
-                detail = {**entry.to_json(), "parameters": [p.to_json() for p in entry.parameters()]}
+                parameters = entry.parameters(options)
+                detail = {**entry.to_json(), "parameters": [p.to_json() for p in parameters]}
                 if as_json:
                     _print_json(detail)
                     return
                 typer.echo(f"{entry.name} (plugin {entry.plugin})")
                 typer.echo(f"  {entry.description}")
                 prefix = f"{entry.name}." if kind == "verifier" else ""
-                for param in entry.parameters():
+                for param in parameters:
                     default = "required" if param.required else f"default {param.default!r}"
                     typer.echo(f"  --{kind}-opt {prefix}{param.name}=...  ({default}) {param.help}")
                 return

@@ -65,8 +65,15 @@ class Entry:
     plugin: str
     description: str
 
-    def parameters(self) -> list[Parameter]:
-        return describe_parameters(self.factory)
+    def parameters(self, options: dict[str, Any] | None = None) -> list[Parameter]:
+        """The factory's options; for a factory that passes ``**options`` on to another
+        (``options_of(**options)``: ``hf`` to the adapter of its pipeline's family), that one's too."""
+        params = describe_parameters(self.factory)
+        passes_to = getattr(self.factory, "options_of", None)
+        if callable(passes_to):
+            known = {p.name for p in params}
+            params += [p for p in describe_parameters(passes_to(**(options or {}))) if p.name not in known]
+        return params
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse options the factory does not take, naming the valid ones, and values that do

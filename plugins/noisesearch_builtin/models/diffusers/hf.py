@@ -193,6 +193,15 @@ def _absolute_lora(entry: Any) -> Any:
     return _absolute(spec.path) + text[len(spec.path):]
 
 
+def options_of(path: str | None = None, **_: Any) -> type[DiffusersModel]:
+    """Where ``**options`` go (``noisesearch models hf``, ``models hf:PATH``): the adapter of the
+    pipeline at ``path``, or without one the options every adapter shares."""
+    from noisesearch_builtin.models.diffusers.base import DiffusersModel
+
+    return adapter_for(path) if path else DiffusersModel
+
+
 hf_pipeline.describe = describe  # type: ignore[attr-defined]  # traits depend on the path
+hf_pipeline.options_of = options_of  # type: ignore[attr-defined]  # the adapter's options, listed
 hf_pipeline.normalize_options = normalize_options  # type: ignore[attr-defined]  # recorded paths
 hf_pipeline.wrap = wrap  # type: ignore[attr-defined]  # search(model=pipe): a pipeline in memory
