@@ -229,3 +229,14 @@ def test_img2img_on_dit_gets_the_img2img_refusal_not_an_unknown_option(
     assert result.exit_code == 2, result.output
     assert "init_image (--init-image)" in result.output and "SD 1.x/2.x" in result.output
     assert "not an option" not in result.output and "Traceback" not in result.output
+
+
+def test_a_relative_init_image_is_recorded_absolute(
+    tiny: Callable[[str], Path], registries: Registries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.json names the files a run read so that they mean the same from any directory."""
+    _image(tmp_path / "init.png")
+    monkeypatch.chdir(tmp_path)
+    result = _search(tiny("sd"), Path("init.png"), registries, candidates=1)
+    assert result.config.model_options["init_image"] == str((tmp_path / "init.png").resolve())
+    assert result.config.model_options["path"] == str(tiny("sd").resolve())

@@ -369,13 +369,18 @@ def test_cli_searches_a_saved_pipeline_folder_with_a_text_verifier(
     ])
     assert result.exit_code == 0, result.output
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["model"] == "hf" and run["config"]["model_options"]["path"] == "./sd"
+    # recorded absolute: replay, --resume and --config run.json mean this folder from anywhere
+    assert run["config"]["model"] == "hf"
+    assert run["config"]["model_options"]["path"] == str(tiny("sd").resolve())
     assert run["usage"]["candidates"] == 2 and run["nfe_per_candidate"] == 2
     assert (out / "best.png").exists()
     # hf runs are told apart by their pipeline: the folder's name, not just "hf"
     for command in (["show", str(out)], ["runs", str(tmp_path)]):
         shown = CliRunner().invoke(build_app(), command)
         assert shown.exit_code == 0 and "hf:sd" in shown.output, shown.output
+    monkeypatch.chdir(tmp_path)  # where ./sd is nothing (it was read as a hub id before)
+    replayed = CliRunner().invoke(build_app(), ["replay", str(out)])
+    assert replayed.exit_code == 0 and "Traceback" not in replayed.output, replayed.output
 
 
 def test_models_hf_lists_the_adapters_options_and_hf_path_its_familys(tiny: Callable[[str], Path]) -> None:
@@ -389,6 +394,21 @@ def test_models_hf_lists_the_adapters_options_and_hf_path_its_familys(tiny: Call
     assert flux.exit_code == 0, flux.output
     assert "--model-opt true_cfg_scale=" in flux.output and "--model-opt max_sequence_length=" in flux.output
     assert "true_cfg_scale" not in shared.output  # a family's own option, not every adapter's
+
+
+def test_local_paths_in_hf_options_are_made_absolute_and_hub_ids_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from noisesearch_builtin.models.diffusers.hf import normalize_options
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "init.png").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    out = normalize_options(path="owner/model", init_image="init.png",
+                            lora=["adapter:0.5", "owner/lora", "gone"], height=16)
+    assert out == {"path": "owner/model", "init_image": str(tmp_path.resolve() / "init.png"),
+                   "lora": [f"{tmp_path.resolve() / 'adapter'}:0.5", "owner/lora", "gone"], "height": 16}
+    assert normalize_options(lora="adapter")["lora"] == str(tmp_path.resolve() / "adapter")
 
 
 # -- planning: traits, presets and bad input, before any weights load ---------------------------
@@ -469,7 +489,7 @@ def test_bad_condition_or_option_fails_at_planning(
 
 
 def test_family_options_pass_through_hf(tiny: Callable[[str], Path], registries: Registries) -> None:
-    checked = _plan(registries, model=f"hf:{tiny('flux')}", prompt="x",
+    checked = _plan(registries, model=f"hf:{tiny('flux')}", prompt="x", negative_prompt="blurry",
                     model_options={"max_sequence_length": 64, "true_cfg_scale": 2.0})
     assert checked.config.model_options["max_sequence_length"] == 64
 

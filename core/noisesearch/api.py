@@ -632,14 +632,22 @@ def search(
         write = built_model is None or _registered(built_model, registries)
     checked = plan(config, registries, built_model=built_model, built_verifiers=built_verifiers,
                    check_output=write)
-    if executor in (None, "local") and not executor_options:
-        return run_plan(checked, progress=progress, write=write)
-    spread = search_executor(executor, executor_options or {}, checked)  # before anything is made
     try:
-        return run_plan(checked, progress=progress, write=write, dispatch=spread_dispatch(spread, checked))
+        if executor in (None, "local") and not executor_options:
+            return run_plan(checked, progress=progress, write=write)
+        spread = search_executor(executor, executor_options or {}, checked)  # before anything is made
+        try:
+            dispatch = spread_dispatch(spread, checked)
+            return run_plan(checked, progress=progress, write=write, dispatch=dispatch)
+        finally:
+            if spread is not executor:  # made here: its cluster and actors go with the search
+                spread.close()
     finally:
-        if spread is not executor:  # made here: its cluster and actors go with the search
-            spread.close()
+        wrapped = checked.built_model
+        if wrapped is not None and wrapped is not built_model:  # made here around the user's object
+            close = getattr(wrapped, "close", None)
+            if callable(close):  # a diffusers pipeline gets its adapters back, failed search or not
+                close()
 
 
 def spread_dispatch(spread: Any, checked: Plan) -> Dispatch:

@@ -77,6 +77,9 @@ def plan(
         raise ConfigError("model", f"must be a model name (see `noisesearch models`), got {config.model!r}")
     _expand_model_prefix(config)
     model = registries.models.get(config.model)
+    normalize = getattr(model.factory, "normalize_options", None)
+    if callable(normalize):  # as run.json records them: e.g. local paths made absolute (hf)
+        config.model_options = normalize(**config.model_options)
     if built_model is None:
         model.check_options(with_device(model, config.model_options, config.device))
         _check_devices(config)
@@ -86,6 +89,8 @@ def plan(
     if callable(traits.get("check_steps")):  # the model's options against the run's steps
         traits["check_steps"](config.steps or traits["default_steps"])
     condition = _checked_condition(model, _condition(config, model, traits), built_model)
+    if callable(traits.get("check_negative_prompt")):  # one no branch would read: refused
+        traits["check_negative_prompt"](condition.negative_prompt)
     verifier_names = config.verifiers or list(traits["default_verifiers"])
     if not verifier_names:
         raise ConfigError("verifiers", f"model {model.name!r} has no default verifier: name one")
@@ -110,7 +115,10 @@ def plan(
     if config.solver == "native" and not traits.get("native_solver"):
         raise ConfigError("solver", f"model {model.name!r} has no native sampler of its own; "
                           f"use ddim or heun")
+    if config.solver == "native":
+        _check_native_restarts(strategy, model, traits)
     steps = config.steps or traits["default_steps"]
+    _check_max_steps(steps, traits)
     budget = Budget(candidates=config.effective_candidates(), nfe=config.budget_nfe)
     order = traits.get("native_order") or 1
     if callable(order):  # read only when it matters: it may import the model's library
@@ -190,6 +198,16 @@ MODEL_TRAITS: dict[str, Any] = {
     # a callable ``check_steps(steps)`` that refuses (ConfigError) a number of steps the model's
     # options cannot run (img2img: a strength that leaves no step), before anything loads
     "check_steps": None,
+    # whether that sampler can start a solve part-way along its grid, as strategies that solve
+    # from mid-path states need (False: PNDM, whose step keeps a history); or a callable that
+    # returns it, called only for --solver native with such a strategy
+    "native_restartable": True,
+    # the most --steps the model runs (a DDPM-trained network: its training timesteps); None: any
+    "max_steps": None,
+    # a callable ``check_negative_prompt(negative_prompt)`` that refuses (ConfigError) a negative
+    # prompt the model's options would ignore (no guidance branch reads it), or an option that
+    # needs one, before anything loads
+    "check_negative_prompt": None,
 }
 _UNSET = object()
 #: ``--model hf:<id-or-folder>`` is the model ``hf`` with the option ``path``.
@@ -334,6 +352,43 @@ def _check_strategy_fits(strategy: Entry, verifiers: list[Entry], config: RunCon
                 f"{strategy.name!r} does not keep (it re-noises or resamples along the way); "
                 f"use it with random or zero-order search"
             )
+
+
+def solves_mid_path(strategy: Entry) -> bool:
+    """Whether a strategy solves from states part-way along the grid (re-noised, resampled or
+    partly solved ones: paths, smc, pruning), as it declares with ``mid_path_solves``; a
+    strategy that does not declares it with ``partial_paths`` (whose strategies all re-noise or
+    resample, except ``evolution`` under a model's own solver, which runs whole solves only)."""
+    declared = getattr(strategy.factory, "mid_path_solves", None)
+    if declared is None:
+        declared = getattr(strategy.factory, "partial_paths", False)
+    return bool(declared)
+
+
+def _check_native_restarts(strategy: Entry, model: Entry, traits: dict[str, Any]) -> None:
+    """A model's own sampler that cannot start mid-path (``native_restartable`` false: PNDM, as
+    SD 1.5 ships it) with a strategy that solves from mid-path states: refused here, not after the
+    weights load."""
+    if not solves_mid_path(strategy):
+        return
+    restartable = traits.get("native_restartable", True)
+    if callable(restartable):  # may import the model's library: only now that it matters
+        restartable = restartable()
+    if restartable is False:
+        raise ConfigError("strategy", f"{strategy.name!r} solves from mid-path states, which the "
+                          f"native scheduler of this {model.name!r} model cannot restart from (PNDM, "
+                          f"or another whose step keeps a history); with --solver native use a "
+                          f"strategy that solves whole paths (random, zero-order), or another "
+                          f"--model-opt scheduler, or --solver ddim or heun")
+
+
+def _check_max_steps(steps: Any, traits: dict[str, Any]) -> None:
+    """More steps than the model can run (a DDPM-trained network's training timesteps)."""
+    bound = traits.get("max_steps")
+    if isinstance(bound, int) and isinstance(steps, int) and not isinstance(steps, bool) \
+            and 0 < bound < steps:
+        raise ConfigError("steps", f"must be at most {bound} for this pipeline (its scheduler's "
+                          f"grid must stay within the network's training timesteps), got {steps}")
 
 
 def _check_gradients(strategy: Entry, verifiers: list[Entry], config: RunConfig,

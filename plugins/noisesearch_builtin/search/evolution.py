@@ -49,6 +49,9 @@ class EvolutionSearch:
 
     #: Previews are scored without a trajectory of clean predictions.
     partial_paths: ClassVar[bool] = True
+    #: Under a model's own sampler it skips the previews and solves whole paths only, so a
+    #: sampler that cannot start mid-path (PNDM, with --solver native) serves it.
+    mid_path_solves: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -56,6 +56,9 @@ class SearchOverPaths:
 
     #: Samples are finished from partial paths (no single trajectory of clean predictions).
     partial_paths: ClassVar[bool] = True
+    #: It solves from re-noised, resampled or partly solved states (a model's own sampler must
+    #: be able to start mid-path: planning refuses PNDM with --solver native).
+    mid_path_solves: ClassVar[bool] = True
     #: The registered name, in messages about options (a subclass registered apart sets its own).
     name: ClassVar[str] = "paths"
 

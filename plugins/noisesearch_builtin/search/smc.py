@@ -53,6 +53,9 @@ class SequentialMonteCarlo:
 
     #: Samples are finished from partial paths (no single trajectory of clean predictions).
     partial_paths: ClassVar[bool] = True
+    #: It solves from re-noised, resampled or partly solved states (a model's own sampler must
+    #: be able to start mid-path: planning refuses PNDM with --solver native).
+    mid_path_solves: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from noisesearch.devices import resolve_device, resolve_dtype
+from noisesearch.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
 from noisesearch_builtin.models.diffusers import compiled, guidance, img2img, index, memory, native
@@ -56,6 +56,8 @@ ACTIVATION_FACTOR = 32
 DECODER_FACTOR = 12
 #: Within this many timesteps of an integer, a level's timestep is taken as that integer.
 _TIMESTEP_SNAP = 1e-6
+#: The scheduler's configuration in a pipeline folder.
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 #: Option docs shared by every adapter (the base's docstring; the registry reads them through
 #: each subclass's `**options`).
@@ -139,10 +141,15 @@ class DiffusersModel:
     img2img_family: ClassVar[bool] = False
     #: img2img's first step rounded as the SD3 and FLUX pipelines round it (``img2img.start_index``).
     img2img_flow_rounding: ClassVar[bool] = False
+    #: Whether the network was trained on ``num_train_timesteps`` discrete timesteps, which bound
+    #: ``--steps`` (DDPM-trained families; flow models take any number of steps).
+    discrete_timesteps: ClassVar[bool] = False
     #: Options only ``--solver native`` reads: planning refuses them with the core's solvers.
     native_solver_options: ClassVar[tuple[str, ...]] = ("scheduler", "scheduler_options")
     #: Load without diffusers' and transformers' progress bars and advice (unless ``--verbose``).
     quiet_loading: ClassVar[bool] = True
+    #: Puts back the adapters of a pipeline the model was given (``lora.load_onto``); None otherwise.
+    _lora_restore: Callable[[], None] | None = None
 
     # -- traits, before loading ------------------------------------------------------------------
     @classmethod
@@ -166,16 +173,62 @@ class DiffusersModel:
             # lazily: resolving the scheduler class imports diffusers, which planning a run with
             # the core's own solvers (or refusing a bad prompt) must not pay for
             traits["native_order"] = functools.partial(cls._native_order, path, options.get("scheduler"))
+        # lazily too, read only for --solver native with a strategy that solves from mid-path
+        traits["native_restartable"] = functools.partial(cls._native_restartable, path,
+                                                         options.get("scheduler"))
+        if cls.discrete_timesteps:  # --steps beyond the training timesteps: refused while planning
+            extra = options.get("scheduler_options")
+            config = index.read_json(path, SCHEDULER_CONFIG, required=False) or {}
+            traits["max_steps"] = max_steps({**config, **(extra if isinstance(extra, dict) else {})})
+        traits["check_negative_prompt"] = functools.partial(cls._check_negative_prompt_of, path,
+                                                            dict(options))
         return traits
+
+    # -- the negative prompt: refused where no branch would read it ------------------------------
+    @classmethod
+    def _check_negative_prompt_of(cls, path: str, options: dict[str, Any], negative: str | None) -> None:
+        """:meth:`check_negative_prompt` before loading, from the options and the folder."""
+        scale = options.get("guidance_scale")
+        cls._check_guided(negative, float(cls.default_guidance_scale if scale is None else scale))
+
+    def check_negative_prompt(self, negative: str | None) -> None:
+        """Refuse a negative prompt that no branch reads (run.json would claim an effect it never
+        had), as the run is planned: a pipeline in memory is checked by its built model."""
+        self._check_guided(negative, self.guidance_scale)
+
+    @staticmethod
+    def _check_guided(negative: str | None, guidance_scale: float, embedded: bool = False) -> None:
+        """Classifier-free guidance reads the negative prompt in its unconditional branch, which runs
+        only at a scale above 1 and not in a guidance-distilled network (the scale is its input)."""
+        if negative is None:
+            return
+        if embedded:
+            raise ConfigError("negative_prompt", "this pipeline's network takes its guidance scale as an "
+                              "input (guidance-distilled, e.g. LCM): no unconditional branch runs, so a "
+                              "negative prompt has no effect; leave it out")
+        if guidance_scale <= 1.0:
+            raise ConfigError("negative_prompt", f"guidance_scale {guidance_scale:g} runs no unconditional "
+                              f"branch (guidance needs a scale above 1), so a negative prompt has no effect; "
+                              f"raise --model-opt guidance_scale above 1, or leave it out")
 
     @classmethod
     def _native_order(cls, path: str, scheduler: str | None) -> int:
         """Network calls per step of the native scheduler (2: Heun, KDPM2), for the budget check."""
-        config = index.read_json(path, "scheduler/scheduler_config.json", required=False) or {}
+        config = index.read_json(path, SCHEDULER_CONFIG, required=False) or {}
         own = config.get("_class_name")
         if not isinstance(own, str):
             return 1
         return int(getattr(native.scheduler_class(own, scheduler), "order", 1))
+
+    @classmethod
+    def _native_restartable(cls, path: str, scheduler: str | None) -> bool:
+        """Whether the native scheduler can start a solve mid-path (PNDM cannot); True where the
+        scheduler configuration cannot be read (the solver refuses it then, when it runs)."""
+        config = index.read_json(path, SCHEDULER_CONFIG, required=False) or {}
+        own = config.get("_class_name")
+        if not isinstance(own, str):
+            return True
+        return native.restartable(native.scheduler_class(own, scheduler))
 
     @classmethod
     def check_before_loading(
@@ -184,6 +237,7 @@ class DiffusersModel:
         height: int | None = None,
         width: int | None = None,
         device: str | None = None,
+        dtype: Any = None,
         cpu_offload: bool | None = None,
         variant: str | None = None,
         use_safetensors: bool = True,
@@ -203,7 +257,8 @@ class DiffusersModel:
         pipeline's VAE (and patch) multiple, CPU offload without an accelerator, a weight
         variant or safetensors weights the folder does not have, a scheduler the pipeline's
         is not compatible with or options it does not have, a compile mode or backend that
-        cannot work."""
+        cannot work, a dtype name that is none."""
+        check_dtype_name(dtype)
         multiple = cls._size_multiple(path)
         for field, value in (("height", height), ("width", width)):
             if value is None:
@@ -227,7 +282,7 @@ class DiffusersModel:
             index.check_local_weights(path, variant, use_safetensors)
         lora_loader.check(lora_loader.parse(lora), cls.pipeline_classes[0])
         if scheduler is not None or scheduler_options:
-            config = index.read_json(path, "scheduler/scheduler_config.json", required=False) or {}
+            config = index.read_json(path, SCHEDULER_CONFIG, required=False) or {}
             own = config.get("_class_name")
             if isinstance(own, str):
                 chosen = native.scheduler_class(own, scheduler)
@@ -359,6 +414,10 @@ class DiffusersModel:
         self._native_class = native.scheduler_class(own, scheduler)  # checked again: in-memory pipelines
         native.check_scheduler_options(self._native_class, self.scheduler_options)
         self.native_order = int(getattr(self._native_class, "order", 1))  # Heun: 2 (the budget check)
+        # traits planning reads from a pipeline in memory, as describe() gives them from a folder
+        self.native_restartable = native.restartable(self._native_class)
+        self.max_steps = (max_steps({**dict(self.pipe.scheduler.config), **self.scheduler_options})
+                          if self.discrete_timesteps else None)
 
     def _load(
         self,
@@ -406,7 +465,12 @@ class DiffusersModel:
             except (OSError, ValueError) as exc:  # missing files, no network, wrong variant
                 raise ConfigError("path", _loading_error(self.path, exc, kwargs)) from None
         self.pipe.set_progress_bar_config(disable=True)
-        lora_loader.load(self.pipe, getattr(self, "loras", []))  # before placement and offload
+        loras = getattr(self, "loras", [])
+        with quiet_loading(self.quiet_loading):  # before placement and offload
+            if given is None:
+                lora_loader.load(self.pipe, loras, self.quiet_loading)
+            else:  # the user's pipeline: the user's adapters stay, ours leave with the model (close)
+                self._lora_restore = lora_loader.load_onto(self.pipe, loras, self, self.quiet_loading)
         memory.apply(self.pipe, *getattr(self, "_memory", (False, False, None)))
         for module in self._modules().values():
             module.eval()  # from_pretrained does this; a pipeline built in memory is in training mode
@@ -474,11 +538,20 @@ class DiffusersModel:
     schedule: Schedule
     latent_shape: tuple[int, ...]
 
+    def close(self) -> None:
+        """Give a pipeline the model was given (``from_pipeline``) its adapters back as they were:
+        the LoRAs of the ``lora`` option deleted, the user's active again with their scales. Also
+        done when the model is dropped (after ``search(model=pipe)``), or when the pipeline is
+        wrapped again; the model then refuses to run. Nothing to do for a pipeline it loaded."""
+        if self._lora_restore is not None:
+            self._lora_restore()
+
     def prepare(self, condition: Condition) -> Any:
         """Encode the condition once per run (both guidance branches), with the pipeline's own
         ``encode_prompt``."""
         import torch
 
+        lora_loader.check_applied(self._lora_restore)
         with torch.no_grad(), self._text_encoders_on_device():
             return self._encode(condition)
 
@@ -696,6 +769,8 @@ class DiffusersModel:
 class VariancePreservingModel(DiffusersModel):
     """Adapters of DDPM-trained networks (SD 1/2, SD-XL, PixArt, DiT): eps-, v- or x-prediction."""
 
+    discrete_timesteps: ClassVar[bool] = True
+
     def _setup_schedule(self) -> None:
         scheduler = self.pipe.scheduler
         self.schedule: VariancePreserving = VariancePreserving(tuple(scheduler.alphas_cumprod.tolist()))
@@ -729,8 +804,19 @@ class VariancePreservingModel(DiffusersModel):
         from diffusers import DDIMScheduler
 
         ddim = scheduler_like(DDIMScheduler, self.pipe.scheduler.config)
-        ddim.set_timesteps(steps)
+        bound = max_steps(dict(ddim.config))  # planning refuses more steps; a backstop here
+        if bound is not None and steps > bound:
+            raise ConfigError("steps", f"must be at most {bound} for this pipeline ({_STEPS_BOUND}), "
+                              f"got {steps}")
+        try:
+            ddim.set_timesteps(steps)
+        except ValueError as exc:
+            raise ConfigError("steps", f"{steps} steps cannot run on this pipeline: {exc}") from None
         total = self.schedule.train_steps
+        if int(ddim.timesteps.max()) >= total:  # an unusual steps_offset (>= 2) at fewer steps
+            raise ConfigError("steps", f"{steps} steps start this pipeline's grid at timestep "
+                              f"{int(ddim.timesteps.max())} (steps_offset {ddim.config.steps_offset}), "
+                              f"beyond the network's {total} training timesteps; choose another number")
         levels = [(float(t) + 1.0) / total for t in ddim.timesteps.tolist()]
         final = 0.0 if ddim.config.set_alpha_to_one else 1.0 / total
         if final < levels[-1]:
@@ -797,6 +883,41 @@ def _loading_error(path: str, exc: BaseException, kwargs: dict[str, Any]) -> str
         hint = (" For a hub id the files must be downloadable now, or all in the local cache "
                 "(HF_HUB_OFFLINE=1 then uses only the cache).")
     return f"cannot load the pipeline {path!r}: {type(exc).__name__}: {first}.{hint}"
+
+
+#: Why ``max_steps`` bounds the steps (the same words as planning's refusal).
+_STEPS_BOUND = "its scheduler's grid must stay within the network's training timesteps"
+
+
+def max_steps(config: Any) -> int | None:
+    """The most steps a DDPM-trained pipeline's scheduler configuration can run: its
+    ``num_train_timesteps`` T (diffusers refuses more), less where "leading" spacing plus
+    ``steps_offset`` would start the grid at timestep T or beyond, outside training (SD's offset
+    1 at T steps: timestep 1000, level 1.001, where diffusers' own DDIM step fails); None where
+    the configuration does not say.
+
+    DDIM's "leading" grid starts at ``(steps - 1) * (T // steps) + steps_offset``; "trailing" and
+    "linspace" start at T - 1 whatever the offset."""
+    total = config.get("num_train_timesteps")
+    if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
+        return None
+    if config.get("timestep_spacing", "leading") != "leading":
+        return total
+    offset = config.get("steps_offset") or 0
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset <= 0:
+        return total
+    for steps in range(total, 0, -1):
+        if (steps - 1) * (total // steps) + offset < total:
+            return steps
+    return None
+
+
+def check_dtype_name(dtype: Any) -> None:
+    """The ``dtype`` option names one (as :func:`noisesearch.devices.resolve_dtype` reads it,
+    which loading calls; a string check, so planning imports no torch)."""
+    name = str(dtype or "auto").lower().removeprefix("torch.")
+    if name != "auto" and name not in DTYPE_NAMES:
+        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
 
 
 def scheduler_like(scheduler_class: type, config: Any) -> Any:

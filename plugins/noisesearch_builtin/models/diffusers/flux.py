@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from noisesearch.errors import ConfigError
 from noisesearch_builtin.models.diffusers.flow import FlowModel
 
 if TYPE_CHECKING:
@@ -87,6 +88,25 @@ class FluxModel(FlowModel):
         """Whether a second (negative-prompt) branch may run: true CFG only (it runs when the
         condition also has a negative prompt)."""
         return self.true_cfg_scale > 1.0
+
+    @classmethod
+    def _check_negative_prompt_of(cls, path: str, options: dict[str, Any], negative: str | None) -> None:
+        cls._check_true_cfg(negative, float(options.get("true_cfg_scale", 1.0)))
+
+    def check_negative_prompt(self, negative: str | None) -> None:
+        self._check_true_cfg(negative, self.true_cfg_scale)
+
+    @staticmethod
+    def _check_true_cfg(negative: str | None, true_cfg_scale: float) -> None:
+        """FLUX.1 runs a negative-prompt branch only for true CFG, which needs both (as FluxPipeline):
+        either alone would be recorded in run.json with no effect on the images."""
+        if negative is not None and true_cfg_scale <= 1.0:
+            raise ConfigError("negative_prompt", "FLUX.1 reads a negative prompt only with true CFG: set "
+                              "--model-opt true_cfg_scale above 1 (as FluxPipeline), or leave it out")
+        if negative is None and true_cfg_scale > 1.0:
+            raise ConfigError("true_cfg_scale", f"{true_cfg_scale:g} runs true CFG against a negative "
+                              f"prompt (as FluxPipeline), and none is given: give --negative-prompt, or "
+                              f"leave true_cfg_scale at 1")
 
     def levels(self, steps: int) -> list[float]:
         """The pipeline's grid: ``linspace(1, 1/steps, steps)`` shifted by ``mu``, then 0."""

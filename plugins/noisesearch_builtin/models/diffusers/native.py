@@ -25,7 +25,9 @@ history (DPM-Solver's ``model_outputs`` and ``lower_order_nums``, UniPC's ``last
 schedulers (DDIM, Euler, flow-match Euler) a solve split in two equals the uninterrupted solve (up to
 float32 rounding); for multistep ones (DPM-Solver++ 2M, UniPC) it cannot: the second part starts
 without the history of the first. Schedulers without ``set_begin_index`` whose step keeps state
-(PNDM) are refused for a solve that does not start at the grid's first level.
+(PNDM) are refused while planning with strategies that solve from mid-path (the model's
+``native_restartable`` trait, :func:`restartable`), and here, as a backstop, for a solve that does
+not start at the grid's first level.
 
 Step noise. A stochastic scheduler (ancestral, SDE variants, DDPM, flow-match Euler with
 ``stochastic_sampling``) gets one CPU ``torch.Generator`` per row seeded from the row's recorded
@@ -67,6 +69,12 @@ _STATELESS = ("DDIMScheduler", "DDPMScheduler")
 #: Configuration keys that would contradict the network (the pipeline's own values are kept).
 _FIXED_OPTIONS = ("prediction_type", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                   "trained_betas")
+
+
+def restartable(cls: type) -> bool:
+    """Whether a scheduler class can start a solve part-way along its grid (paths, SMC, pruning):
+    it has ``set_begin_index``, or its ``step`` keeps no history (DDIM, DDPM). PNDM cannot."""
+    return hasattr(cls, "set_begin_index") or cls.__name__ in _STATELESS
 
 
 def compatible_schedulers(pipeline_scheduler: str) -> dict[str, type]:
@@ -153,7 +161,7 @@ class NativeSolver:
             or "sde" in str(config.get("algorithm_type", ""))
             or bool(config.get("stochastic_sampling"))
         )
-        self._restartable = hasattr(probe, "set_begin_index") or cls_name in _STATELESS
+        self._restartable = restartable(type(probe))  # planning refuses the rest (a backstop)
         self._grid, self._starts, self._count = self._build(self.steps)
 
     def __repr__(self) -> str:
@@ -162,7 +170,11 @@ class NativeSolver:
     # -- the grid ------------------------------------------------------------------------------
     def _scheduler(self, steps: int) -> Any:
         scheduler = self._make()
-        scheduler.set_timesteps(**self._kwargs(steps))
+        try:
+            scheduler.set_timesteps(**self._kwargs(steps))
+        except ValueError as exc:  # more steps than training timesteps (planning refuses them first)
+            raise ConfigError("steps", f"{self.scheduler_name} cannot run {steps} steps: "
+                              f"{_first_line(exc)}") from None
         return scheduler
 
     def _build(self, steps: int) -> tuple[list[float], list[int], int]:
@@ -176,6 +188,10 @@ class NativeSolver:
             else:
                 starts.append(i)
         levels = [self._level_of(scheduler, i) for i in starts] + [self._level_of(scheduler, len(timesteps))]
+        if levels[0] > 1.0 + 1e-9:  # a VP timestep >= T ("leading" spacing plus steps_offset)
+            raise ConfigError("steps", f"{self.scheduler_name} at {steps} steps starts at timestep "
+                              f"{timesteps[0]:g}, outside the network's training timesteps; "
+                              f"choose fewer steps")
         if any(b >= a for a, b in zip(levels, levels[1:])):
             raise ConfigError("steps", f"{self.scheduler_name} at {steps} steps gives repeated or "
                               f"increasing levels {levels}; choose another number of steps")
@@ -260,6 +276,11 @@ def _sigma_scale(scheduler: Any, index: int) -> torch.Tensor:
     as the schedulers' ``scale_model_input`` does."""
     sigma = scheduler.sigmas[index]
     return (sigma**2 + 1) ** 0.5
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _nearest(indices: Sequence[int], grid: Sequence[float], target: float) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from noisesearch_builtin.models.diffusers import guidance
+from noisesearch_builtin.models.diffusers import guidance, index
 from noisesearch_builtin.models.diffusers.base import VariancePreservingModel
 
 if TYPE_CHECKING:
@@ -62,6 +62,17 @@ class StableDiffusionModel(VariancePreservingModel):
 
     def _guided(self) -> bool:
         return self.guidance_scale > 1.0 and not self.embedded_guidance
+
+    @classmethod
+    def _check_negative_prompt_of(cls, path: str, options: dict[str, Any], negative: str | None) -> None:
+        if negative is not None:  # a guidance-distilled UNet (LCM) says so in its configuration
+            unet = index.read_json(path, "unet/config.json", required=False) or {}
+            scale = options.get("guidance_scale")
+            cls._check_guided(negative, float(cls.default_guidance_scale if scale is None else scale),
+                              embedded=unet.get("time_cond_proj_dim") is not None)
+
+    def check_negative_prompt(self, negative: str | None) -> None:
+        self._check_guided(negative, self.guidance_scale, embedded=self.embedded_guidance)
 
     def _encode(self, condition: Condition) -> PromptEmbeddings:
         with guidance.text_model_alias(self.pipe.text_encoder):
