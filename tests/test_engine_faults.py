@@ -173,7 +173,7 @@ def test_a_failed_run_looks_failed_in_show_runs_and_report(faulty: str, tmp_path
     code, _ = run("report", str(out))
     page = (out / "report.html").read_text()
     assert code == 0 and "Run failed: PluginFailed: strategy &#x27;boom&#x27;" in page
-    assert "resume with `noisesearch run --resume" in page
+    assert "once its cause is fixed, resume with `noisesearch run --resume" in page
 
 
 def test_a_decode_that_returns_no_tensor_is_blamed_on_the_model() -> None:

@@ -69,8 +69,10 @@ class RunRecord:
             return status
         import shlex
 
-        reason = f"failed: {self.error or 'unknown error'}" if status == "failed" else "interrupted"
-        return f"{reason}; resume with `noisesearch run --resume {shlex.quote(str(self.path))}`"
+        command = f"`noisesearch run --resume {shlex.quote(str(self.path))}`"
+        if status == "failed":  # resuming repeats what failed: it helps once the cause is gone
+            return f"failed: {self.error or 'unknown error'}; once its cause is fixed, resume with {command}"
+        return f"interrupted; resume with {command}"
 
     @property
     def budget(self) -> dict[str, Any]:
