@@ -172,7 +172,7 @@ def test_a_prompts_file_on_the_class_conditional_digits_model_is_refused(tmp_pat
     path.write_text("a cat\n")
     result = invoke("run", "--model", "digits", "--prompts-file", str(path), "-o", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert "class-conditional: give it --label, not --prompt" in result.output
+    assert "class-conditional: give it --label, not a prompt (--prompt, --prompts-file)" in result.output
     assert not (tmp_path / "out").exists()
 
 

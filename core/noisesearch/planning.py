@@ -264,7 +264,8 @@ def _condition(config: RunConfig, model: Entry, traits: dict[str, Any]) -> Condi
     if conditioning == "label":
         if config.prompt is not None:
             raise IncompatibleError(
-                f"model {model.name!r} is class-conditional: give it --label, not --prompt"
+                f"model {model.name!r} is class-conditional: give it --label, not a prompt (--prompt, "
+                f"--prompts-file)"
             )
         num_classes = traits["num_classes"]
         if config.label is None:
