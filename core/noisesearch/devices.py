@@ -4,7 +4,7 @@ precision there; the CPU and float32 otherwise, where half precision is slow).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from noisesearch.errors import ConfigError
 
@@ -66,12 +66,19 @@ def resolve_dtype(
     """``None`` or ``"auto"``: ``accelerator_dtype`` on CUDA, float32 elsewhere."""
     import torch
 
-    name = str(dtype or "auto").lower().removeprefix("torch.")
+    name = check_dtype_name(dtype)
     if name == "auto":
-        name = accelerator_dtype if torch.device(device).type == "cuda" else "float32"
-    if name not in DTYPE_NAMES:
-        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
+        name = check_dtype_name(accelerator_dtype) if torch.device(device).type == "cuda" else "float32"
     return getattr(torch, DTYPE_NAMES[name])
+
+
+def check_dtype_name(dtype: Any) -> str:
+    """The ``dtype`` option's name (``"auto"`` for None), refused if it names no dtype: a string
+    check, so planning can refuse it without importing torch."""
+    name = str(dtype or "auto").lower().removeprefix("torch.")
+    if name != "auto" and name not in DTYPE_NAMES:
+        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
+    return name
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from noisesearch.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from noisesearch.devices import check_dtype_name, resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
 from noisesearch_builtin.models.diffusers import compiled, guidance, img2img, index, memory, native
@@ -910,14 +910,6 @@ def max_steps(config: Any) -> int | None:
         if (steps - 1) * (total // steps) + offset < total:
             return steps
     return None
-
-
-def check_dtype_name(dtype: Any) -> None:
-    """The ``dtype`` option names one (as :func:`noisesearch.devices.resolve_dtype` reads it,
-    which loading calls; a string check, so planning imports no torch)."""
-    name = str(dtype or "auto").lower().removeprefix("torch.")
-    if name != "auto" and name not in DTYPE_NAMES:
-        raise ConfigError("dtype", f"must be one of auto, float32, float16, bfloat16; got {dtype!r}")
 
 
 def scheduler_like(scheduler_class: type, config: Any) -> Any:
