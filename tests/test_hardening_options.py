@@ -237,6 +237,14 @@ def test_a_verifier_named_twice_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_an_ensemble_is_refused_as_the_evaluator(tmp_path: Path) -> None:
+    """It ranks the images scored together: a lone winner would score 1 whatever it shows."""
+    out = tmp_path / "run"
+    refused(invoke("run", *DIGITS, "--evaluator", "ensemble", "-o", str(out)),
+            "evaluator:", "ranks images within each scored batch")
+    assert not out.exists()
+
+
 def test_an_evaluator_searched_on_as_an_ensembles_member_is_not_called_independent(tmp_path: Path) -> None:
     members = "ensemble.members=digits-classifier,digits-evaluator"
     result = invoke("run", *DIGITS, "--verifier", "ensemble", "--verifier-opt", members,

@@ -100,6 +100,10 @@ def plan(
     evaluator = None
     if evaluator_name and evaluator_name != NO_EVALUATOR:
         evaluator = registries.verifiers.get(evaluator_name)
+        if pool_relative(evaluator):
+            raise ConfigError("evaluator", f"{evaluator_name!r} ranks images within each scored batch, so "
+                              f"as the judge its scores would depend on which candidates were judged "
+                              f"together; name one of its members as the evaluator")
     for entry in [*verifiers, *([evaluator] if evaluator else [])]:
         options = config.verifier_options.get(entry.name, {})
         entry.check_options(options)
@@ -300,6 +304,13 @@ def _checked_condition(model: Entry, condition: Condition, built: Any = None) ->
         return condition
     checked = check(condition)
     return condition if checked is None else checked
+
+
+def pool_relative(entry: Entry) -> bool:
+    """Whether a verifier's scores are ranks over the images scored together (an ensemble:
+    ``member_scores`` and ``combine``): fine to search by, meaningless as a judge of one image."""
+    factory = entry.factory
+    return callable(getattr(factory, "member_scores", None)) and callable(getattr(factory, "combine", None))
 
 
 def _check_each_once(verifier_names: list[str]) -> None:
