@@ -41,6 +41,10 @@ FAULTY_PLUGIN = """
         def run(self, context):
             pass
 
+    class Greedy:
+        def run(self, context):
+            context.evaluate([seed_recipe(s) for s in context.seeds(1000)])
+
     class Explodes:
         requires = frozenset()
 
@@ -78,6 +82,7 @@ FAULTY_PLUGIN = """
         register("boom", Boom)
         register("empty-first", EmptyFirst)
         register("idle", Idle)
+        register("greedy", Greedy)
 
     @hookimpl
     def register_verifiers(register):
@@ -149,7 +154,13 @@ def test_evaluating_no_recipe_is_a_no_op(faulty: str) -> None:
 def test_evaluated_no_candidate_names_the_strategy(faulty: str, tmp_path: Path) -> None:
     code, output = run("run", "--model", "digits", "--label", "1", "--strategy", "idle",
                        "--candidates", "2", "-o", str(tmp_path / "run"))
-    assert code != 0 and "strategy 'idle' evaluated no candidate" in " ".join(output.split())
+    said = " ".join(output.split())
+    assert code == 1 and "strategy 'idle' (plugin " in said and "evaluated no candidate: it returned" in said
+    code, output = run("run", "--model", "digits", "--label", "1", "--strategy", "greedy",
+                       "--candidates", "8", "-o", str(tmp_path / "run2"))
+    said = " ".join(output.split())  # the cause, not the budget: 8 candidates pay for a sample
+    assert code == 1 and "strategy 'greedy' (plugin " in said and "1000 more candidates asked" in said
+    assert "budget (8 candidates, no NFE limit) pays for a full sample" in said
 
 
 def test_a_failed_run_looks_failed_in_show_runs_and_report(faulty: str, tmp_path: Path) -> None:

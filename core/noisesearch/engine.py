@@ -8,7 +8,6 @@ out through listeners (``candidates.jsonl``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import time
@@ -97,6 +96,13 @@ def derive_seeds(run_seed: int, start: int, n: int) -> list[int]:
         hasher.update(b"%d" % index)  # str(index).encode()
         seeds.append(from_bytes(hasher.digest(), "big") >> 1)
     return seeds
+
+
+def _budget_text(budget: Budget) -> str:
+    """``"8 candidates, 640 NFEs"``, ``"no NFE limit"`` where one is unset."""
+    candidates = "no candidate limit" if budget.candidates is None else f"{budget.candidates} candidates"
+    nfe = "no NFE limit" if budget.nfe is None else f"{budget.nfe} NFEs"
+    return f"{candidates}, {nfe}"
 
 
 class Listener(Protocol):
@@ -202,14 +208,23 @@ class Engine:
         self.usage.add_phase("prepare", time.perf_counter() - start)
         self.dispatch.open(self.model, self._prepared, self.solver, self.owner("model", self.model))
         owner = self.owner("strategy", strategy)
-        # BudgetExhausted: the engine refused to overspend; the search ends with what it has.
-        with contextlib.suppress(BudgetExhausted), blame(owner):
-            strategy.run(SearchContext(self))
+        refused: BudgetExhausted | None = None
+        try:
+            with blame(owner):
+                strategy.run(SearchContext(self))
+        except BudgetExhausted as exc:  # the engine refused to overspend: the search ends with what it has
+            refused = exc
         if not self.selection.count:
-            raise BudgetExhausted(
-                f"{owner.kind} {owner.name!r} evaluated no candidate: a full sample costs "
-                f"{self.nfe_per_candidate} NFEs and the budget is {self.budget}"
-            )
+            budget = _budget_text(self.budget)
+            if (self.budget.nfe is not None and self.budget.nfe < self.nfe_per_candidate) \
+                    or self.budget.candidates == 0:  # (planning refuses such a budget first)
+                raise BudgetExhausted(f"{owner} evaluated no candidate: a full sample costs "
+                                      f"{self.nfe_per_candidate} NFEs and the budget is {budget}")
+            why = (f"the engine refused what it asked for ({refused})" if refused is not None
+                   else "it returned without evaluating any")
+            raise RunFailed(f"{owner} evaluated no candidate: {why}, although the budget ({budget}) "
+                            f"pays for a full sample of {self.nfe_per_candidate} NFEs; a strategy "
+                            f"checks context.affordable()")
         top = self._final_top()
         if not top:
             raise self.selection.nothing_selectable(self.scorer.objective_name)
