@@ -186,3 +186,24 @@ def test_every_strategy_steers_away_from_non_finite_scores(
         assert max(len(row["recipe"]["start"].get("moves", [])) for row in rows) >= 2
     if strategy == "smc":
         assert all(math.isfinite(step["ess"]) for step in result.strategy_report["ess"])
+
+
+@pytest.mark.parametrize(("returned", "named"), [([0.5, 0.5], "list"), (None, "NoneType")])
+def test_scores_that_are_no_tensor_are_refused_by_what_they_are(returned: Any, named: str) -> None:
+    """A list or None from ``score``: the contract's words, not ``'list' object has no attribute``."""
+    import torch
+
+    from noisesearch.accounting import Usage
+    from noisesearch.scoring import Scorer
+    from noisesearch.types import Condition
+
+    class Listy:
+        requires = frozenset()
+
+        def score(self, images: Any, condition: Any, trajectory: Any = None) -> Any:
+            return returned
+
+    scorer = Scorer({"listy": Listy()}, None, {})
+    with pytest.raises(noisesearch.NoiseSearchError) as caught:
+        scorer.score(torch.zeros(2, 3, 8, 8), Condition(label=1), None, Usage())
+    assert f"returned {named}, expected a torch tensor of shape (2,)" in str(caught.value)

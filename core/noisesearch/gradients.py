@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from noisesearch.errors import IncompatibleError
 from noisesearch.faults import Owner, blame, is_out_of_memory
 from noisesearch.sampling import Solver, solve
+from noisesearch.scoring import check_scores
 
 if TYPE_CHECKING:
     import torch
@@ -127,9 +128,7 @@ def weighted_objective(
             verifier = scorer.verifiers[name]
             with blame(scorer.owners.get(name) or Owner.of("verifier", verifier, name)):
                 values = verifier.score_with_grad(images, condition)
-            if tuple(values.shape) != (images.shape[0],):
-                raise ValueError(f"verifier {name!r} returned scores of shape {tuple(values.shape)} "
-                                 f"from score_with_grad, expected ({images.shape[0]},)")
+            check_scores(f"{name} (score_with_grad)", values, images)
             values = values.float().to(images.device)
             scores[name] = values.detach().cpu().tolist()
             total = weight * values if total is None else total + weight * values

@@ -111,7 +111,7 @@ class Scorer:
         with blame(self.owners.get(name) or Owner.of("verifier", verifier, name)):
             if callable(both):
                 values, classes = both(images, condition)  # (B,), (B,)
-                self._check_shape(f"{name} (predicted)", classes, images)
+                check_scores(f"{name} (predicted)", classes, images)
                 predicted = list(map(int, classes.tolist()))
             else:
                 values = verifier.score(images, condition, trajectory=None)
@@ -133,18 +133,10 @@ class Scorer:
 
     @staticmethod
     def _as_list(name: str, values: torch.Tensor, images: torch.Tensor) -> list[float]:
-        Scorer._check_shape(name, values, images)
+        check_scores(name, values, images)
         # Python floats in one C call (not B); tolist() copies from any device and ignores
         # autograd, so only the cast to float32 stays (a float64 score is rounded as before)
         return values.float().tolist()
-
-    @staticmethod
-    def _check_shape(name: str, values: torch.Tensor, images: torch.Tensor) -> None:
-        if tuple(values.shape) != (images.shape[0],):
-            raise ValueError(
-                f"verifier {name!r} returned scores of shape {tuple(values.shape)}, "
-                f"expected ({images.shape[0]},)"
-            )
 
     def objectives(self, scores: Sequence[Mapping[str, float]]) -> list[float]:
         """What selection ranks by, for each row of ``scores``: the objective verifier's score,
@@ -164,3 +156,15 @@ class Scorer:
             for i, value in zip(finite, self.objective.combine(pool)):
                 objectives[i] = float(value)
         return objectives
+
+
+def check_scores(name: str, values: object, images: torch.Tensor) -> None:
+    """A verifier's scores are a tensor of shape ``(B,)`` for ``images`` ``(B, 3, H, W)``: a list,
+    ``None`` or a numpy array is refused by what it is, not by the attribute it lacks."""
+    shape = getattr(values, "shape", None)
+    if shape is None or not callable(getattr(values, "float", None)):
+        raise TypeError(f"verifier {name!r} returned {type(values).__name__}, expected a torch tensor of "
+                        f"shape ({images.shape[0]},): one float per image")
+    if tuple(shape) != (images.shape[0],):
+        raise ValueError(f"verifier {name!r} returned scores of shape {tuple(shape)}, "
+                         f"expected ({images.shape[0]},)")
