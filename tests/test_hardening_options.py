@@ -289,3 +289,20 @@ def test_one_ensemble_weight_for_two_members_names_the_count_before_loading(tmp_
 def test_one_ensemble_weight_for_one_member_is_a_list_of_one() -> None:
     ensemble = build_registries().verifiers.create("ensemble", members="digits-classifier", weights=1)
     assert ensemble.weights == {"digits-classifier": 1.0}
+
+
+@pytest.mark.parametrize("requires", [["prompt", "colour"], "prompt"])
+def test_a_verifier_declaring_unknown_needs_is_refused_naming_its_plugin(requires: object) -> None:
+    """An unknown need would never be checked, and a string is read letter by letter."""
+    from noisesearch import ConfigError
+    from noisesearch.registry import Entry, verifier_requirements
+
+    class Odd:
+        pass
+
+    Odd.requires = requires
+    entry = Entry("verifier", "odd", Odd, "someone-plugin", "odd")
+    with pytest.raises(ConfigError, match=r"verifier odd \(plugin someone-plugin\).*label, prompt, trajectory"):
+        verifier_requirements(entry, {})
+    Odd.requires = ["prompt"]  # a list of known needs is fine
+    assert verifier_requirements(entry, {}) == frozenset({"prompt"})

@@ -23,6 +23,7 @@ from noisesearch.context import SearchContext, Trajectories
 from noisesearch.errors import BudgetExhausted, IncompatibleError
 from noisesearch.evaluation import ReportedEvaluation
 from noisesearch.faults import (
+    NoCandidate,
     Owner,
     PluginFailed,
     RecordingFailed,
@@ -222,7 +223,7 @@ class Engine:
                                       f"{self.nfe_per_candidate} NFEs and the budget is {budget}")
             why = (f"the engine refused what it asked for ({refused})" if refused is not None
                    else "it returned without evaluating any")
-            raise RunFailed(f"{owner} evaluated no candidate: {why}, although the budget ({budget}) "
+            raise NoCandidate(f"{owner} evaluated no candidate: {why}, although the budget ({budget}) "
                             f"pays for a full sample of {self.nfe_per_candidate} NFEs; a strategy "
                             f"checks context.affordable()")
         top = self._final_top()

@@ -47,6 +47,11 @@ class RecordingFailed(RunFailed):
     is_out_of_memory = False
 
 
+class NoCandidate(RunFailed):
+    """A strategy ended without evaluating a candidate although the budget paid for one (it
+    asked for more than was left, or for nothing): the strategy's fault, not the budget's."""
+
+
 class PluginFailed(RunFailed):
     """A model, verifier or strategy raised an exception during a run."""
 

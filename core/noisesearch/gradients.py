@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from noisesearch.errors import IncompatibleError
 from noisesearch.faults import Owner, blame, is_out_of_memory
 from noisesearch.sampling import Solver, solve
-from noisesearch.scoring import check_scores
+from noisesearch.types import check_scores
 
 if TYPE_CHECKING:
     import torch

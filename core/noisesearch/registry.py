@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from noisesearch.errors import ConfigError, DuplicateNameError, NoiseSearchError, UnknownNameError
+from noisesearch.types import REQUIREMENTS
 
 KINDS = ("model", "verifier", "strategy")
 
@@ -398,6 +399,12 @@ def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[st
     """A verifier's needs without building it: ``requires``, or ``describe(**options)``
     where they depend on options (an ensemble needs what its members need)."""
     describe = getattr(entry.factory, "describe", None)
-    if callable(describe):
-        return frozenset(describe(**options).get("requires", ()))
-    return frozenset(getattr(entry.factory, "requires", frozenset()))
+    needs = describe(**options).get("requires", ()) if callable(describe) else \
+        getattr(entry.factory, "requires", frozenset())
+    # a string would be read letter by letter, an unknown need never checked: the plugin's bug
+    unknown = None if isinstance(needs, str) else set(needs) - set(REQUIREMENTS)
+    if unknown is None or unknown:
+        raise ConfigError(f"verifier {entry.name} (plugin {entry.plugin})",
+                          f"declares requires = {needs!r}; it must be a set of needs among "
+                          f"{', '.join(REQUIREMENTS)}")
+    return frozenset(needs)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from noisesearch.accounting import Usage
 from noisesearch.faults import Owner, blame
 from noisesearch.finite import is_finite
-from noisesearch.types import Condition
+from noisesearch.types import Condition, check_scores
 
 if TYPE_CHECKING:
     import torch
@@ -156,15 +156,3 @@ class Scorer:
             for i, value in zip(finite, self.objective.combine(pool)):
                 objectives[i] = float(value)
         return objectives
-
-
-def check_scores(name: str, values: object, images: torch.Tensor) -> None:
-    """A verifier's scores are a tensor of shape ``(B,)`` for ``images`` ``(B, 3, H, W)``: a list,
-    ``None`` or a numpy array is refused by what it is, not by the attribute it lacks."""
-    shape = getattr(values, "shape", None)
-    if shape is None or not callable(getattr(values, "float", None)):
-        raise TypeError(f"verifier {name!r} returned {type(values).__name__}, expected a torch tensor of "
-                        f"shape ({images.shape[0]},): one float per image")
-    if tuple(shape) != (images.shape[0],):
-        raise ValueError(f"verifier {name!r} returned scores of shape {tuple(shape)}, "
-                         f"expected ({images.shape[0]},)")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch.engine import Budget, Engine, EngineResult, Scorer, Usage
 from noisesearch.errors import BudgetExhausted
+from noisesearch.faults import NoCandidate
 from noisesearch.registry import describe_parameters
 from noisesearch.sampling import RectifiedFlow, Schedule, draw_noise, solve
 from noisesearch.types import (
@@ -468,7 +469,7 @@ class SearchStrategyContract:
                 batch_size=self.batch_size,
                 seed=seed,
             )
-        except BudgetExhausted as exc:
+        except (BudgetExhausted, NoCandidate) as exc:
             raise AssertionError(f"the strategy overran or ignored {budget}: {exc}") from exc
 
     def nfe_per_candidate(self) -> int:

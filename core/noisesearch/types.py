@@ -133,6 +133,18 @@ class Verifier(Protocol):
         """Scores ``(B,)`` for images ``(B, 3, H, W)`` in ``[0, 1]``."""
 
 
+def check_scores(name: str, values: object, images: torch.Tensor) -> None:
+    """A verifier's scores are a tensor of shape ``(B,)`` for ``images`` ``(B, 3, H, W)``: a list,
+    ``None`` or a numpy array is refused by what it is, not by the attribute it lacks."""
+    shape = getattr(values, "shape", None)
+    if shape is None or not callable(getattr(values, "float", None)):
+        raise TypeError(f"verifier {name!r} returned {type(values).__name__}, expected a torch tensor of "
+                        f"shape ({images.shape[0]},): one float per image")
+    if tuple(shape) != (images.shape[0],):
+        raise ValueError(f"verifier {name!r} returned scores of shape {tuple(shape)}, "
+                         f"expected ({images.shape[0]},)")
+
+
 @runtime_checkable
 class SearchStrategy(Protocol):
     """Proposes noises and decides what to keep, through a :class:`SearchContext`.
