@@ -381,3 +381,12 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path: Path, extra:
     assert result.exit_code == 2, result.output
     assert extra[0] in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_checks_the_output_folder_as_the_run_would(finished: Path) -> None:
+    """``--dry-run`` promises to check the output folder: one that holds a run is refused
+    (exit 2) unless ``--overwrite``, as the run itself would refuse it."""
+    refused(invoke("run", *DIGITS, "--label", "3", "-o", str(finished), "--dry-run"), 2,
+            "holds a finished run", "--overwrite")
+    allowed = invoke("run", *DIGITS, "--label", "3", "-o", str(finished), "--dry-run", "--overwrite")
+    assert allowed.exit_code == 0, allowed.output

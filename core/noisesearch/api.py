@@ -113,6 +113,16 @@ def condition_slug(condition: Condition) -> str:
     return "unconditional"
 
 
+def check_output_folder(plan: Plan, resume: bool = False) -> None:
+    """Refuse a run folder that a live process holds, or, unless resuming or overwriting, one that
+    holds a run already (``--dry-run`` checks this too)."""
+    if plan.output is None:
+        return
+    locking.check_unlocked(plan.output)
+    if not resume:
+        locking.check_fresh(plan.output, plan.config.overwrite)
+
+
 def run_plan(
     plan: Plan, progress: bool = False, write: bool = True, resume: bool = False, report: bool = True,
     dispatch: Dispatch | None = None, journaled: bool = True,
@@ -132,10 +142,8 @@ def run_plan(
     if config.overlap and dispatch is not None:
         raise _overlap_refused()
     started = time.perf_counter()
-    if write and plan.output is not None:  # before any weights load: a folder in use or taken
-        locking.check_unlocked(plan.output)
-        if not resume:
-            locking.check_fresh(plan.output, config.overwrite)
+    if write:  # before any weights load: a folder in use or taken
+        check_output_folder(plan, resume)
     owners = fingerprint.owners(plan)
     loading = None
     if progress:  # loading takes seconds with nothing else on screen

@@ -266,6 +266,10 @@ def _run_command(app: typer.Typer) -> None:
             if dry_run:
                 if spread is not None:
                     spread.close()
+                from noisesearch.api import check_output_folder
+
+                for checked in plans:  # as the run would, before it loads anything
+                    check_output_folder(checked)
                 described = [_describe_plan(checked) for checked in plans]
                 _print_json(described if prompts_file else described[0])
                 return
