@@ -272,6 +272,11 @@ def test_an_evaluator_that_is_also_searched_on_is_not_called_independent(named: 
     assert checked.evaluator.name == "digits-evaluator"
     repeated = invoke("run", "--config", str(out / "run.json"), "--dry-run")
     assert repeated.exit_code == 0, repeated.output
+    # every view of the folder says so too, not only the run's table
+    shown = " ".join(invoke("show", str(out)).output.split())
+    assert "digits-evaluator (also searched on: not independent)" in shown
+    assert "judged by <b>digits-evaluator (also searched on: not independent)</b>" in \
+        (out / "report.html").read_text()
 
 
 # -- L5: one ensemble weight ----------------------------------------------------------------------
@@ -302,7 +307,8 @@ def test_a_verifier_declaring_unknown_needs_is_refused_naming_its_plugin(require
 
     Odd.requires = requires
     entry = Entry("verifier", "odd", Odd, "someone-plugin", "odd")
-    with pytest.raises(ConfigError, match=r"verifier odd \(plugin someone-plugin\).*label, prompt, trajectory"):
+    named = r"verifier odd \(plugin someone-plugin\).*label, prompt, trajectory"
+    with pytest.raises(ConfigError, match=named):
         verifier_requirements(entry, {})
     Odd.requires = ["prompt"]  # a list of known needs is fine
     assert verifier_requirements(entry, {}) == frozenset({"prompt"})

@@ -99,6 +99,7 @@ class SearchResult:
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "baseline_origin": self.baseline_origin,
             "non_finite": self.non_finite,
+            "searched": self.searched,
         })
 
 
@@ -527,6 +528,7 @@ def _write_run_dir(
         "non_finite": result.non_finite,
         "verdicts": result.verdicts,
         "evaluated": engine.scorer.evaluated,  # "all", "reported" (noisesearch.evaluation) or None
+        "searched": result.searched,  # the verifiers and their members: a judge among them is not held out
         "strategy_report": result.strategy_report,
         "environment": results.environment(),
     }

@@ -421,7 +421,7 @@ def _show_command(app: typer.Typer) -> None:
             ("condition", describe_condition(run.get("condition"))),
             ("strategy", summary["strategy"]),
             ("searched on", summary["objective"]),
-            ("judge", record.evaluator),
+            ("judge", record.judge),
             ("budget", f"{budget.get('candidates') or '-'} candidates, {budget.get('nfe') or '-'} NFEs"),
             ("used", f"{_or_dash(summary['candidates'])} candidates, {_or_dash(summary['nfe'])} NFEs, "
                      f"{usage.get('verifier_calls', '-')} verifier calls, {run.get('seconds', '-')} s"),

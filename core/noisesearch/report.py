@@ -271,7 +271,7 @@ def render_html(record: RunRecord) -> str:
         f'<p class="lead">{_e(config.get("strategy"))} search, {_e(usage.get("candidates"))} candidates, '
         f"{spent}, {_e(usage.get('verifier_calls'))} verifier calls, "
         f"{_e(run.get('seconds'))} s; searched on <b>{_e(record.objective)}</b>"
-        + (f", judged by <b>{_e(record.evaluator)}</b>" if record.evaluator else "")
+        + (f", judged by <b>{_e(record.judge)}</b>" if record.evaluator else "")
         + f". Run {html.escape(status)}.</p>"
     )
     non_finite = run.get("non_finite") or {}

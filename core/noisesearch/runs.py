@@ -98,6 +98,17 @@ class RunRecord:
         name = self.config.get("evaluator")
         return name if name and name != "none" else None
 
+    @property
+    def judge(self) -> str | None:
+        """The evaluator as every view shows it: held out, or also searched on (the oracle
+        ceiling of ``--verifier shapes-judge``; an ensemble's member), which is no independent
+        judgement. ``searched``: the verifiers and their members (older runs: the verifiers)."""
+        name = self.evaluator
+        if name is None:
+            return None
+        searched = self.run.get("searched") or self.config.get("verifiers") or []
+        return f"{name} (also searched on: not independent)" if name in searched else f"{name} (held out)"
+
 
 def run_folder(path: Path | str) -> Path:
     """The folder of a run, given the folder itself or its ``run.json``."""
