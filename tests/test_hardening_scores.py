@@ -167,6 +167,11 @@ def test_every_candidate_non_finite_fails_with_exit_1_and_keeps_the_folder(
     run = strict_load((out / "run.json").read_text())
     assert run["status"] == "failed" and "non-finite" in run["error"]
     assert len((out / "candidates.jsonl").read_text().splitlines()) == 4
+    # a resume would replay the journaled NaN scores: the advice is to start it again
+    assert run["resumable"] is False
+    shown = " ".join(CliRunner().invoke(build_app(), ["show", str(out)]).output.split())
+    assert "a resume would replay its journaled scores" in shown and "--overwrite" in shown
+    assert "resume with" not in shown
 
 
 @pytest.mark.parametrize("strategy", ["zero-order", "paths", "smc", "pruning"])

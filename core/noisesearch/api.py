@@ -375,6 +375,8 @@ def _write_status(
         data["usage"] = usage.to_json()
     if error is not None and not isinstance(error, KeyboardInterrupt):
         data["error"] = f"{type(error).__name__}: {error}"
+        if getattr(error, "resumable", True) is False:  # its journal would fail it again
+            data["resumable"] = False
     results.write_json(run_dir / "run.json", data)
 
 

@@ -47,6 +47,14 @@ class RecordingFailed(RunFailed):
     is_out_of_memory = False
 
 
+class NothingSelectable(RunFailed):
+    """Every candidate's objective is non-finite (NaN, infinite): none can win. Its scores are in
+    the run's journal, so a resume would replay them and fail alike (``resumable`` false): the
+    run starts again once the verifier is fixed."""
+
+    resumable = False
+
+
 class NoCandidate(RunFailed):
     """A strategy ended without evaluating a candidate although the budget paid for one (it
     asked for more than was left, or for nothing): the strategy's fault, not the budget's."""

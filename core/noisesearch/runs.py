@@ -69,7 +69,12 @@ class RunRecord:
             return status
         import shlex
 
-        command = f"`noisesearch run --resume {shlex.quote(str(self.path))}`"
+        folder = shlex.quote(str(self.path))
+        command = f"`noisesearch run --resume {folder}`"
+        if status == "failed" and self.run.get("resumable") is False:  # its journal would fail it again
+            again = f"`noisesearch run --config {shlex.quote(str(self.path / RUN_JSON))} --overwrite`"
+            return (f"failed: {self.error or 'unknown error'}; a resume would replay its journaled scores, "
+                    f"so once its cause is fixed start it again with {again}")
         if status == "failed":  # resuming repeats what failed: it helps once the cause is gone
             return f"failed: {self.error or 'unknown error'}; once its cause is fixed, resume with {command}"
         return f"interrupted; resume with {command}"

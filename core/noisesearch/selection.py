@@ -15,7 +15,7 @@ from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 from noisesearch import recipes as rec
-from noisesearch.faults import RunFailed
+from noisesearch.faults import NothingSelectable
 from noisesearch.finite import is_finite, rank_key
 from noisesearch.types import Candidate
 
@@ -187,9 +187,9 @@ class Selection:
             "scores": per_score,
         }
 
-    def nothing_selectable(self, objective: str) -> RunFailed:
+    def nothing_selectable(self, objective: str) -> NothingSelectable:
         """The error of a run whose every candidate has a non-finite objective."""
-        return RunFailed(
+        return NothingSelectable(
             f"every one of the {self.count} candidates has a non-finite objective (NaN or "
             f"infinite; non-finite values per score: {self.non_finite()['scores']}), so none can "
             f"be selected; check the verifier {objective!r}"
