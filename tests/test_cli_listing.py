@@ -46,7 +46,7 @@ def test_version_prints_the_package_version() -> None:
 def test_plugins_hides_the_builtins_by_default() -> None:
     result = invoke("plugins")
     assert result.exit_code == 0
-    assert "No third-party plugins installed" in result.stdout
+    assert result.stdout.startswith("No third-party plugins")  # installed, or loaded: some are left out
     assert "--all" in result.stdout
 
 

@@ -139,3 +139,42 @@ def test_console_script_prints_one_warning_line_not_a_traceback(tmp_path: Path) 
     assert "Traceback" not in completed.stderr
     assert "Warning: plugin 'console'" in completed.stderr and "register_models" in completed.stderr
     assert "digits" in completed.stdout
+
+
+DUPLICATE_OF_A_BUILTIN = """
+    from noisesearch import hookimpl
+
+    class Impostor:
+        '''Not the digits classifier.'''
+
+    @hookimpl
+    def register_verifiers(register):
+        register("impostor-own", Impostor)
+        register("digits-classifier", Impostor)
+"""
+
+
+@pytest.mark.parametrize("command", [["models"], ["verifiers"], ["verifiers", "digits-classifier"],
+                                     ["strategies", "random"]])
+def test_every_command_works_beside_a_plugin_that_reregisters_a_builtin_name(
+    install: Install, command: list[str]
+) -> None:
+    """A duplicate name is one more broken plugin: skipped with a warning, not exit 2 for all."""
+    install("impostor", DUPLICATE_OF_A_BUILTIN)
+    with pytest.warns(PluginLoadWarning, match="verifier 'digits-classifier'") as caught:
+        result = CliRunner().invoke(build_app(), command)
+    assert result.exit_code == 0, result.output
+    message = str(caught[0].message)
+    assert "plugin 'impostor' (distribution 'noisesearch_fault_impostor') was skipped" in message
+    assert "'noisesearch_builtin.verifiers.digits_classifiers'" in message
+    assert "Impostor" not in result.output and "impostor-own" not in result.output
+
+
+def test_run_plans_beside_a_plugin_that_reregisters_a_builtin_name(install: Install, tmp_path: Path) -> None:
+    install("impostor-run", DUPLICATE_OF_A_BUILTIN)
+    with pytest.warns(PluginLoadWarning, match="digits-classifier"):
+        result = CliRunner().invoke(build_app(), [
+            "run", "--model", "digits", "--candidates", "0", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2  # our own clear error about --candidates, not the plugin
+    assert "candidates: must be a positive integer" in result.output
+    assert "registered twice" not in result.output

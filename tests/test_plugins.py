@@ -35,6 +35,7 @@ from noisesearch.plugins import (
     build_registries,
     get_plugin_manager,
 )
+from noisesearch.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SOURCE = ROOT / "contrib" / "noisesearch-example"
@@ -297,38 +298,69 @@ def plugin_names_of(pm: object) -> set[str]:
     return {name for name, _ in pm.list_name_plugin()}  # type: ignore[attr-defined]
 
 
-def test_duplicate_name_across_two_plugins_names_both(hand_install: HandInstall) -> None:
-    source = """
-        from noisesearch import hookimpl
+TWIN_PLUGIN = """
+    from noisesearch import hookimpl
 
-        class Twin:
-            '''Scores nothing.'''
+    class Twin:
+        '''Scores nothing.'''
 
-        @hookimpl
-        def register_verifiers(register):
-            register("twin", Twin)
-    """
-    hand_install("twin-a", source)
-    hand_install("twin-b", source)
-    with pytest.raises(DuplicateNameError) as caught:
-        build_registries()
-    message = str(caught.value)
-    assert "verifier 'twin'" in message
-    assert "'twin-a'" in message and "'twin-b'" in message
+    @hookimpl
+    def register_verifiers(register):
+        register("twin", Twin)
+        register("{name}-own", Twin)
+"""
 
 
-def test_duplicate_of_a_builtin_name_names_the_builtin_plugin(hand_install: HandInstall) -> None:
+def test_duplicate_name_across_two_plugins_skips_the_later_one_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of two third-party plugins with one name, the one whose entry-point name sorts later is
+    skipped whole, whatever the order of sys.path (twin-b's folder comes first on it here)."""
+    for name in ("twin-a", "twin-b"):  # each prepended to sys.path: twin-b's folder ends up first
+        folder = tmp_path / name
+        folder.mkdir()
+        install_plugin(folder, monkeypatch, name, TWIN_PLUGIN.replace("{name}", name))
+    pm = get_plugin_manager()
+    with pytest.warns(PluginLoadWarning, match="verifier 'twin'") as caught:
+        registries = build_registries(pm)
+    [message] = [str(w.message) for w in caught if "twin" in str(w.message)]
+    assert message.startswith("plugin 'twin-b' (distribution 'noisesearch-test-twin-b') was skipped")
+    assert "already registered by plugin 'twin-a'" in message and LOAD_PLUGINS_ENV in message
+    assert registries.verifiers.get("twin").plugin == "twin-a"
+    assert "twin-a-own" in registries.verifiers
+    assert "twin-b-own" not in registries.verifiers  # skipped whole, not only the clashing name
+    assert "twin-b" not in plugin_names_of(pm)
+    assert "digits-classifier" in registries.verifiers
+
+
+def test_duplicate_of_a_builtin_name_skips_the_plugin_naming_the_builtin(hand_install: HandInstall) -> None:
     hand_install("copycat", """
         from noisesearch import hookimpl
+
+        @hookimpl
+        def register_models(register):
+            register("copycat-model", lambda: None)
 
         @hookimpl
         def register_search_strategies(register):
             register("random", lambda: None)
     """)
-    with pytest.raises(DuplicateNameError, match="strategy 'random'") as caught:
-        build_registries()
-    assert "'noisesearch_builtin.search.random_search'" in str(caught.value)
-    assert "'copycat'" in str(caught.value)
+    with pytest.warns(PluginLoadWarning, match="strategy 'random'") as caught:
+        registries = build_registries()
+    message = str(caught[0].message)
+    assert "plugin 'copycat'" in message and "was skipped" in message
+    assert "'noisesearch_builtin.search.random_search'" in message
+    assert registries.strategies.get("random").plugin == "noisesearch_builtin.search.random_search"
+    assert "copycat-model" not in registries.models  # its other hooks' names are dropped too
+
+
+def test_registry_add_still_refuses_a_duplicate_name() -> None:
+    """Only build_registries resolves clashes between plugins; a registry used directly raises."""
+    registry = Registry("verifier")
+    registry.add("twin", object, "first")
+    with pytest.raises(DuplicateNameError, match="verifier 'twin' is registered twice") as caught:
+        registry.add("twin", object, "second")
+    assert "'first'" in str(caught.value) and "'second'" in str(caught.value)
 
 
 def test_unknown_name_names_the_kind_close_matches_and_every_choice(example: Path) -> None:
@@ -500,3 +532,161 @@ def test_plugins_command_with_third_party_plugins_is_quick(installed: Installed)
     line = "example (noisesearch-example 0.1.0): register_search_strategies, register_verifiers"
     assert line in completed.stdout.splitlines(), completed.stdout
     assert seconds < 5.0
+
+
+# -- undecorated hooks and fewer arguments (probe8 D8) ----------------------------------------
+
+
+def test_plugin_with_undecorated_hooks_only_is_skipped_naming_them(hand_install: HandInstall) -> None:
+    hand_install("undecorated", """
+        def register_verifiers(register):
+            register("never-registered", object)
+
+        def register_modelz(register):
+            pass
+
+        def helper():
+            pass
+    """)
+    match = "register_modelz, register_verifiers are not decorated"
+    with pytest.warns(PluginLoadWarning, match=match) as caught:
+        pm = get_plugin_manager()
+    message = str(caught[0].message)
+    assert "plugin 'undecorated'" in message and "was skipped" in message
+    assert "decorate them with @noisesearch.hookimpl" in message and "helper" not in message
+    assert "undecorated" not in plugin_names_of(pm)
+
+
+def test_plugin_that_implements_no_hook_at_all_gets_a_warning(hand_install: HandInstall) -> None:
+    hand_install("hookless", """
+        VALUE = 1
+    """)
+    with pytest.warns(PluginLoadWarning, match="'hookless'.*implements no noisesearch hook"):
+        assert "hookless" not in plugin_names_of(get_plugin_manager())
+
+
+def test_undecorated_function_named_like_a_hook_beside_decorated_ones_warns(
+    hand_install: HandInstall,
+) -> None:
+    hand_install("half-decorated", """
+        from noisesearch import hookimpl
+
+        @hookimpl
+        def register_models(register):
+            register("half-decorated-model", object)
+
+        def register_verifiers(register):
+            register("half-decorated-verifier", object)
+    """)
+    with pytest.warns(PluginLoadWarning, match="defines register_verifiers without @noisesearch.hookimpl"):
+        pm = get_plugin_manager()
+    assert "half-decorated" in plugin_names_of(pm)  # what it does implement still works
+    assert "half-decorated-model" in build_registries(pm).models
+
+
+def test_register_hook_may_take_fewer_arguments_than_its_specification(
+    hand_install: HandInstall,
+) -> None:
+    """hooks.md: implementations may take fewer arguments; pluggy passes only those they name."""
+    hand_install("no-argument", """
+        from noisesearch import hookimpl
+
+        calls = []
+
+        @hookimpl
+        def register_verifiers():
+            calls.append("called")
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginLoadWarning)
+        pm = get_plugin_manager()
+        build_registries(pm)
+    assert pm.get_plugin("no-argument").calls == ["called"]
+
+
+def markdown_bullet(path: Path, needle: str) -> str:
+    """The top-level bullet (``- ...``, its indented lines and sub-bullets) of a markdown file
+    that holds ``needle``."""
+    bullets = re.split(r"\n(?=- )|\n\n(?=[^\s-])", path.read_text())
+    [bullet] = [bullet for bullet in bullets if needle in bullet]
+    return " ".join(bullet.split())
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    (HOOKS_DOC, "(`register_modelz`"), (ROOT / "docs" / "writing-plugins.md", "(`register_verifierz`"),
+])
+def test_docs_say_a_misspelt_hook_skips_the_plugin_with_a_warning(doc: Path, needle: str) -> None:
+    """What test_misspelt_hook_name_skips_that_plugin_with_a_hint checks, not a fatal PluginError."""
+    bullet = markdown_bullet(doc, needle)
+    assert "PluginLoadWarning" in bullet and "skipped" in bullet, bullet
+    assert "fails loudly" not in bullet.split("built-in")[0], bullet
+
+
+# -- NOISESEARCH_LOAD_PLUGINS in messages (probe8 D11) ------------------------------------------
+
+
+def test_plugins_command_names_the_installed_plugins_the_variable_leaves_out(
+    hand_install: HandInstall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hand_install("left-out", HOOK_PLUGIN.format(hook="register_models", kind="model"))
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    result = CliRunner().invoke(build_app(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"No third-party plugins loaded: NOISESEARCH_LOAD_PLUGINS='' leaves out \d+ installed "
+        r"\(.*\bleft-out\b.*\)\. Use --all to see the built-ins\.", line), line
+    assert "installed" in line and "No third-party plugins installed" not in line
+
+
+def test_plugins_command_names_what_a_subset_leaves_out(
+    hand_install: HandInstall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hand_install("chosen", HOOK_PLUGIN.format(hook="register_models", kind="model"))
+    hand_install("not-chosen", HOOK_PLUGIN.format(hook="register_verifiers", kind="verifier"))
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "chosen")
+    result = CliRunner().invoke(build_app(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["chosen (noisesearch-test-chosen 0.1): register_models"]
+    note = result.stderr.strip()  # stdout stays one line per plugin
+    assert note.startswith("NOISESEARCH_LOAD_PLUGINS='chosen' leaves out "), note
+    assert "not-chosen" in note
+
+
+def test_plugins_command_without_installed_plugins_says_none_installed(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from noisesearch import plugins
+
+    monkeypatch.setattr(plugins, "left_out_plugins", lambda pm, load_entrypoints=None: ([], []))
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    result = CliRunner().invoke(build_app(), ["plugins"])
+    assert result.stdout.strip() == "No third-party plugins installed (use --all to see the built-ins)."
+
+
+@pytest.mark.parametrize("value", ["", "example"])
+def test_unknown_name_mentions_the_load_plugins_variable_when_set(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, value)
+    with pytest.raises(UnknownNameError) as caught:
+        Registry("strategy").get("example-antithetic")
+    assert str(caught.value).endswith(
+        f"Run `noisesearch plugins` to see which plugins are loaded "
+        f"(NOISESEARCH_LOAD_PLUGINS is set to '{value}')."
+    )
+    monkeypatch.delenv(LOAD_PLUGINS_ENV)
+    with pytest.raises(UnknownNameError) as caught:
+        Registry("strategy").get("example-antithetic")
+    assert "NOISESEARCH_LOAD_PLUGINS" not in str(caught.value)
+
+
+def test_describing_a_left_out_strategy_names_the_variable(
+    hand_install: HandInstall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hand_install("hidden", HOOK_PLUGIN.format(hook="register_search_strategies", kind="strategy"))
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    result = CliRunner().invoke(build_app(), ["strategies", "hand-strategy"])
+    assert result.exit_code == 2
+    assert "unknown strategy 'hand-strategy'" in result.stderr
+    assert "(NOISESEARCH_LOAD_PLUGINS is set to '')" in result.stderr

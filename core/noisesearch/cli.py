@@ -79,17 +79,38 @@ def _plugins_command(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """List installed plugins and the hooks they implement."""
+        from noisesearch.plugins import LOAD_PLUGINS_ENV, left_out_plugins
+
         with user_errors():
-            infos = plugin_infos(_plugin_manager(), include_builtin=all_)
+            manager = _plugin_manager()
+            infos = plugin_infos(manager, include_builtin=all_)
+            left_out, skipped = left_out_plugins(manager)
         if as_json:
             _print_json([info.to_json() for info in infos])
             return
+        # Installed plugins that did not load: "none installed" would send the user looking in
+        # the wrong place when NOISESEARCH_LOAD_PLUGINS leaves them out or they failed to load.
+        notes = []
+        if left_out:
+            notes.append(f"{LOAD_PLUGINS_ENV}={os.environ.get(LOAD_PLUGINS_ENV, '')!r} leaves out "
+                         f"{len(left_out)} installed ({', '.join(left_out)})")
+        if skipped:
+            were = "was" if len(skipped) == 1 else "were"
+            notes.append(f"{len(skipped)} installed {were} skipped ({', '.join(skipped)}: see the "
+                         f"warnings)")
         if not infos:
-            typer.echo("No third-party plugins installed (use --all to see the built-ins).")
+            if notes:
+                typer.echo(f"No third-party plugins loaded: {'; '.join(notes)}. Use --all to see "
+                           f"the built-ins.")
+            else:
+                typer.echo("No third-party plugins installed (use --all to see the built-ins).")
+            return
         for info in infos:
             where = f" ({info.distribution} {info.version})" if info.distribution else ""
             tag = " [built-in]" if info.builtin else ""
             typer.echo(f"{info.name}{where}{tag}: {', '.join(info.hooks)}")
+        if notes:  # on stderr: stdout stays one line per plugin
+            typer.echo(f"{'; '.join(notes)}.", err=True)
 
 
 def _kind_command(app: typer.Typer, command: str, kind: str) -> None:
@@ -412,7 +433,7 @@ def _show_command(app: typer.Typer) -> None:
         usage = run.get("usage") or {}
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold")
-        facts.add_column()
+        facts.add_column(overflow="fold")  # a path folded, not cut short
         budget = record.budget
         for key, value in (
             ("run", str(record.path)),
@@ -510,7 +531,9 @@ def _runs_command(app: typer.Typer) -> None:
 
         table = Table(title=f"runs under {_escape(folder)}")
         for column in ("run", "model", "condition", "strategy", "NFEs", "candidates", "best", "status"):
-            table.add_column(column, justify="right" if column in ("NFEs", "candidates", "best") else "left")
+            # the run's name is what `show` takes: folded onto more lines, never cut short
+            table.add_column(column, justify="right" if column in ("NFEs", "candidates", "best") else "left",
+                             overflow="fold" if column == "run" else "ellipsis")
         for row in found:
             if "error" in row:
                 table.add_row(_escape(row["run"]), "", "", "", "", "", "", f"[red]{_escape(row['error'])}[/]")

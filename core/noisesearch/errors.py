@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -32,7 +33,11 @@ class UnknownNameError(NoiseSearchError, KeyError):
         listed = ", ".join(self.available) if self.available else "(none)"
         plural = {"strategy": "strategies"}.get(kind, f"{kind}s")
         parts.append(f"Available {plural}: {listed}.")
-        parts.append("Run `noisesearch plugins` to see which plugins are loaded.")
+        # Third-party plugins left out by the variable (noisesearch.plugins.LOAD_PLUGINS_ENV,
+        # not imported: the plugins module imports this one) would otherwise go unmentioned.
+        selected = os.environ.get("NOISESEARCH_LOAD_PLUGINS")
+        note = "" if selected is None else f" (NOISESEARCH_LOAD_PLUGINS is set to {selected!r})"
+        parts.append(f"Run `noisesearch plugins` to see which plugins are loaded{note}.")
         super().__init__(" ".join(parts))
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message

@@ -122,9 +122,12 @@ def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str], sour
     entry_points = metadata.entry_points(group=PROJECT_NAME)
     if selection is not True:
         _warn_unmatched(selection, entry_points, source)
-    for ep in entry_points:
+    # In the order of their names, whatever the order of sys.path and of the folders on it: of two
+    # plugins that register the same name, the later one is skipped (build_registries). A stable
+    # sort, so that of one name seen twice, the first on sys.path still wins.
+    for ep in sorted(entry_points, key=lambda ep: ep.name):
         dist = ep.dist.name if ep.dist is not None else None
-        if selection is not True and ep.name not in selection and dist not in selection:
+        if not _selected(ep, selection):
             continue
         if pm.get_plugin(ep.name) is not None:
             continue  # the same distribution seen twice on sys.path
@@ -143,6 +146,64 @@ def _load_entrypoints(pm: pluggy.PluginManager, selection: bool | set[str], sour
         except PluginError as exc:  # a misspelt hook or argument: skip it, as an import error
             reason = "it " + str(exc).removeprefix(f"plugin {ep.name!r} ")
             skip_plugin(pm, ep.name, reason, registered=False)
+            continue
+        _check_undecorated(pm, plugin, ep.name)
+
+
+def _selected(ep: metadata.EntryPoint, selection: bool | set[str]) -> bool:
+    return selection is True or ep.name in selection or (
+        ep.dist is not None and ep.dist.name in selection
+    )
+
+
+def _check_undecorated(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """A plugin whose ``register_*`` functions lack ``@hookimpl`` would silently do nothing.
+
+    One that implements no hook at all is skipped with a warning naming such functions; one that
+    implements some hooks gets a warning for each function named exactly like another hook."""
+    implemented = {caller.name for caller in pm.get_hookcallers(plugin) or []}
+    lookalikes = sorted(
+        attribute for attribute in dir(plugin)
+        if attribute.startswith("register_") and attribute not in implemented
+        and callable(getattr(plugin, attribute, None))
+    )
+    if not implemented:
+        if lookalikes:
+            it, them = ("it", "is") if len(lookalikes) == 1 else ("them", "are")
+            reason = (
+                f"it implements no noisesearch hook: {', '.join(lookalikes)} {them} not "
+                f"decorated, so noisesearch never calls {it}; decorate {it} with "
+                f"@noisesearch.hookimpl."
+            )
+        else:
+            reason = (
+                "it implements no noisesearch hook: its entry point should name the module "
+                "whose functions are decorated with @noisesearch.hookimpl. Known hooks: "
+                f"{', '.join(_hook_names())}."
+            )
+        skip_plugin(pm, name, reason)
+        return
+    for function in (attribute for attribute in lookalikes if attribute in _hook_names()):
+        warnings.warn(
+            f"plugin {name!r} (distribution {distribution_of(name)!r}) defines {function} "
+            f"without @noisesearch.hookimpl, so noisesearch never calls it; decorate it with "
+            f"@noisesearch.hookimpl (or rename it if it is no hook).",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
+
+
+def left_out_plugins(pm: pluggy.PluginManager, load_entrypoints: bool | Sequence[str] | None = None
+                     ) -> tuple[list[str], list[str]]:
+    """The installed entry-point plugins that ``pm`` lacks, as two sorted lists of names: those
+    that the selection (``NOISESEARCH_LOAD_PLUGINS`` by default) leaves out, and those that were
+    selected but skipped (they failed to load or broke the hook contract, with a warning)."""
+    selection = _selection(load_entrypoints)
+    left_out, skipped = set(), set()
+    for ep in metadata.entry_points(group=PROJECT_NAME):
+        if pm.get_plugin(ep.name) is None:
+            (skipped if selection is not False and _selected(ep, selection) else left_out).add(ep.name)
+    return sorted(left_out), sorted(skipped - left_out)
 
 
 def _warn_unmatched(selection: set[str], entry_points: Sequence[metadata.EntryPoint], source: str) -> None:
@@ -234,37 +295,69 @@ def registries_built() -> int:
 
 
 def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
-    """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name."""
+    """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name.
+
+    A third-party plugin whose hook raises, or registers a bad name or factory, or a name that
+    another plugin has, is skipped whole, with a :class:`PluginLoadWarning`, and the rest work.
+    Of two plugins that register the same name of a kind, a built-in one is kept, else the one
+    loaded first (entry points load in the order of their names). Two built-ins that clash are
+    a :class:`~noisesearch.errors.DuplicateNameError`.
+    """
     global _builds
     _builds += 1  # what was found out about the installed plugins is found out again
     pm = pm or get_plugin_manager()
-    # Each plugin registers into registries of its own first: a third-party hook that raises
-    # (or registers a bad name or factory) is skipped whole, with a warning, and the rest work.
-    staged: list[tuple[str, str, Registry]] = []
-    skipped: set[str] = set()
+    # Each plugin registers into registries of its own first, so that one that fails halfway
+    # leaves nothing behind.
+    staged: dict[str, list[Registry]] = {}
     for kind, hook_name in _REGISTER_HOOKS.items():
         caller = getattr(pm.hook, hook_name)
-        # Registration order (built-ins first: get_hookimpls() lists them that way), calling
-        # each plugin with its own `register` so that a duplicate name can name both plugins.
         for impl in caller.get_hookimpls():
             plugin = impl.plugin_name
             own = Registry(kind)
+            # Only the arguments that the implementation names, as pluggy passes them: a hook
+            # may take fewer arguments than its specification.
+            arguments = {"register": own.bind(plugin)}
             function: Callable[..., None] = impl.function
             try:
-                function(register=own.bind(plugin))
+                function(*[arguments[name] for name in impl.argnames])
             except Exception as exc:
                 if plugin in DEFAULT_PLUGINS:
                     raise
                 skip_plugin(pm, plugin, f"its {hook_name} hook raised {type(exc).__name__}: {exc}.")
-                skipped.add(plugin)
+                staged.pop(plugin, None)
                 continue
-            staged.append((kind, plugin, own))
+            staged.setdefault(plugin, []).append(own)
     registries = Registries(Registry("model"), Registry("verifier"), Registry("strategy"))
-    for kind, plugin, own in staged:
-        if plugin not in skipped:
-            for entry in own:
-                registries.of(kind).add(entry.name, entry.factory, plugin, entry.description)
+    order = [name for name, _ in pm.list_name_plugin()]  # the order they were registered in
+    for plugin in sorted(staged, key=lambda name: (name not in DEFAULT_PLUGINS, order.index(name))):
+        clashes = [
+            (own.kind, entry.name, registries.of(own.kind).get(entry.name).plugin)
+            for own in staged[plugin] for entry in own if entry.name in registries.of(own.kind)
+        ]
+        if clashes and plugin not in DEFAULT_PLUGINS:
+            skip_plugin(pm, plugin, _describe_clashes(clashes))
+            continue
+        for own in staged[plugin]:
+            for entry in own:  # two built-ins that clash: a DuplicateNameError
+                registries.of(own.kind).add(entry.name, entry.factory, plugin, entry.description)
     return registries
+
+
+def _describe_clashes(clashes: list[tuple[str, str, str]]) -> str:
+    """Why a plugin is skipped: the names it registers that plugins kept before it have."""
+    parts = []
+    for kind, name, owner in clashes:
+        if owner in DEFAULT_PLUGINS:
+            parts.append(f"{kind} {name!r} is already registered by the built-in plugin {owner!r}")
+        else:
+            parts.append(
+                f"{kind} {name!r} is already registered by plugin {owner!r} (distribution "
+                f"{distribution_of(owner)!r}), which loads before it"
+            )
+    return (
+        f"it registers a name that another plugin has: its {'; its '.join(parts)}. A name must be "
+        f"unique per kind; prefix a plugin's names with its package's name."
+    )
 
 
 def plugin_infos(pm: pluggy.PluginManager, include_builtin: bool = False) -> list[PluginInfo]:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 def print_summary(result: SearchResult) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     objective = result.config.verifiers[0]
@@ -52,8 +53,9 @@ def print_summary(result: SearchResult) -> None:
     console.print(table)
     for line in notes(result):
         console.print(line)
-    if result.run_dir is not None:
-        console.print(f"Results in [bold]{result.run_dir}[/] ({result.seconds:.1f} s in all)")
+    if result.run_dir is not None:  # never folded inside the path: it is copied from here
+        console.print(f"Results in [bold]{escape(str(result.run_dir))}[/] ({result.seconds:.1f} s in all)",
+                      soft_wrap=True)
 
 
 def verdict_text(verdicts: Mapping[str, Any], key: str) -> str:
@@ -79,9 +81,13 @@ def notes(result: SearchResult) -> list[str]:
     scores = result.non_finite.get("scores") or {}
     if bad or scores:
         per_score = escape(", ".join(f"{name}: {count}" for name, count in scores.items()))
-        lines.append(f"[yellow]Warning:[/] {bad} of {result.usage.candidates} candidates had a "
-                     f"non-finite objective (NaN or infinite) and were never selected; "
-                     f"non-finite scores: {per_score or 'none'}")
+        if bad:
+            lines.append(f"[yellow]Warning:[/] {bad} of {result.usage.candidates} candidates had a "
+                         f"non-finite objective (NaN or infinite) and were never selected; "
+                         f"non-finite scores: {per_score or 'none'}")
+        else:  # only scores that do not rank (the judge's, an ensemble member's): no candidate lost
+            lines.append(f"[yellow]Warning:[/] non-finite scores (NaN or infinite), which no "
+                         f"selection used: {per_score}")
     if result.baseline_origin == "extra":
         lines.append(f"The no-search baseline was generated apart from the search "
                      f"({result.usage.baseline_nfe} NFEs, not charged to the budget).")
