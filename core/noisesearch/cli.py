@@ -680,7 +680,7 @@ def _add_plugin_commands(app: typer.Typer) -> None:
     for impl in manager.hook.register_commands.get_hookimpls():
         before = [len(infos) for infos in listed]
         try:
-            impl.function(app=app)
+            impl.function(*[{"app": app}[name] for name in impl.argnames])  # those it names, as pluggy
         except Exception as exc:
             for infos, count in zip(listed, before):
                 del infos[count:]
