@@ -16,6 +16,7 @@ from processes import with_default_ctrl_c
 
 import noisesearch
 from noisesearch.api import resume_run
+from noisesearch.journal import read_meta
 
 CLI = str(Path(sys.executable).with_name("noisesearch"))
 ARGS = ["run", "--model", "digits", "-q", "--candidates", "1200", "--batch-size", "4", "--seed", "2",
@@ -70,11 +71,17 @@ def test_a_crash_leaves_an_incomplete_run_that_resumes(tmp_path: Path, monkeypat
     assert lines(out / "candidates.jsonl") == 24
 
     monkeypatch.undo()
+    journaled = [read_meta(path) for path in sorted((out / "journal").glob("*.safetensors"))]
     resumed = resume_run(out)
     reference = noisesearch.search(model="digits", label=6, candidates=40, batch_size=8, seed=1, write=False)
     assert resumed.best.recipe == reference.best.recipe
     assert [c.objective for c in resumed.top] == [c.objective for c in reference.top]
     assert resumed.usage.nfe == reference.usage.nfe
+    # the seconds of the batches the journal served count too, as their NFEs do
+    model = sum(m.get("model_seconds", 0.0) for m in journaled if "levels" in m)
+    scored = sum(m.get("verifier_seconds", 0.0) for m in journaled if "scores" in m)
+    assert model > 0 and scored > 0
+    assert resumed.usage.model_seconds >= model and resumed.usage.verifier_seconds >= scored
 
 
 def test_resume_refuses_a_complete_run(tmp_path: Path) -> None:

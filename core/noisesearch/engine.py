@@ -424,6 +424,7 @@ class Engine:
         rows = x.shape[0]
         if output is None:
             tensors, meta = self.journal.read("solve", rows)
+            self.usage.model_seconds += float(meta.get("model_seconds", 0.0))  # the earlier process's
             x0 = {float(level): tensors[f"x0_{i}"].to(x.device) for i, level in enumerate(meta["levels"])}
             return SolveResult(tensors["x"].to(x.device), meta["nfe"], x0)
         self.usage.model_seconds += output.seconds
@@ -431,7 +432,8 @@ class Engine:
         if self.journal is not None:
             tensors = {"x": result.x, **{f"x0_{i}": v for i, v in enumerate(result.x0.values())}}
             self.journal.write("solve", rows, tensors, {"nfe": result.nfe, "levels": list(result.x0),
-                                                        "batch_size": self.batch_size})
+                                                        "batch_size": self.batch_size,
+                                                        "model_seconds": output.seconds})
         return result
 
     def on_grid(self, levels: Sequence[float]) -> list[float]:
@@ -479,12 +481,15 @@ class Engine:
 
         def work(lo: int, hi: int, output: Output | None) -> None:
             if output is None:
-                parts.append(self.journal.read("predict", hi - lo)[0]["x0"].to(states.x.device))
+                tensors, meta = self.journal.read("predict", hi - lo)
+                parts.append(tensors["x0"].to(states.x.device))
+                self.usage.model_seconds += float(meta.get("model_seconds", 0.0))  # the earlier process's
             else:
                 parts.append(output.x.to(states.x.device))
                 self.usage.model_seconds += output.seconds
                 if self.journal is not None:
-                    self.journal.write("predict", hi - lo, {"x0": parts[-1]}, {"batch_size": self.batch_size})
+                    self.journal.write("predict", hi - lo, {"x0": parts[-1]},
+                                       {"batch_size": self.batch_size, "model_seconds": output.seconds})
             self.usage.nfe += hi - lo
 
         self._in_batches(len(states), unit, work)
@@ -528,6 +533,7 @@ class Engine:
         if self.journal is not None and self.journal.replaying:
             meta = self.journal.read(kind, rows)[1]
             self.usage.verifier_calls += meta["verifier_calls"]
+            self.usage.verifier_seconds += float(meta.get("verifier_seconds", 0.0))  # the earlier process's
             for name, cost in meta.get("verifier_cost", {}).items():  # generative judges' tokens
                 self.usage.add_verifier_cost(name, cost)
             return meta["scores"], None
@@ -537,14 +543,14 @@ class Engine:
         # top-k's images held ~35 GB per batch of 64 DiT-XL/2 decodes on an H200 (out of memory).
         with torch.inference_mode():
             images, trajectory = decode()
-            calls = self.usage.verifier_calls
+            calls, seconds = self.usage.verifier_calls, self.usage.verifier_seconds
             costs = {name: dict(cost) for name, cost in self.usage.verifier_cost.items()}
             scores = self.scorer.score(images, self.condition, trajectory or None, self.usage)
         if before is not None:
             before()
         if self.journal is not None:
             meta = {"scores": scores, "verifier_calls": self.usage.verifier_calls - calls,
-                    "batch_size": self.batch_size}
+                    "verifier_seconds": self.usage.verifier_seconds - seconds, "batch_size": self.batch_size}
             spent = self.usage.verifier_cost_since(costs)
             if spent:
                 meta["verifier_cost"] = spent

@@ -36,7 +36,7 @@ class JournalDamaged(NoiseSearchError):
     are written atomically, so this is damage from outside; nothing is resumed from it."""
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Path) -> dict[str, Any]:
     """An entry's metadata, read from its header only; checks the file is whole."""
     from safetensors import safe_open
 
@@ -73,7 +73,7 @@ class Journal:
         entries = []
         while len(entries) in found:
             entries.append(found[len(entries)])
-            _read_meta(entries[-1][1])  # refuse a damaged journal before any work
+            read_meta(entries[-1][1])  # refuse a damaged journal before any work
         return entries
 
     @property
@@ -82,7 +82,7 @@ class Journal:
 
     def next_batch_size(self) -> int | None:
         """The engine's batch size when the next recorded call was made."""
-        return _read_meta(self._entries[self.index][1]).get("batch_size")
+        return read_meta(self._entries[self.index][1]).get("batch_size")
 
     @property
     def left(self) -> int:
@@ -100,7 +100,7 @@ class Journal:
         from safetensors.torch import load_file
 
         recorded_kind, path = self._entries[self.index]
-        meta = _read_meta(path)
+        meta = read_meta(path)
         if recorded_kind != kind or meta.get("rows") != rows:
             raise JournalMismatch(
                 f"resuming: call {self.index} is a {kind} of {rows} rows, but the run recorded a "
