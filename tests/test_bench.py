@@ -364,3 +364,222 @@ def test_overlap_in_a_bench_changes_no_row_and_continues_the_same_bench(tmp_path
     assert comparable(again.rows) == comparable(plain.rows)
     with pytest.raises(noisesearch.ConfigError, match="overlap"):
         small_grid(tmp_path / "bad", overlap="yes").validate()
+
+
+# -- outputs: models, evaluators, baselines and the report (probe7 D1, D4, D7, D11) -------------------
+
+def _row(model: str, strategy: str, budget: int | None, label: int, score: float, **extra) -> dict:
+    """A finished row as a cell writes it, searched on ``clip-score``, judged by ``judge``."""
+    kind = "baseline" if strategy.startswith("baseline:") else "search"
+    row = {"key": f"{model}-{strategy}-{budget}-{label}", "model": model, "strategy": strategy,
+           "kind": kind, "verifier": None if kind == "baseline" else "clip-score",
+           "verifiers": ["clip-score"], "evaluators": ["judge"], "budget": budget, "label": label,
+           "prompt": None, "seed": 0, "status": "ok", "nfe": budget or 20, "run_dir": f"/nowhere/{label}",
+           "scores": {"clip-score": score, "judge": score}, "agrees": {"judge": score > 0}}
+    row.update(extra)
+    return row
+
+
+def test_rows_of_two_models_sharing_verifier_names_are_never_pooled(tmp_path: Path) -> None:
+    from noisesearch.bench.outputs import summary_markdown, table, write_outputs
+
+    rows = []
+    for model, value in (("hf:a", 1.0), ("hf:b", -1.0)):  # two SD models, both with clip-score
+        for label in (0, 1):
+            rows += [_row(model, "baseline:default", None, label, value / 2),
+                     _row(model, "random", 40, label, value)]
+    entries = table(rows)
+    assert {(e["model"], e["strategy"]) for e in entries} == {
+        (m, s) for m in ("hf:a", "hf:b") for s in ("random", "baseline:default")}
+    for e in entries:  # each over its own model's two rows only
+        sign = 1 if e["model"] == "hf:a" else -1
+        assert e["evaluator_stat"].n == 2
+        assert e["evaluator_stat"].mean == sign * (0.5 if e["baseline"] else 1.0)
+        assert e["accuracy"] == (1.0 if sign > 0 else 0.0)
+    summary = summary_markdown(rows, entries)
+    assert "## Model hf:a" in summary and "## Model hf:b" in summary
+    block_a = summary.split("## Model hf:a")[1].split("## Model hf:b")[0]
+    assert "-1.0000" not in block_a and "-0.5000" not in block_a  # nothing of model b
+    write_outputs(tmp_path, rows)
+    page = (tmp_path / "report.html").read_text()
+    assert "Model hf:a" in page and "Model hf:b" in page
+    assert {p.name for p in tmp_path.iterdir()} >= {"scaling-judge.png", "hacking.png"}
+
+
+def test_accuracy_is_each_evaluators_own_and_old_rows_read_as_the_first_evaluators() -> None:
+    from noisesearch.bench.outputs import table
+
+    both = ["judge", "contrast"]
+    rows = [_row("digits", "random", 40, 0, 1.0, evaluators=both, agrees={"judge": True, "contrast": None}),
+            _row("digits", "random", 40, 1, 1.0, evaluators=both, agrees={"judge": False, "contrast": None}),
+            _row("digits", "random", 40, 2, 1.0, evaluators=both, agrees=True)]  # an earlier bench's row
+    accuracy = {e["evaluator"]: e["accuracy"] for e in table(rows)}
+    assert accuracy == {"judge": 2 / 3, "contrast": None}
+    for row in rows:
+        row["evaluators"] = ["contrast", "judge"]  # the old row's bool is now contrast's
+    accuracy = {e["evaluator"]: e["accuracy"] for e in table(rows)}
+    assert accuracy == {"contrast": 1.0, "judge": 1 / 2}
+
+
+TEST_PLUGIN = """
+    from noisesearch import hookimpl
+    from noisesearch_builtin.models.digits import DigitsModel
+
+    class Dim:
+        '''Darkness of the image; says "label 0" for every image.'''
+
+        def score(self, images, condition, trajectory=None):
+            return 1.0 - images.mean(dim=(1, 2, 3))
+
+        def predict(self, images):
+            import torch
+            return torch.zeros(images.shape[0], dtype=torch.long)
+
+    class Bright:
+        '''Brightness of the image; no verdict.'''
+
+        def score(self, images, condition, trajectory=None):
+            return images.mean(dim=(1, 2, 3))
+
+    @hookimpl
+    def register_verifiers(register):
+        register("test-dim", Dim, description="darkness")
+        register("test-bright", Bright, description="brightness")
+
+    @hookimpl
+    def register_models(register):
+        register("digits-twin", DigitsModel, description="the digits model again")
+"""
+
+
+@pytest.fixture
+def test_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cheap evaluators and a second model sharing the digits model's verifiers."""
+    from hand_plugins import install_plugin
+
+    from noisesearch.plugins import LOAD_PLUGINS_ENV
+
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    install_plugin(folder, monkeypatch, "test-bench", TEST_PLUGIN)
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "test-bench")
+
+
+def test_a_bench_of_two_models_sharing_verifiers_has_a_table_and_panels_per_model(
+        tmp_path: Path, test_plugin: None) -> None:
+    result = run_bench(small_grid(tmp_path / "b", models=["digits", "digits-twin"],
+                                  strategies=[StrategySpec("random")], baselines=["default"]))
+    assert not result.failed and len(result.rows) == 2 * 2 * 2
+    summary = (result.folder / "summary.md").read_text()
+    assert summary.count("## Model ") == 2
+    for model in ("digits", "digits-twin"):
+        table_ = summary.split(f"## Model {model}\n")[1].split("\n\n")[0]
+        lines = [line for line in table_.splitlines() if line.startswith("| digits-classifier")]
+        assert len(lines) == 2  # random and the default baseline at 40 NFEs, once each
+        assert all(line.split(" | ")[4] == "2" for line in lines)  # n: this model's 2 labels only
+    page = (result.folder / "report.html").read_text()
+    assert "<h3>Model digits</h3>" in page and "<h3>Model digits-twin</h3>" in page
+    assert "<tr><th>models</th><td>digits, digits-twin</td></tr>" in page
+
+
+def test_each_evaluator_judges_every_winner_the_same_way_whatever_their_order(
+        tmp_path: Path, test_plugin: None) -> None:
+    from noisesearch.bench.outputs import table
+
+    judges = ["digits-evaluator", "test-dim", "test-bright"]
+    benches = {}
+    for order in (judges, judges[::-1]):
+        result = run_bench(small_grid(tmp_path / "-".join(order), strategies=[StrategySpec("random")],
+                                      budgets=[40, 80], baselines=["default", "stochastic"],
+                                      evaluators=order))
+        assert not result.failed
+        benches[tuple(order)] = result
+    first, second = benches.values()
+    a, b = ({(r["strategy"], r["budget"], r["label"]): r for r in result.rows} for result in (first, second))
+    assert a.keys() == b.keys()
+    for cell in a:  # bit for bit: every evaluator judged the winner alone, after the search
+        assert a[cell]["scores"] == b[cell]["scores"], cell
+        assert a[cell]["agrees"] == b[cell]["agrees"], cell
+    for row in first.rows:
+        assert set(row["agrees"]) == set(judges) and row["agrees"]["test-bright"] is None
+        assert row["agrees"]["test-dim"] == (row["label"] == 0)
+    for result in (first, second):
+        accuracy = {(e["evaluator"], e["strategy"], e["budget"]): e["accuracy"] for e in table(result.rows)}
+        labels = [r["label"] for r in result.rows if r["strategy"] == "random" and r["budget"] == 40]
+        assert accuracy[("test-dim", "random", 40)] == labels.count(0) / len(labels)
+        assert accuracy[("test-bright", "random", 40)] is None
+        agreed = [r["agrees"]["digits-evaluator"] for r in result.rows
+                  if r["strategy"] == "random" and r["budget"] == 40]
+        assert accuracy[("digits-evaluator", "random", 40)] == sum(agreed) / len(agreed)
+    page = (first.folder / "report.html").read_text()
+    assert "(digits-evaluator, test-dim, test-bright)" in page  # hacking.png names its evaluators
+
+
+def test_summary_and_report_define_the_baselines_and_show_the_grid_and_nfes_used(tmp_path: Path) -> None:
+    import html
+    import re
+
+    from noisesearch.bench.outputs import report_html, summary_markdown, table
+
+    rows = [_row("digits", "random", 80, 0, 1.0),
+            _row("digits", "baseline:default", None, 0, 0.5),
+            _row("digits", "baseline:more-steps", 80, 0, 0.5),
+            _row("digits", "baseline:stochastic", 80, 0, 0.7, nfe=70)]
+    entries = table(rows)
+    summary = summary_markdown(rows, entries)
+    assert "Baselines spend the same NFEs" not in summary
+    for label in ("baseline:default", "baseline:more-steps", "baseline:stochastic"):
+        assert sum(line.startswith(f"- `{label}`: ") for line in summary.splitlines()) == 1
+    assert "budget-free" in summary and "- models: digits" in summary and "- seeds: 0" in summary
+    page = report_html(tmp_path, rows, entries, [], {"prompts": "model", "limit": 1, "solver": "ddim"})
+    table_ = page[page.index("id='summary'"):]
+    headers = [html.unescape(h) for h in re.findall(r"<th>([^<]*)</th>", table_[:table_.index("</tr>")])]
+    assert len(set(headers)) == len(headers) and "evaluator" not in headers  # no two alike
+    assert {"held-out evaluator", "searched verifier", "NFEs used"} <= set(headers)
+    assert page.index("id='grid'") < page.index("id='summary'")  # the grid at the top
+    assert "<td>70.0</td>" in page  # the stochastic baseline's NFEs used, not its budget
+    assert "<td>20.0</td>" in page  # the default baseline's one sample at budget 80
+    assert "Cells (the first" not in page
+    many = [_row("digits", "random", 80, i, 1.0) for i in range(2001)]
+    page = report_html(tmp_path, many, [], [])
+    assert "Cells (the first 2000 of 2001" in page and page.count("<li><code>") == 2000
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "swallowed"])
+def test_ctrl_c_during_a_bench_is_told_once(how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from noisesearch import cli, interrupts
+    from noisesearch.bench import runner
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - Ctrl-C mid-bench
+        interrupts._state["requested"] = True
+        if how == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        raise RuntimeError("a library turned the Ctrl-C into this")
+
+    monkeypatch.setattr(interrupts, "install", lambda: None)
+    monkeypatch.setitem(interrupts._state, "requested", False)
+    monkeypatch.delitem(cli._state, "told", raising=False)
+    monkeypatch.setattr(runner, "run_bench", interrupted)
+    monkeypatch.setattr(sys, "argv", ["noisesearch", "bench", "--budget", "40", "--limit", "1",
+                                      "-o", str(tmp_path / "b"), "-q"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("Interrupted") == 1, err
+    assert "run the same command again" in err and "Traceback" not in err
+
+
+def test_results_csv_has_one_verdict_column_per_evaluator() -> None:
+    from noisesearch.bench.store import to_csv
+
+    rows = [{"key": "a", "evaluators": ["judge", "contrast"], "agrees": {"judge": True, "contrast": None},
+             "scores": {"judge": 0.5}},
+            {"key": "b", "evaluators": ["judge"], "agrees": False}]  # a row of an earlier bench
+    header, first, second = [line.split(",") for line in to_csv(rows).splitlines()]
+    assert "agrees" not in header and {"agrees:judge", "agrees:contrast"} <= set(header)
+    judge, contrast = header.index("agrees:judge"), header.index("agrees:contrast")
+    assert (first[judge], first[contrast], second[judge], second[contrast]) == ("True", "", "False", "")

@@ -108,6 +108,10 @@ class CellRunner:
             with fresh_run_folder(Path(cell.run_dir)):
                 row = self._run(cell)
         except Exception as error:  # recorded, and the bench goes on (Ctrl-C is not an Exception)
+            from noisesearch import interrupts
+
+            if interrupts.requested():  # a Ctrl-C that a library turned into another error
+                raise KeyboardInterrupt from error
             row = base_row(cell)
             row.update(status="failed", error=f"{type(error).__name__}: {error}",
                        trace=traceback.format_exc(limit=-3))
@@ -132,11 +136,14 @@ class CellRunner:
         # No journal: an interrupted cell is run again from scratch (see run), never resumed.
         result = run_plan(checked, write=True, report=cell.report, journaled=False)
         scores = dict(result.best.scores)
-        image = result.best.image
+        # Every evaluator judges the winner the same way, after the search and on its image
+        # alone, so that a row's evaluator scores and verdicts do not depend on the order of
+        # the evaluators (the run's own evaluator, the first, scored the winner in its batch:
+        # ~1e-6 apart; run.json keeps that score and verdict).
+        agrees: dict[str, bool | None] = {}
         for name in cell.evaluators:
-            if name not in scores:
-                judge = self._verifier(name, cell.evaluator_options.get(name, {}), config.device)
-                scores[name] = float(judge.score(image[None], result.condition)[0])
+            judge = self._verifier(name, cell.evaluator_options.get(name, {}), config.device)
+            scores[name], agrees[name] = judge_winner(judge, result.best.image, result.condition)
         row = base_row(cell)
         row.update(
             status="ok",
@@ -145,7 +152,7 @@ class CellRunner:
             steps=config.steps,
             objective=result.best.objective,
             scores={name: _finite(value) for name, value in sorted(scores.items())},
-            agrees=result.verdicts.get("best_agrees"),
+            agrees=agrees,
             diversity=diversity([c.image for c in result.top if c.image is not None]),
             search_seconds=round(result.seconds, 4),
         )
@@ -219,6 +226,32 @@ def base_row(cell: Cell) -> dict[str, Any]:
         "status": "pending",
         "error": None,
     }
+
+
+def judge_winner(judge: Any, image: Any, condition: Any) -> tuple[float | None, bool | None]:
+    """A held-out evaluator's score of the winner ``image`` (C, H, W) and its verdict: whether
+    it agrees with the condition (its own ``verdict``, else its ``predict`` against a label),
+    ``None`` where it cannot say. As the run's verdicts are asked (``api._verdicts``)."""
+    score = _finite(float(judge.score(image[None], condition)[0]))
+    verdict = getattr(judge, "verdict", None)
+    if callable(verdict):
+        said = verdict(image, condition)
+        return score, (bool(said["agrees"]) if said else None)
+    if callable(getattr(judge, "predict", None)) and condition.label is not None:
+        return score, int(judge.predict(image[None])[0]) == int(condition.label)
+    return score, None
+
+
+def agrees_of(row: dict[str, Any], evaluator: str) -> bool | None:
+    """``evaluator``'s verdict on a row's winner: ``agrees`` holds one per evaluator; a row of an
+    earlier bench holds one bool, the verdict of its first evaluator (the run's own)."""
+    agrees = row.get("agrees")
+    if isinstance(agrees, dict):
+        value = agrees.get(evaluator)
+        return value if isinstance(value, bool) else None
+    if isinstance(agrees, bool) and list(row.get("evaluators") or [])[:1] == [evaluator]:
+        return agrees
+    return None
 
 
 def diversity(images: list[Any]) -> float | None:

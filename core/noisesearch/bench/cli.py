@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Optional
 
 import typer
@@ -41,9 +40,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure inference-time scaling: strategies x NFE budgets x verifiers over a prompt
         suite, with held-out evaluators and verifier-free baselines at the same NFEs."""
+        from noisesearch import interrupts
         from noisesearch.bench.grid import grid_from_mapping, load_grid_file
         from noisesearch.bench.runner import run_bench
-        from noisesearch.cli import user_errors
+        from noisesearch.cli import _state, user_errors
 
         given: dict[str, Any] = {
             "models": model, "strategies": strategy, "budgets": budget, "verifiers": verifier,
@@ -58,10 +58,17 @@ def register(app: typer.Typer) -> None:
             data = load_grid_file(grid_file) if grid_file else {}
             data.update({k: v for k, v in given.items() if _given(v)})
             grid = grid_from_mapping(data, where=grid_file or "the command line")
-            # Ctrl-C is told below, outside user_errors (whose message is about run folders).
-            with contextlib.suppress(KeyboardInterrupt):
+            # Ctrl-C is told below, outside user_errors (whose message is about run folders),
+            # also when a library turned it into another error.
+            try:
                 result = run_bench(grid, executor, options, progress=not quiet, overwrite=overwrite)
+            except KeyboardInterrupt:
+                pass
+            except Exception:
+                if not interrupts.requested():
+                    raise
         if result is None:
+            _state["told"] = True  # the console script's main() says nothing more
             typer.echo("Interrupted. Finished cells are kept; run the same command again to "
                        "continue the bench.", err=True)
             raise typer.Exit(130)

@@ -88,19 +88,25 @@ def write_final(folder: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """One row per cell; every score in a ``score:NAME`` column."""
+    """One row per cell; every score in a ``score:NAME`` column, every evaluator's verdict on the
+    winner in an ``agrees:NAME`` column."""
+    from noisesearch.bench.cells import agrees_of
+
     names = sorted({name for row in rows for name in (row.get("scores") or {})})
+    judges = sorted({name for row in rows for name in (row.get("evaluators") or [])})
     columns = ["key", "model", "strategy", "kind", "verifier", "budget", "prompt", "label", "category",
                "seed", "status", "nfe", "candidates", "steps", "objective",
-               *[f"score:{name}" for name in names], "agrees", "diversity", "seconds",
-               "search_seconds", "run_dir", "error"]
+               *[f"score:{name}" for name in names], *[f"agrees:{name}" for name in judges],
+               "diversity", "seconds", "search_seconds", "run_dir", "error"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
         scores = row.get("scores") or {}
         writer.writerow([
-            _cell(scores.get(column[6:])) if column.startswith("score:") else _cell(row.get(column))
+            _cell(scores.get(column[6:])) if column.startswith("score:")
+            else _cell(agrees_of(row, column[7:])) if column.startswith("agrees:")
+            else _cell(row.get(column))
             for column in columns
         ])
     return out.getvalue()
