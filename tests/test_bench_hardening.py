@@ -202,3 +202,154 @@ def test_a_tilde_output_and_grid_file_go_to_the_home_folder(tmp_path: Path,
     with pytest.raises(ConfigError, match="output"):
         grid_from_mapping(tiny(""))
     assert BenchGrid(output=home / "p").output == str(home / "p")  # bench(output=Path(...))
+
+
+# -- probe7 D6: a bool is no integer ---------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["per_category", "limit", "steps", "batch_size", "threads", "top_k"])
+def test_true_for_an_integer_field_is_refused_before_any_folder(field: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(f'budgets = [40]\n{field} = true\noutput = "{out}"\n')
+    result = invoke("bench", str(grid_file), "-q")
+    assert result.exit_code == 2, result.output
+    assert f"Error: {field}: must be a positive integer, got true" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    for grid in ({"budgets": [True]}, {"seeds": [True]}, {"resources": {"digits": {"num_gpus": True}}}):
+        with pytest.raises(ConfigError, match=next(iter(grid))):
+            grid_from_mapping(tiny(out, **grid))
+
+
+# -- probe7 D9: grid input taken silently ----------------------------------------------------------
+
+def test_empty_evaluators_and_options_for_names_not_in_the_grid_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    with pytest.raises(ConfigError, match=r"^evaluators: name at least one held-out evaluator"):
+        grid_from_mapping(tiny(out, evaluators=[]))
+    with pytest.raises(ConfigError, match=r"^model_options: 'shapes' is not one of the grid's models"):
+        grid_from_mapping(tiny(out, model_options={"shapes": {"device": "cpu"}}))
+    grid = grid_from_mapping(tiny(out, verifier_options={"nosuch": {"x": 1}}))
+    with pytest.raises(ConfigError, match=r"^verifier_options: options for \['nosuch'\], which the grid"):
+        expand(grid, build_registries())
+    # Options for the model's default verifier or evaluator (not named in the grid) are used.
+    used = tiny(out, verifier_options={"digits-evaluator": {}})
+    assert len(expand(grid_from_mapping(used), build_registries())) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "field", "value"), [
+    ("--budget", "budgets", "80"), ("--seed", "seeds", "1"), ("--model", "models", '"digits"'),
+])
+def test_a_value_given_twice_is_named(option: str, field: str, value: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    twice = value.strip('"')
+    result = invoke("bench", "--budget", "40", "--limit", "1", option, twice, option, twice, "-o", str(out))
+    assert result.exit_code == 2, result.output
+    assert f"Error: {field}: {value} is given twice" in result.output
+    assert not out.exists()
+
+
+def test_a_condition_given_twice_in_the_suite_is_named(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.txt"
+    suite.write_text("label:1\nlabel:2\nlabel:1\n")
+    grid = grid_from_mapping(tiny(tmp_path / "bench", prompts=str(suite), limit=None))
+    with pytest.raises(ConfigError, match=r"same search: baseline:default on 'digits', seed 0, label 1 "
+                                          r"\(is a condition repeated in the suite"):
+        expand(grid, build_registries())
+
+
+# -- probe7 D5: an ensemble evaluator is not held out ----------------------------------------------
+
+def test_an_ensemble_evaluator_holding_the_searched_verifier_or_any_ensemble_is_refused(
+        tmp_path: Path) -> None:
+    registries = build_registries()
+    holding = tiny(tmp_path / "bench", verifiers=["digits-classifier"], evaluators=["ensemble"],
+                   verifier_options={"ensemble": {"members": ["digits-classifier", "example-contrast"]}})
+    with pytest.raises(ConfigError, match=r"^evaluators: \['digits-classifier'\] is also searched on "
+                                          r"\(verifiers\) \(a member of 'ensemble'\)"):
+        expand(grid_from_mapping(holding), registries)
+    # Held out, but ranks within a pool: a winner judged alone scores 1.0. Second evaluator too.
+    pooled = tiny(tmp_path / "bench", verifiers=["digits-classifier"],
+                  evaluators=["digits-evaluator", "ensemble"],
+                  verifier_options={"ensemble": {"members": ["digits-evaluator", "example-contrast"]}})
+    with pytest.raises(ConfigError, match=r"^evaluators: 'ensemble' scores an image by its rank .* "
+                                          r"always scores 1\.0"):
+        expand(grid_from_mapping(pooled), registries)
+    assert not (tmp_path / "bench").exists()
+
+
+# -- probe7 D8: executor options the local executor would ignore ----------------------------------
+
+@pytest.mark.parametrize(("option", "value"), [("--workers", "7"), ("--address", "10.9.9.9:6379")])
+def test_ray_options_with_the_local_executor_are_refused(option: str, value: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = invoke("bench", *TINY, option, value, "-o", str(out))
+    assert result.exit_code == 2, result.output
+    assert f"Error: {option[2:]}: only with --executor ray" in result.output
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="^workers: only with --executor ray"):
+        noisesearch.bench(**tiny(out), executor_options={"workers": 2})
+    assert not out.exists()
+
+
+# -- probe7 D10: --cell-reports is not another bench -----------------------------------------------
+
+def test_cell_reports_keeps_the_default_bench_folder() -> None:
+    from noisesearch.bench.runner import default_folder
+
+    plain = grid_from_mapping({"budgets": [40], "limit": 1})
+    drawn = grid_from_mapping({"budgets": [40], "limit": 1, "cell_reports": True})
+    assert default_folder(drawn) == default_folder(plain)
+    assert default_folder(plain) != default_folder(grid_from_mapping({"budgets": [80], "limit": 1}))
+
+
+# -- probe7 D3: no empty lock left by an interrupt; an old empty one is stale -----------------------
+
+def test_an_interrupt_while_taking_a_lock_leaves_no_lock(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)  # Ctrl-C while the record is written
+    with pytest.raises(KeyboardInterrupt):
+        locking.acquire(tmp_path)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # no lock, no temporary file
+    locking.acquire(tmp_path)  # so nothing stops the next holder
+    assert locking.read_lock(tmp_path)["pid"] == locking.os.getpid()
+    locking.release(tmp_path)
+
+
+def test_an_empty_lock_is_refused_naming_it_then_taken_over_once_old(tmp_path: Path) -> None:
+    import os
+    import time
+
+    lock = tmp_path / locking.LOCK_FILE
+    lock.write_text("")  # left by an earlier version interrupted between create and write
+    with pytest.raises(locking.FolderInUse, match=rf"empty or damaged.*delete {lock}"):
+        locking.acquire(tmp_path)
+    old = time.time() - locking.EMPTY_GRACE_S - 5
+    os.utime(lock, (old, old))
+    assert not locking.held_by_others(tmp_path)
+    locking.check_unlocked(tmp_path)
+    locking.acquire(tmp_path)
+    assert locking.read_lock(tmp_path)["pid"] == os.getpid()
+    locking.release(tmp_path)
+    assert not lock.exists()
+
+
+def test_a_cell_whose_run_folder_holds_an_old_empty_lock_runs(tmp_path: Path) -> None:
+    import os
+    import time
+
+    cell = expand(grid_from_mapping(tiny(tmp_path / "bench")), build_registries())[1]
+    run_dir = Path(cell.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / locking.LOCK_FILE).write_text("")
+    old = time.time() - locking.EMPTY_GRACE_S - 5
+    os.utime(run_dir / locking.LOCK_FILE, (old, old))
+    row = CellRunner(threads=1).run(cell)
+    assert row["status"] == "ok", row.get("error")
+    assert not (run_dir / locking.LOCK_FILE).exists()

@@ -205,3 +205,108 @@ def test_units_and_prepared_conditions_travel_with_their_tensors_moved() -> None
     assert moved["embeddings"].uncond is None and moved["scale"] == 7.5
     unit = _moved(Unit("decode", torch.ones(4, 8), also={0.5: torch.ones(4, 8)}), "meta")
     assert unit.x.is_meta and unit.also[0.5].is_meta and unit.kind == "decode"
+
+
+# -- probe7 D2: actors the cluster cannot place are refused or reported, never waited for silently --
+
+class NodesOnly:
+    """A cluster as ``ray.nodes()`` describes it (resources per node; a dead node counts for nothing)."""
+
+    def __init__(self, *nodes: dict) -> None:
+        self._nodes = [{"Alive": True, "Resources": node} for node in nodes]
+        self._nodes.append({"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}})
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+
+def placement(nodes: list[dict], resources: dict | None = None, **options) -> tuple[dict, int]:
+    from noisesearch_builtin.executors.ray_executor import RayExecutor
+
+    executor = RayExecutor(**options)
+    executor.ray = NodesOnly(*nodes)
+    return executor._placement(resources or {}, "digits")
+
+
+def test_workers_or_resources_that_no_node_can_hold_are_refused() -> None:
+    pytest.importorskip("ray")
+    from noisesearch.errors import ConfigError
+
+    cpus = [{"CPU": 2.0, "memory": 4.0 * 2**30}]
+    with pytest.raises(ConfigError, match=r"^workers: 4 workers for 'digits', each taking 1 CPU, 0 GPUs, "
+                                          r"do not fit: the Ray cluster has 2 CPUs, 0 GPUs \(1 node\), "
+                                          r"room for 2"):
+        placement(cpus, workers=4)
+    with pytest.raises(ConfigError, match=r"^resources: a worker for 'digits' takes 1 CPU, 1 GPU, which no "
+                                          r"node has: the Ray cluster has 2 CPUs, 0 GPUs"):
+        placement(cpus, {"num_gpus": 1})
+    with pytest.raises(ConfigError, match=r"^resources: .* 8 GiB of memory, which no node has"):
+        placement(cpus, {"memory": 8 * 2**30})
+    two_gpus_apart = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    with pytest.raises(ConfigError, match=r"^resources: .* 2 GPUs, which no node has: .* 2 GPUs \(2 nodes\)"):
+        placement(two_gpus_apart, {"num_gpus": 2})  # two in all, but an actor is on one node
+    assert placement(cpus) == ({"num_cpus": 1, "num_gpus": 0.0}, 2)
+    assert placement(cpus, workers=2)[1] == 2
+    assert placement([{"CPU": 4.0, "GPU": 8.0}])[1] == 4  # one CPU each: 8 would leave 4 pending
+    assert placement([{"CPU": 8.0, "GPU": 1.0}], {"num_gpus": 0.25})[1] == 4
+    assert placement(two_gpus_apart, {"num_gpus": 1})[1] == 2
+
+
+@pytest.mark.slow
+def test_a_bench_asking_more_than_the_cluster_has_stops_or_goes_on_never_hangs(tmp_path: Path) -> None:
+    """On a 2-CPU local cluster: --workers 4, or a GPU per worker, is refused before the bench
+    folder exists; actors that other actors keep from their CPUs are reported after
+    ready_timeout_s, the bench going on with those that started, or stopping when none could."""
+    pytest.importorskip("ray")
+    import warnings
+
+    import ray
+    from typer.testing import CliRunner
+
+    from noisesearch.cli import build_app
+    from noisesearch.errors import ConfigError
+
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    # 12 cells: more than the one worker that starts runs before the others are reported.
+    small = BenchGrid(models=["digits"], strategies=[StrategySpec("random")], budgets=[40, 80, 160],
+                      limit=3, baselines=["default"], output=str(tmp_path / "b"), threads=1)
+    cells = expand(small, build_registries())
+    executor = make_executor("ray", {"workers": 2, "threads": 1, "num_cpus": 2, "ready_timeout_s": 1})
+    try:
+        executor.start()
+        out = tmp_path / "refused"
+        args = ["bench", "--budget", "40", "--limit", "1", "--executor", "ray", "-o", str(out)]
+        result = CliRunner().invoke(build_app(), [*args, "--workers", "4"])
+        assert result.exit_code == 2, result.output
+        assert "Error: workers: 4 workers for 'digits'" in result.output
+        assert "the Ray cluster has 2 CPUs, 0 GPUs" in result.output
+        grid_file = tmp_path / "gpu.toml"
+        grid_file.write_text("[resources.digits]\nnum_gpus = 1\n")
+        result = CliRunner().invoke(build_app(), [*args, str(grid_file)])
+        assert result.exit_code == 2, result.output
+        assert "Error: resources: a worker for 'digits' takes 1 CPU, 1 GPU" in result.output
+        assert not out.exists()
+
+        holders = [ray.remote(num_cpus=1)(Holder).remote()]
+        ray.get(holders[0].ping.remote())  # one of the 2 CPUs taken: one worker waits
+        rows: list[dict] = []
+        with warnings.catch_warnings(record=True) as told:
+            warnings.simplefilter("always")
+            executor.run(cells, rows.append)
+        assert [row["status"] for row in rows] == ["ok"] * len(cells), [row.get("error") for row in rows]
+        said = [str(w.message) for w in told]
+        assert any("1 worker for 'digits' each taking 1 CPU, 0 GPUs could not be placed in 1 s: the "
+                   "cluster has 0 CPUs free of 2 CPUs" in message for message in said), said
+        assert len(executor.actors) == 1  # the one that could not be placed is gone
+
+        executor._kill_actors()
+        holders.append(ray.remote(num_cpus=1)(Holder).remote())
+        ray.get(holders[1].ping.remote(), timeout=60)  # both CPUs taken: no worker can start
+        with pytest.raises(ConfigError, match=r"^resources: no Ray worker could start: 2 workers for"):
+            executor.run(cells, rows.append)
+    finally:
+        executor.close()
+    assert not ray.is_initialized()

@@ -3,16 +3,23 @@
 A bench folder (``noisesearch bench``) is locked the same way for the whole bench; the
 messages then say "bench folder" (``what``).
 
-``RUN/.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+)
-and holds the writer's pid, host and command. A second ``run``, ``--resume`` or ``report``
-on the folder is refused, naming that process. A lock whose process is gone (same host, pid
-not running) is stale: it is broken under a second ``O_EXCL`` file, so that two processes
-finding the same stale lock cannot both take the folder. A lock from another host is never
-guessed stale: the message says which file to delete once that run is known to be dead.
+``RUN/.lock`` holds the writer's pid, host and command. It appears whole or not at all: the
+record is written to a temporary file (``.lock.<random>.tmp``), which is then hard-linked to
+``.lock`` (``os.link`` fails if ``.lock`` exists: exclusive, and atomic on local file systems
+and NFS), so an interrupt or a kill at any moment leaves either no lock or a complete one,
+never an empty one that names nobody. (Where hard links are not supported, the lock is
+created with ``O_CREAT | O_EXCL`` and written afterwards.) A second ``run``, ``--resume`` or
+``report`` on the folder is refused, naming that process. A lock whose process is gone (same
+host, pid not running) is stale: it is broken under a second exclusive file, so that two
+processes finding the same stale lock cannot both take the folder. A lock that is empty or
+unreadable (written by an earlier version that was interrupted, or damaged) is stale once it
+is older than ``EMPTY_GRACE_S``. A lock from another host is never guessed stale: the message
+says which file to delete once that run is known to be dead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,6 +35,9 @@ from noisesearch.errors import ConfigError, NoiseSearchError
 LOCK_FILE = ".lock"
 #: A lock-breaking file older than this belongs to a process that died while breaking.
 BREAK_TIMEOUT_S = 10.0
+#: An empty or unreadable lock older than this is stale: no writer takes that long to write
+#: one (with hard links none is ever seen empty; without, it is empty for microseconds).
+EMPTY_GRACE_S = 10.0
 #: What a run writes in its folder; ``--overwrite`` removes these and nothing else.
 RUN_FILES = (
     "run.json", "candidates.jsonl", "best.png", "baseline.png", "grid.png", "scaling.png",
@@ -73,6 +83,26 @@ def holder_alive(record: dict[str, Any]) -> bool | None:
 
 
 def _try_create(path: Path, record: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``record``, whole, unless it exists (then ``False``)."""
+    import uuid
+
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        try:
+            os.link(temporary, path)  # exclusive: fails if path exists, whatever it holds
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: exclusive create, then write
+            return _create_then_write(path, record)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+def _create_then_write(path: Path, record: dict[str, Any]) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -82,18 +112,47 @@ def _try_create(path: Path, record: dict[str, Any]) -> bool:
     return True
 
 
+def _remove_old_temporaries(folder: Path) -> None:
+    """Temporary lock records that a killed process left (``kill -9`` between writing one and
+    removing it): none lives more than a moment."""
+    for path in folder.glob(f"{LOCK_FILE}.*.tmp"):
+        age = _age(path)
+        if age is not None and age > BREAK_TIMEOUT_S:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _age(path: Path) -> float | None:
+    """Seconds since ``path`` was last written, or ``None`` if it is gone."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _empty_is_stale(folder: Path) -> bool:
+    """Whether ``folder``'s lock, empty or unreadable, is older than ``EMPTY_GRACE_S``."""
+    age = _age(folder / LOCK_FILE)
+    return age is not None and age > EMPTY_GRACE_S
+
+
+def _stale(folder: Path, record: dict[str, Any]) -> bool:
+    """Whether a lock with ``record`` (``{}``: empty or unreadable) is stale."""
+    return holder_alive(record) is False if record else _empty_is_stale(folder)
+
+
 def _break_stale(folder: Path, stale: dict[str, Any]) -> None:
     """Remove a stale lock, unless another process broke it first and took the folder."""
     breaker = folder / (LOCK_FILE + ".break")
     if not _try_create(breaker, _owner_record()):
-        try:
-            if time.time() - breaker.stat().st_mtime > BREAK_TIMEOUT_S:
-                breaker.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
+        age = _age(breaker)
+        if age is not None and age > BREAK_TIMEOUT_S:
+            breaker.unlink(missing_ok=True)
         return  # someone else is breaking it; the caller tries again
     try:
-        if read_lock(folder) == stale:  # still the same dead holder
+        # Still the same dead holder (an empty lock: still empty, and still old, so not one
+        # that another process has just made without hard links).
+        if read_lock(folder) == stale and _stale(folder, stale):
             (folder / LOCK_FILE).unlink(missing_ok=True)
     finally:
         breaker.unlink(missing_ok=True)
@@ -101,7 +160,8 @@ def _break_stale(folder: Path, stale: dict[str, Any]) -> None:
 
 def _describe(record: dict[str, Any]) -> str:
     if not record:
-        return "another process (its lock file is being written or is damaged)"
+        return ("another process (its lock file is empty or damaged: if it is still so after "
+                f"{EMPTY_GRACE_S:.0f} s, it is taken over)")
     command = f" ({record['command']})" if record.get("command") else ""
     since = f", since {record['started']}" if record.get("started") else ""
     return f"process {record.get('pid')} on {record.get('host')}{command}{since}"
@@ -109,8 +169,11 @@ def _describe(record: dict[str, Any]) -> str:
 
 def _in_use(folder: Path, record: dict[str, Any], what: str) -> str:
     """Who holds ``folder``; for a holder on another host, which file to delete once it is dead."""
-    hint = (f"; if that process is dead, delete {folder / LOCK_FILE}"
-            if record and holder_alive(record) is None else "")
+    hint = ""
+    if not record:
+        hint = f"; or delete {folder / LOCK_FILE} once no process is using the folder"
+    elif holder_alive(record) is None:
+        hint = f"; if that process is dead, delete {folder / LOCK_FILE}"
     return f"{what} {str(folder)!r} is in use by {_describe(record)}{hint}"
 
 
@@ -119,11 +182,12 @@ def acquire(folder: Path, what: str = "run folder") -> None:
     ``what`` names the kind of folder in the message."""
     for _ in range(20):
         if _try_create(folder / LOCK_FILE, _owner_record()):
+            _remove_old_temporaries(folder)
             return
         record = read_lock(folder)
         if record is None:
             continue  # released in between
-        if record and holder_alive(record) is False:
+        if _stale(folder, record):
             _break_stale(folder, record)
             continue
         raise FolderInUse(_in_use(folder, record, what))
@@ -135,13 +199,13 @@ def held_by_others(folder: Path) -> bool:
     record = read_lock(folder) if folder.is_dir() else None
     if record is None or folder.resolve() in _held:
         return False
-    return not record or holder_alive(record) is not False
+    return not _stale(folder, record)
 
 
 def check_unlocked(folder: Path, what: str = "run folder") -> None:
     """Refuse early (before weights load) a folder that a live process holds."""
     record = read_lock(folder) if folder.is_dir() else None
-    live = record is not None and (not record or holder_alive(record) is not False)
+    live = record is not None and not _stale(folder, record)
     if live and folder.resolve() not in _held:
         raise FolderInUse(_in_use(folder, record, what))
 

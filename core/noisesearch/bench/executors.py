@@ -54,10 +54,25 @@ def executor_factories(pm: Any = None) -> dict[str, Callable[..., Any]]:
 
 
 def make_executor(name: str, options: dict[str, Any], pm: Any = None) -> Any:
-    """The executor ``name`` built with ``options`` (unknown ones dropped for ``local``)."""
+    """The executor ``name`` built with ``options``. The local executor takes ``threads`` (the
+    grid's) only: another option given to it (``--workers``, ``--address``) is refused, never
+    silently dropped; so is an option that an executor does not take."""
+    import inspect
+
     factories = executor_factories(pm)
     if name not in factories:
         raise ConfigError("executor", f"unknown executor {name!r}; available: {', '.join(factories)}")
     if name == "local":
+        for option, value in options.items():
+            if option != "threads" and value is not None:
+                flag = "--" + option.replace("_", "-")
+                raise ConfigError(option, f"only with --executor ray ({flag} means nothing to the "
+                                  "local executor, which runs the cells in this process)")
         options = {"threads": options.get("threads")}
+    try:
+        inspect.signature(factories[name]).bind(**options)
+    except TypeError as exc:
+        raise ConfigError("executor_options", f"{name}: {exc}") from None
+    except ValueError:  # no signature to read (a builtin): let the call say
+        pass
     return factories[name](**options)

@@ -17,6 +17,8 @@ BASELINES = ("default", "more-steps", "stochastic")
 DEFAULT_BUDGETS = (40, 80, 160)
 #: What a model-holding worker may declare it needs (Ray's actor options).
 RESOURCE_KEYS = ("num_gpus", "num_cpus", "memory")
+#: The grid's single positive-integer fields (``budgets`` and ``seeds`` are lists of integers).
+INT_FIELDS = ("per_category", "limit", "steps", "batch_size", "threads", "top_k")
 
 
 @dataclass
@@ -35,6 +37,14 @@ class StrategySpec:
 
 def _short(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _shown(value: Any) -> str:
+    """A value as the grid file writes it (``true``, ``80``, ``"digits"``), for messages."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def parse_strategy(text: str) -> StrategySpec:
@@ -101,10 +111,16 @@ class BenchGrid:
         for seed in self.seeds:
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise ConfigError("seeds", f"must be non-negative integers, got {seed!r}")
-        for name in ("per_category", "limit", "steps", "batch_size", "threads", "top_k"):
+        for name in INT_FIELDS:  # a bool is an int to Python: `threads = true` is refused
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(name, f"must be a positive integer, got {_shown(value)}")
+        for name in ("models", "budgets", "seeds", "verifiers", "evaluators", "baselines"):
+            seen: list[Any] = []
+            for value in getattr(self, name) or ():
+                if value in seen:  # else two cells would be the same search, named by neither
+                    raise ConfigError(name, f"{_shown(value)} is given twice")
+                seen.append(value)
         # An empty string is no suite, and as a folder it would be the current one.
         if not isinstance(self.prompts, str) or not self.prompts.strip():
             raise ConfigError("prompts", f"must be a suite name or file, got {self.prompts!r}")
@@ -118,16 +134,22 @@ class BenchGrid:
             raise ConfigError("baselines", f"unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
         if self.verifiers is not None and not self.verifiers:
             raise ConfigError("verifiers", "name at least one verifier to search on")
+        if self.evaluators is not None and not self.evaluators:
+            raise ConfigError("evaluators", "name at least one held-out evaluator (leave the key "
+                              "out for the model's default evaluator)")
         searched = set(self.verifiers or [])
         both = searched & set(self.evaluators or [])
         if both:
             raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
                               "evaluator must be held out, or it cannot show verifier hacking")
+        for table in ("model_options", "resources"):
+            for model in getattr(self, table):
+                if model not in self.models:
+                    raise ConfigError(table, f"{model!r} is not one of the grid's models {self.models}")
         for model, needs in self.resources.items():
-            if model not in self.models:
-                raise ConfigError("resources", f"{model!r} is not one of the grid's models {self.models}")
             for key, value in needs.items():
-                if key not in RESOURCE_KEYS or not isinstance(value, (int, float)) or value < 0:
+                if (key not in RESOURCE_KEYS or isinstance(value, bool)
+                        or not isinstance(value, (int, float)) or value < 0):
                     raise ConfigError("resources", f"{model}.{key}={value!r}: use non-negative "
                                       f"numbers for {', '.join(RESOURCE_KEYS)}")
         labels = [spec.label for spec in self.strategies]

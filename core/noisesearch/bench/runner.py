@@ -61,6 +61,7 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
     # Absolute: remote workers (Ray) need not share the driver's working directory.
     root = bench_folder(grid).absolute()
     cells: list[Cell] = []
+    used: set[str] = set()  # verifiers and evaluators of some model: what verifier_options may name
     for model_name in grid.models:
         probe = RunConfig(model=model_name, model_options=dict(grid.model_options.get(model_name, {})))
         _expand_model_prefix(probe)
@@ -76,11 +77,8 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
             _get(registries.verifiers, name, "verifiers")
         for name in evaluators:
             _get(registries.verifiers, name, "evaluators")
-        searched = searched_names([registries.verifiers.get(n) for n in verifiers], grid.verifier_options)
-        both = searched & set(evaluators)  # an ensemble's members are searched on too
-        if both:
-            raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
-                              "evaluator must be held out, or it cannot show verifier hacking")
+        used.update(verifiers, evaluators)
+        _check_held_out(verifiers, evaluators, grid.verifier_options, registries)
         for spec in grid.strategies:  # built once here: option values are checked, no weights
             _get(registries.strategies, spec.name, "strategies").create(**spec.options)
         steps = grid.steps or traits["default_steps"]
@@ -133,16 +131,57 @@ def expand(grid: BenchGrid, registries: Any) -> list[Cell]:
                         add({**common, "strategy": "stochastic", "budget_nfe": budget, "steps": steps,
                              "verifiers": list(verifiers)},
                             "baseline:stochastic", "baseline", None, budget, condition)
-    keys = [cell.key for cell in cells]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("grid", "two cells of the grid are the same search (repeated seeds, "
-                          "budgets or prompts?)")
+    unused = sorted(set(grid.verifier_options) - used)
+    if unused:  # a typo, or options meant for an ensemble's member (its member_options)
+        raise ConfigError("verifier_options", f"options for {unused}, which the grid neither searches "
+                          f"on nor evaluates with (it uses {sorted(used)}); an ensemble member's "
+                          "options go in the ensemble's member_options")
+    _check_distinct(cells)
     # Every cell's run folder is in root/runs: its writability is probed once (a folder made
     # and removed: ~6 ms, which 100 small cells paid 100 times), not once per cell.
     check_output_writable(root / "runs")
     for cell in cells:  # every combination checked now, before anything loads
         plan(RunConfig(**copy.deepcopy(cell.config)), registries, check_output=False)
     return cells
+
+
+def _check_held_out(verifiers: list[str], evaluators: list[str],
+                    options: dict[str, dict[str, Any]], registries: Any) -> None:
+    """Refuse an evaluator that is not held out: one searched on, itself or as a member of a
+    searched ensemble, or an ensemble with a searched verifier among its members (either way
+    the judge shares the searched verifier's opinion, so it cannot show verifier hacking); and
+    an evaluator whose scores are ranks within a pool (an ensemble), which has no score for
+    one image: a winner judged alone ranks first, 1.0, whatever it shows."""
+    from noisesearch.planning import pool_relative
+
+    searched = searched_names([registries.verifiers.get(n) for n in verifiers], options)
+    for name in evaluators:
+        entry = registries.verifiers.get(name)
+        judged_by = searched_names([entry], options)  # its own name, and an ensemble's members
+        both = sorted(searched & judged_by)
+        if both:
+            via = "" if both == [name] else f" (a member of {name!r})"
+            raise ConfigError("evaluators", f"{both} is also searched on (verifiers){via}: an "
+                              "evaluator must be held out, or it cannot show verifier hacking")
+        if pool_relative(entry):
+            raise ConfigError("evaluators", f"{name!r} scores an image by its rank among the images "
+                              "scored with it, so a winner judged alone always scores 1.0: it cannot "
+                              "be a bench's held-out evaluator; name its members as evaluators instead")
+
+
+def _check_distinct(cells: list[Cell]) -> None:
+    """Two cells of one search (the list fields' repeats are refused by ``validate``, so a
+    condition given twice in the suite, or two model names for one model), named."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.key in seen:
+            prompt = cell.condition.get("prompt")
+            what = f"prompt {prompt!r}" if prompt is not None else f"label {cell.condition.get('label')!r}"
+            budget = f"budget {cell.budget}, " if cell.budget is not None else ""
+            raise ConfigError("grid", f"two cells of the grid are the same search: {cell.strategy} "
+                              f"on {cell.config.get('model')!r}, {budget}seed {cell.seed}, {what} "
+                              "(is a condition repeated in the suite, or a model named twice?)")
+        seen[cell.key] = cell
 
 
 def _get(registry: Any, name: str, field: str) -> Any:
@@ -162,7 +201,11 @@ def default_folder(grid: BenchGrid) -> Path:
     """Same grid, same folder: re-running a command continues its bench."""
     from noisesearch.names import safe_token
 
-    identity = {k: v for k, v in grid.to_json().items() if k not in ("output", "overlap")}  # same results
+    # Neither the output, nor overlapping batches (same rows), nor drawing each cell's report
+    # (not part of a cell's key) makes another bench. cell_reports is kept at false rather than
+    # dropped, so that the folders of earlier benches keep their names.
+    identity = {k: v for k, v in grid.to_json().items() if k not in ("output", "overlap")}
+    identity["cell_reports"] = False
     return DEFAULT_BENCH_ROOT / f"{safe_token(grid.models[0])}-{cell_key(identity)[:10]}"
 
 
@@ -198,6 +241,9 @@ def run_bench(
             start = getattr(runner, "start", None)
             if callable(start):  # join or start a cluster before anything is written
                 start()
+            check = getattr(runner, "check", None)
+            if callable(check):  # what the cells ask of the executor (Ray: workers, resources)
+                check(cells)
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 held.enter_context(locking.hold(folder, "bench folder"))  # nothing written before
@@ -229,8 +275,10 @@ def _run_cells(folder: Path, cells: list[Cell], runner: Any, progress: bool) -> 
         if progress:
             what = row.get("prompt") if row.get("prompt") is not None else f"label {row.get('label')}"
             status = "ok" if row["status"] == "ok" else f"FAILED: {row.get('error')}"
-            print(f"[{count['n']}/{len(todo)}] {row['strategy']} nfe={row['budget']} {what} "
-                  f"seed={row['seed']}: {status} ({row.get('seconds')} s)", file=sys.stderr, flush=True)
+            budget = "default" if row.get("budget") is None else row["budget"]  # baseline:default has none
+            used = f", {row['nfe']} NFEs used" if row.get("nfe") is not None else ""
+            print(f"[{count['n']}/{len(todo)}] {row['strategy']} budget={budget} {what} "
+                  f"seed={row['seed']}: {status} ({row.get('seconds')} s{used})", file=sys.stderr, flush=True)
 
     if progress and len(todo) < len(cells):
         print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished in {folder}",
