@@ -312,3 +312,24 @@ def test_a_verifier_declaring_unknown_needs_is_refused_naming_its_plugin(require
         verifier_requirements(entry, {})
     Odd.requires = ["prompt"]  # a list of known needs is fine
     assert verifier_requirements(entry, {}) == frozenset({"prompt"})
+
+
+def test_a_verifier_that_cannot_judge_the_run_is_refused_before_its_options_are_checked() -> None:
+    """A prompt verifier on the digits model: that it needs a prompt is the refusal, not what its
+    describe() finds wrong with its options (weights missing offline)."""
+    from noisesearch import ConfigError, IncompatibleError
+    from noisesearch.config import RunConfig
+    from noisesearch.planning import plan
+    from noisesearch.plugins import build_registries
+
+    class NeedsWeights:
+        requires = frozenset({"prompt"})
+
+        @classmethod
+        def describe(cls, **options: object) -> dict:
+            raise ConfigError("needs-weights.checkpoint", "not in the hub cache")
+
+    registries = build_registries()
+    registries.verifiers.add("needs-weights", NeedsWeights, "test")
+    with pytest.raises(IncompatibleError, match="needs a prompt"):
+        plan(RunConfig(model="digits", verifiers=["needs-weights"]), registries, check_output=False)

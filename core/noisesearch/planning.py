@@ -326,7 +326,15 @@ def _check_each_once(verifier_names: list[str]) -> None:
 def _check_verifier_fits(
     entry: Entry, options: dict[str, Any], condition: Condition, model: Entry
 ) -> None:
-    needs = verifier_requirements(entry, options)
+    # The class's own needs first: ``describe`` may check what the options name (weights that are
+    # missing offline), which matters less than a verifier that cannot judge this run at all.
+    declared = getattr(entry.factory, "requires", ())
+    declared = () if isinstance(declared, str) else declared
+    _refuse_unmet(entry, frozenset(declared), condition, model)
+    _refuse_unmet(entry, verifier_requirements(entry, options), condition, model)
+
+
+def _refuse_unmet(entry: Entry, needs: frozenset[str], condition: Condition, model: Entry) -> None:
     for need in ("prompt", "label"):
         if need in needs and getattr(condition, need) is None:
             has = "class-conditional" if condition.label is not None else (

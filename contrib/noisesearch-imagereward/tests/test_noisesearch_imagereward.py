@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from noisesearch import Condition
-from noisesearch.errors import IncompatibleError
+from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.testing import VerifierContract
 
 from noisesearch_imagereward.imagereward import (
@@ -322,6 +326,163 @@ def test_preprocessing_matches_the_original_torchvision_pipeline_on_pil_images(
 # -- refused before anything loads ---------------------------------------------------------------
 
 
-def test_imagereward_is_refused_for_the_class_conditional_digits_model() -> None:
+def test_imagereward_is_refused_for_the_class_conditional_digits_model(tiny: dict[str, Any]) -> None:
+    # The tiny release: the weights are found, whatever this machine's hub cache and network
+    # (planning asks `describe`, which refuses missing weights, before it compares the needs).
     with pytest.raises(IncompatibleError, match="verifier 'imagereward' needs a prompt"):
-        noisesearch.search(model="digits", verifiers=["imagereward"], write=False)
+        noisesearch.search(model="digits", verifiers=["imagereward"], write=False,
+                           verifier_options={"imagereward": tiny["options"]})
+
+
+# -- missing weights: refused naming the option, before anything loads ---------------------------
+
+
+def hub_cache(root: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """A hub cache holding ``files`` of ``repo_id`` at a made-up commit, as ``hf download`` leaves it."""
+    commit = "0" * 40
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return root
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("checkpoint", "{tmp}/nonexistent.pt"), ("checkpoint", "nonexistent.pt"),
+    ("checkpoint", "{tmp}/no/folder"), ("tokenizer", "{tmp}/nonexistent"), ("tokenizer", "./nonexistent"),
+    ("med_config", "{tmp}/med_config.json"),
+])
+def test_a_path_that_does_not_exist_is_refused_naming_the_option(
+    tiny: dict[str, Any], tmp_path: Path, option: str, value: str
+) -> None:
+    value = value.format(tmp=tmp_path)
+    options = {**tiny["options"], option: value}
+    refusal = rf"^imagereward\.{option}: '{re.escape(value)}' is no file"
+    with pytest.raises(ConfigError, match=refusal):
+        ImageRewardVerifier.describe(**options)
+    with pytest.raises(ConfigError, match=refusal):
+        ImageRewardVerifier(**options)
+
+
+def test_a_folder_without_the_files_is_refused_naming_the_option(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    no_checkpoint = rf"^imagereward\.checkpoint: the folder .* has no {CHECKPOINT_FILE}$"
+    with pytest.raises(ConfigError, match=no_checkpoint):
+        ImageRewardVerifier.describe(**{**tiny["options"], "checkpoint": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^imagereward\.tokenizer: the folder .* has no tokenizer_config"):
+        ImageRewardVerifier.describe(**{**tiny["options"], "tokenizer": str(tmp_path)})
+
+
+def test_hub_ids_not_in_the_cache_while_offline_are_refused_with_the_download_commands(
+    tiny: dict[str, Any], empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    options = {**tiny["options"], "checkpoint": "THUDM/ImageReward"}
+    refusal = (r"^imagereward\.checkpoint: 'THUDM/ImageReward' .* ImageReward\.pt is not in the local hub "
+               r"cache while HF_HUB_OFFLINE=1\. .*`hf download THUDM/ImageReward ImageReward\.pt`")
+    with pytest.raises(ConfigError, match=refusal) as caught:
+        ImageRewardVerifier.describe(**options)
+    assert "tokenizer" not in str(caught.value)
+    with pytest.raises(ConfigError, match=refusal):
+        ImageRewardVerifier(**options)
+    # Both missing (a fresh offline machine): one message names both, the tokenizer first loaded.
+    with pytest.raises(ConfigError, match=r"^imagereward\.checkpoint: .*; imagereward\.tokenizer: "
+                                          r"'bert-base-uncased' .*`hf download bert-base-uncased "):
+        ImageRewardVerifier.describe()
+
+
+def test_an_unreachable_hub_is_refused_in_seconds_not_after_retries(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import huggingface_hub.constants
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{unused_port()}")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^imagereward\.checkpoint: .*while the hub cannot be reached "
+                                          r"\(127\.0\.0\.1: .*\)\. Download it"):
+        ImageRewardVerifier.describe()
+    assert time.perf_counter() - start < 5
+
+
+def test_missing_weights_are_refused_while_planning_before_the_model_loads(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    output = tmp_path / "run"
+    missing = str(tmp_path / "nonexistent.pt")
+    with pytest.raises(ConfigError, match="imagereward.checkpoint: .* is no file or folder"):
+        noisesearch.search(model="shapes", prompt="a red circle", verifiers=["imagereward"],
+                           output=str(output),
+                           verifier_options={"imagereward": {**tiny["options"], "checkpoint": missing}})
+    assert not output.exists()
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and the plugins
+def test_the_cli_dry_run_refuses_a_missing_checkpoint_in_one_line(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nonexistent.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", "from noisesearch.console import main; main()", "run", "--model", "shapes",
+         "--prompt", "a red circle", "--verifier", "imagereward", "--dry-run",
+         "--verifier-opt", f"imagereward.checkpoint={missing}", "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"imagereward.checkpoint: '{missing}' is no file or folder" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter, where the hub's address can be set before huggingface_hub loads
+def test_cached_hub_ids_load_from_the_cache_at_once_when_the_hub_cannot_be_reached(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    """No HF_HUB_OFFLINE and no network: the cached checkpoint and tokenizer load without waiting
+    for huggingface_hub's retries of the optional files (about 25 s each)."""
+    from transformers import BertConfig
+
+    cache = tmp_path / "hub-cache"
+    hub_cache(cache, "THUDM/ImageReward", {CHECKPOINT_FILE: (tiny["root"] / CHECKPOINT_FILE).read_bytes()})
+    tokenizer = {p.name: p.read_bytes() for p in (tiny["root"] / "tokenizer").iterdir()}
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
+    hub_cache(cache, "bert-base-uncased", {**tokenizer, "config.json": config.to_json_string().encode()})
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{unused_port()}", OMP_NUM_THREADS="1")
+    code = (
+        "import time, torch\n"
+        "from noisesearch_imagereward.imagereward import ImageRewardVerifier\n"
+        "start = time.perf_counter()\n"
+        f"verifier = ImageRewardVerifier(med_config={tiny['options']['med_config']!r})\n"
+        "print(time.perf_counter() - start)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 15, done.stderr[-2000:]

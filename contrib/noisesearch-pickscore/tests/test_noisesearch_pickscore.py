@@ -8,6 +8,10 @@ LAION CLIP-H image processor (224 px -> 32 px, same resampling, crop and mean/st
 from __future__ import annotations
 
 import gzip
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from noisesearch import Condition
-from noisesearch.errors import IncompatibleError
+from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.testing import VerifierContract
 
 from noisesearch_pickscore.pickscore import PickScoreVerifier
@@ -137,15 +141,142 @@ def test_the_prompt_embedding_follows_the_prompt(verifier: PickScoreVerifier) ->
     assert torch.equal(verifier.score(images, Condition(prompt=PROMPT)), apple)
 
 
-def test_pickscore_is_refused_for_the_class_conditional_digits_model() -> None:
+def test_pickscore_is_refused_for_the_class_conditional_digits_model(tiny: dict[str, str]) -> None:
+    # The tiny release: the weights are found, whatever this machine's hub cache and network
+    # (planning asks `describe`, which refuses missing weights, before it compares the needs).
     with pytest.raises(IncompatibleError, match="verifier 'pickscore' needs a prompt"):
-        noisesearch.search(model="digits", verifiers=["pickscore"], write=False)
+        noisesearch.search(model="digits", verifiers=["pickscore"], write=False,
+                           verifier_options={"pickscore": tiny})
 
 
-def test_pickscore_refuses_a_model_that_is_not_clip(tmp_path: Path) -> None:
+def test_pickscore_refuses_a_model_that_is_not_clip(tiny: dict[str, str], tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                          intermediate_size=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs a CLIP model"):
-        PickScoreVerifier(model=str(tmp_path), processor=str(tmp_path))
+        PickScoreVerifier(model=str(tmp_path), processor=tiny["processor"])
+
+
+# -- missing weights: refused naming the option, before anything loads ---------------------------
+
+
+def hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
+    """A hub cache holding ``folder``'s files as ``repo_id`` at a made-up commit, as ``hf download``
+    leaves it."""
+    commit = "0" * 40
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    return root
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("model", "{tmp}/nonexistent"), ("model", "./nonexistent"), ("model", "{tmp}/a/b/c"),
+    ("processor", "{tmp}/nonexistent"), ("processor", "~/nonexistent-pickscore-processor"),
+])
+def test_a_path_that_does_not_exist_is_refused_naming_the_option(
+    tiny: dict[str, str], tmp_path: Path, option: str, value: str
+) -> None:
+    value = value.format(tmp=tmp_path)
+    options = {**tiny, option: value}
+    refusal = rf"^pickscore\.{option}: '{re.escape(value)}' is no file or folder$"
+    with pytest.raises(ConfigError, match=refusal):
+        PickScoreVerifier.describe(**options)
+    with pytest.raises(ConfigError, match=refusal):
+        PickScoreVerifier(**options)
+
+
+def test_an_empty_folder_is_refused_naming_the_option_and_the_missing_file(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"^pickscore\.model: the folder .* has no config\.json$"):
+        PickScoreVerifier(**{**tiny, "model": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^pickscore\.processor: the folder .* has no preprocessor_config"):
+        PickScoreVerifier.describe(**{**tiny, "processor": str(tmp_path)})
+
+
+def test_hub_ids_not_in_the_cache_while_offline_are_refused_with_the_download_commands(
+    tiny: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    options = {**tiny, "processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+    refusal = (r"^pickscore\.processor: 'laion/CLIP-ViT-H-14-laion2B-s32B-b79K' .*not in the local hub cache "
+               r"while HF_HUB_OFFLINE=1\. .*`hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --include")
+    with pytest.raises(ConfigError, match=refusal) as caught:
+        PickScoreVerifier.describe(**options)
+    assert "pickscore.model" not in str(caught.value)
+    with pytest.raises(ConfigError, match=refusal):
+        PickScoreVerifier(**options)
+    with pytest.raises(ConfigError, match=r"^pickscore\.model: 'yuvalkirstain/PickScore_v1' .*`hf download "
+                                          r"yuvalkirstain/PickScore_v1`.*; pickscore\.processor: "):
+        PickScoreVerifier.describe()
+
+
+def test_an_unreachable_hub_is_refused_in_seconds_not_after_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import huggingface_hub.constants
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{unused_port()}")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^pickscore\.model: .*while the hub cannot be reached "
+                                          r"\(127\.0\.0\.1: .*\)\. Download it"):
+        PickScoreVerifier.describe()
+    assert time.perf_counter() - start < 5
+
+
+def test_missing_weights_are_refused_while_planning_before_the_model_loads(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    output = tmp_path / "run"
+    with pytest.raises(ConfigError, match="pickscore.model: .* is no file or folder"):
+        noisesearch.search(model="shapes", prompt="a red circle", verifiers=["pickscore"], output=str(output),
+                           verifier_options={"pickscore": {**tiny, "model": str(tmp_path / "nonexistent")}})
+    assert not output.exists()
+
+
+@pytest.mark.slow  # a fresh interpreter, where the hub's address can be set before huggingface_hub loads
+def test_cached_hub_ids_load_from_the_cache_at_once_when_the_hub_cannot_be_reached(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    """No HF_HUB_OFFLINE and no network: the cached model and processor load without waiting
+    for huggingface_hub's retries of the optional files (about 25 s each)."""
+    cache = tmp_path / "hub-cache"
+    hub_cache(cache, "yuvalkirstain/PickScore_v1", Path(tiny["model"]))
+    hub_cache(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", Path(tiny["processor"]))
+    # LAION's repository holds a CLIP model's config.json beside the processor's files.
+    hub_cache(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", Path(tiny["model"]))
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{unused_port()}", OMP_NUM_THREADS="1")
+    code = (
+        "import time\n"
+        "from noisesearch_pickscore.pickscore import PickScoreVerifier\n"
+        "start = time.perf_counter()\n"
+        "verifier = PickScoreVerifier()\n"
+        "print(time.perf_counter() - start)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 15, done.stderr[-2000:]

@@ -42,6 +42,14 @@ class FakeCompletions(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization")
         FakeCompletions.received.append({"path": self.path, "auth": auth, "body": body})
         mode, asked_again = body["model"], len(body["messages"]) > 1
+        if auth != f"Bearer {KEY}":
+            return self.answer(401, {"error": {"message": "Incorrect API key provided: sk-wro***"}})
+        if mode == "forbidden":
+            return self.answer(403, {"error": {"message": "You may not use this model"}})
+        if mode == "no-such-model":
+            return self.answer(404, {"error": {"message": "The model `no-such-model` does not exist"}})
+        if mode == "error-long":
+            return self.answer(503, b"Service unavailable " + b"x" * 1000)
         if mode == "drop":
             self.close_connection = True
             return  # no answer at all
@@ -140,17 +148,96 @@ def test_words_are_asked_about_once_more_with_the_reply_quoted(endpoint: str) ->
     assert again[0][2]["content"][0]["text"] == RETRY
 
 
-@pytest.mark.parametrize("mode", ["words", "garbage", "error", "no-choices", "drop"])
-def test_a_server_answering_garbage_gives_counted_failures_never_a_crash(endpoint: str, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "kind"), [("words", None), ("garbage", "unreadable"), ("error", "http_500"),
+                                          ("no-choices", "unreadable"), ("drop", "connection")])
+def test_a_server_answering_garbage_gives_counted_failures_never_a_crash(
+    endpoint: str, mode: str, kind: str | None
+) -> None:
     scores, cost = judged(endpoint, mode, batch=2)
     assert torch.isnan(scores).all()
     assert cost["requests"] == 4 and cost["retries"] == 2 and cost["failures"] == 2
     assert cost["errors"] == (0 if mode == "words" else 4)
+    assert {k: v for k, v in cost.items() if k.startswith("errors_")} == ({} if kind is None else {
+        f"errors_{kind}": 4})
 
 
 def test_a_server_too_slow_to_answer_counts_as_a_failure(endpoint: str) -> None:
     scores, cost = judged(endpoint, "slow", batch=1, timeout=0.2)
     assert torch.isnan(scores).all() and cost["failures"] == 1 and cost["errors"] == 2
+    assert cost["errors_timeout"] == 2
+
+
+# -- errors that say what to fix ---------------------------------------------------------------
+
+
+def refused_on_the_first_request(endpoint: str, model: str, match: str) -> ConfigError:
+    """Scoring three images raises ``match`` after one request, never asked again."""
+    judge = VLMAPIJudge(endpoint=endpoint, model=model)
+    with pytest.raises(ConfigError, match=match) as caught:
+        judge.score(images(3), Condition(prompt=PROMPT))
+    assert len(FakeCompletions.received) == 1  # the first request alone: no retry, no NaN
+    return caught.value
+
+
+def test_a_refused_key_is_a_configuration_error_naming_the_variable_on_the_first_request(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_VARIABLE, "sk-wrong")
+    error = refused_on_the_first_request(endpoint, "valid", f"^verifier vlm-api: .*HTTP 401 .*{KEY_VARIABLE}")
+    assert "Incorrect API key provided" in str(error) and f"{endpoint}/chat/completions" in str(error)
+    assert "sk-wrong" not in str(error)
+
+
+def test_a_forbidden_or_unknown_model_is_a_configuration_error_naming_the_options(endpoint: str) -> None:
+    error = refused_on_the_first_request(endpoint, "forbidden", f"HTTP 403 .*{KEY_VARIABLE}.*vlm-api.model")
+    assert "You may not use this model" in str(error)
+    FakeCompletions.received.clear()
+    error = refused_on_the_first_request(endpoint, "no-such-model", "^vlm-api.endpoint: .*HTTP 404")
+    assert "vlm-api.model" in str(error) and "does not exist" in str(error)
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_endpoint_that_cannot_be_reached_is_a_configuration_error_before_any_answer() -> None:
+    judge = VLMAPIJudge(endpoint=f"http://127.0.0.1:{unused_port()}/v1", model="valid")
+    with pytest.raises(ConfigError, match="^vlm-api.endpoint: cannot reach .*Connection refused"):
+        judge.score(images(2), Condition(prompt=PROMPT))
+    judge = VLMAPIJudge(endpoint="http://no-such-host.invalid/v1", model="valid")  # RFC 2606: never resolves
+    with pytest.raises(ConfigError, match="^vlm-api.endpoint: cannot reach .*does not resolve"):
+        judge.score(images(2), Condition(prompt=PROMPT))
+
+
+def test_a_server_gone_after_answering_gives_counted_failures_not_an_error() -> None:
+    """Once the server has answered, a refused connection is a passing failure: NaN, counted."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeCompletions)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    judge = VLMAPIJudge(endpoint=f"http://127.0.0.1:{server.server_address[1]}/v1", model="valid")
+    assert judge.score(images(2), Condition(prompt=PROMPT)).tolist() == [7.0, 7.0]
+    server.shutdown()
+    server.server_close()
+    judge.take_cost()
+    scores = judge.score(images(2), Condition(prompt=PROMPT))
+    cost = judge.take_cost()
+    assert torch.isnan(scores).all() and cost["errors"] == cost["errors_connection"] == 4
+    assert judge.last_error is not None and "Connection refused" in judge.last_error
+
+
+def test_the_last_error_keeps_its_class_status_and_the_start_of_its_body(endpoint: str) -> None:
+    judge = VLMAPIJudge(endpoint=endpoint, model="error-long")
+    assert judge.last_error is None
+    assert torch.isnan(judge.score(images(2), Condition(prompt=PROMPT))).all()
+    assert judge.take_cost()["errors_http_503"] == 4
+    error = judge.last_error
+    assert error is not None and error.startswith("HTTPError HTTP 503 ")
+    assert f"{endpoint}/chat/completions" in error and "Service unavailable xxx" in error
+    assert "x" * 180 in error and "x" * 200 not in error  # the first 200 bytes of 1020
 
 
 def test_without_a_key_the_run_is_refused_naming_the_variable_before_anything_loads(
@@ -188,3 +275,29 @@ def test_a_run_counts_the_calls_in_run_json_and_never_writes_the_key(endpoint: s
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow  # the shapes model imports diffusers
+def test_a_run_whose_every_request_failed_says_why_in_run_json(endpoint: str, tmp_path: Path) -> None:
+    with pytest.raises(noisesearch.errors.NoiseSearchError, match="non-finite"):
+        noisesearch.search(
+            model="shapes", prompt=PROMPT, candidates=2, steps=1, verifiers=["vlm-api"], evaluator="none",
+            verifier_options={"vlm-api": {"endpoint": endpoint, "model": "error"}},
+            output=str(tmp_path / "run"),
+        )
+    cost = json.loads((tmp_path / "run" / "run.json").read_text())["usage"]["verifier_cost"]["vlm-api"]
+    assert cost["errors"] == cost["errors_http_500"] == 4 and cost["failures"] == 2
+
+
+@pytest.mark.slow  # the shapes model imports diffusers
+def test_a_refused_key_fails_the_run_with_the_servers_reason(
+    endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_VARIABLE, "sk-wrong")
+    with pytest.raises(ConfigError, match="HTTP 401 .*Incorrect API key"):
+        noisesearch.search(
+            model="shapes", prompt=PROMPT, candidates=2, steps=1, verifiers=["vlm-api"], evaluator="none",
+            verifier_options={"vlm-api": {"endpoint": endpoint, "model": "valid"}},
+            output=str(tmp_path / "run"),
+        )
+    assert len(FakeCompletions.received) == 1

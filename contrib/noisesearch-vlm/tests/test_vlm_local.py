@@ -7,6 +7,9 @@ are words, which exercises the retry and the counted failures on a real ``genera
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +172,92 @@ def test_a_bad_folder_or_metric_is_refused_while_planning_before_the_model_loads
         noisesearch.search(model="shapes", prompt=SHAPES_PROMPT, verifiers=["vlm"], output=str(output),
                            verifier_options={"vlm": {"metric": "beauty"}})
     assert not output.exists()
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("value", ["{tmp}/nonexistent", "./nonexistent", "~/nonexistent-vlm", "{tmp}/a/b/c"])
+def test_a_path_that_does_not_exist_is_refused_naming_the_option(tmp_path: Path, value: str) -> None:
+    value = value.format(tmp=tmp_path)
+    refusal = rf"^vlm\.model: '{re.escape(value)}' is no file or folder$"
+    with pytest.raises(ConfigError, match=refusal):
+        VLMJudge.describe(model=value)
+    with pytest.raises(ConfigError, match=refusal):
+        VLMJudge(model=value)
+
+
+def test_a_hub_id_not_in_the_cache_while_offline_is_refused_with_the_download_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    refusal = (r"^vlm\.model: 'Qwen/Qwen2\.5-VL-3B-Instruct' .*config\.json is not in the local hub cache "
+               r"while HF_HUB_OFFLINE=1\. .*`hf download Qwen/Qwen2\.5-VL-3B-Instruct`.*vlm\.model=PATH")
+    with pytest.raises(ConfigError, match=refusal):
+        VLMJudge.describe()
+    with pytest.raises(ConfigError, match=refusal):
+        VLMJudge()
+
+
+def test_an_unreachable_hub_is_refused_in_seconds_not_after_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import huggingface_hub.constants
+
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{unused_port()}")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^vlm\.model: .*while the hub cannot be reached \(127\.0\.0\.1: "):
+        VLMJudge.describe(model="someone/some-vlm")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_missing_model_is_refused_while_planning_before_the_model_loads(tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    with pytest.raises(ConfigError, match="vlm.model: .* is no file or folder"):
+        noisesearch.search(model="shapes", prompt=SHAPES_PROMPT, verifiers=["vlm"], output=str(output),
+                           verifier_options={"vlm": {"model": str(tmp_path / "nonexistent")}})
+    assert not output.exists()
+
+
+@pytest.mark.slow  # a fresh interpreter, where the hub's address can be set before huggingface_hub loads
+def test_a_cached_hub_id_loads_from_the_cache_at_once_when_the_hub_cannot_be_reached(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """No HF_HUB_OFFLINE and no network: the cached model loads without waiting for
+    huggingface_hub's retries of the optional files (about 25 s each)."""
+    commit = "0" * 40
+    repo = tmp_path / "hub-cache" / "models--someone--tiny-vlm"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    shutil.copytree(folders["idefics3"], repo / "snapshots" / commit)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub-cache"), HF_ENDPOINT=f"http://127.0.0.1:{unused_port()}",
+               OMP_NUM_THREADS="1")
+    code = (
+        "import time\n"
+        "from noisesearch_vlm.local import VLMJudge\n"
+        "start = time.perf_counter()\n"
+        "judge = VLMJudge(model='someone/tiny-vlm')\n"
+        "print(time.perf_counter() - start)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 15, done.stderr[-2000:]
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and the plugins

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import Condition
+from noisesearch.errors import ConfigError
+from noisesearch.weights import TOKENIZER_FILES, Source, check_all
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +39,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_TEXT_TOKENS = 35
 HUB_REPO = "THUDM/ImageReward"
 CHECKPOINT_FILE = "ImageReward.pt"
+TOKENIZER = "bert-base-uncased"
 #: BLIP's BERT configuration as released with ImageReward (``med_config.json``); the cross-attention
 #: width comes from the image encoder.
 MED_CONFIG: dict[str, Any] = {
@@ -192,19 +195,32 @@ def build_head(head_state: Mapping[str, torch.Tensor]) -> torch.nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def checkpoint_file(checkpoint: str) -> Path:
+def sources(checkpoint: str = HUB_REPO, tokenizer: str = TOKENIZER,
+            med_config: str | None = None) -> tuple[Source, Source]:
+    """Where the checkpoint and the tokenizer load from, without loading them: a
+    :class:`ConfigError` naming every option (``imagereward.checkpoint``, ``imagereward.tokenizer``,
+    ``imagereward.med_config``) that names something missing (``noisesearch.weights``)."""
+    found = check_all(
+        ("imagereward.checkpoint", checkpoint, [CHECKPOINT_FILE], CHECKPOINT_FILE, True),
+        ("imagereward.tokenizer", tokenizer, [TOKENIZER_FILES], "--include '*.json' --include '*.txt'"),
+    )
+    if med_config is not None and not Path(med_config).expanduser().is_file():
+        raise ConfigError("imagereward.med_config", f"{med_config!r} is no file")
+    return found[0], found[1]
+
+
+def checkpoint_file(checkpoint: str | Source) -> Path:
     """A local ``ImageReward.pt``, a folder holding one, or a hub repository id to download it from
-    (through the hub cache; ``HF_HUB_OFFLINE=1`` uses the cache only)."""
-    path = Path(checkpoint).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / CHECKPOINT_FILE).is_file():
-            return path / CHECKPOINT_FILE
-        raise FileNotFoundError(f"checkpoint folder {str(path)!r} has no {CHECKPOINT_FILE}")
+    (through the hub cache; from the cache alone when the hub cannot be used: ``HF_HUB_OFFLINE=1``
+    or no connection)."""
+    source = checkpoint if isinstance(checkpoint, Source) else sources(checkpoint=checkpoint)[0]
+    if source.path is not None:
+        return source.path / CHECKPOINT_FILE if source.path.is_dir() else source.path
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=checkpoint, filename=CHECKPOINT_FILE))
+    with source.loading():
+        return Path(hf_hub_download(repo_id=source.value, filename=CHECKPOINT_FILE,
+                                    local_files_only=source.local_files_only))
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -248,7 +264,7 @@ class ImageRewardVerifier:
     def __init__(
         self,
         checkpoint: str = HUB_REPO,
-        tokenizer: str = "bert-base-uncased",
+        tokenizer: str = TOKENIZER,
         med_config: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -257,12 +273,16 @@ class ImageRewardVerifier:
         from noisesearch.devices import resolve_device, resolve_dtype
         from transformers import AutoTokenizer, BlipTextModel, BlipVisionModel
 
+        checkpoint_source, tokenizer_source = sources(checkpoint, tokenizer, med_config)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         med = dict(MED_CONFIG)
         if med_config is not None:
-            med.update(json.loads(Path(med_config).read_text()))
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            med.update(json.loads(Path(med_config).expanduser().read_text()))
+        with tokenizer_source.loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                tokenizer_source.load_from, **tokenizer_source.hub_kwargs()
+            )
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # as BLIP's init_tokenizer()
         self.tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         if len(self.tokenizer) > med["vocab_size"]:
@@ -270,7 +290,7 @@ class ImageRewardVerifier:
                 f"tokenizer {tokenizer!r} has {len(self.tokenizer)} tokens, more than the text "
                 f"encoder's {med['vocab_size']}"
             )
-        parts = map_checkpoint(load_state(checkpoint_file(checkpoint)))
+        parts = map_checkpoint(load_state(checkpoint_file(checkpoint_source)))
         vision_cfg = vision_config(parts["vision"])
         self.image_size = int(vision_cfg.image_size)
         self.vision = BlipVisionModel(vision_cfg)
@@ -286,6 +306,14 @@ class ImageRewardVerifier:
         for module in (self.vision, self.text, self.head):  # never trained here: no weight gradients
             module.requires_grad_(False)
         self._tokens: tuple[str, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def describe(cls, checkpoint: str = HUB_REPO, tokenizer: str = TOKENIZER, med_config: str | None = None,
+                 **options: Any) -> dict[str, Any]:
+        """Checked while planning, before anything loads: the checkpoint, the tokenizer and the
+        ``med_config`` file are there (a local path, or a hub id cached or reachable)."""
+        sources(checkpoint, tokenizer, med_config)
+        return {"requires": cls.requires}
 
     def tokens(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask ``(1, 35)`` of a prompt, cached for the run's prompt."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch import Condition
+from noisesearch.weights import TOKENIZER_FILES, Source, check_all
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,19 @@ def pixel_values(processor: Any, images: torch.Tensor, device: Any, dtype: torch
     else:
         x = x * 255.0
     return processor(images=x, **options)["pixel_values"].to(device=device, dtype=dtype)  # (B, 3, h, w)
+
+
+def sources(model: str = MODEL, processor: str = PROCESSOR) -> tuple[Source, Source]:
+    """Where the model and the processor load from, without loading them: a
+    :class:`~noisesearch.errors.ConfigError` naming every option (``pickscore.model``,
+    ``pickscore.processor``) that names something missing (``noisesearch.weights``).
+    The processor's repository also holds CLIP-H's weights: only its small files are needed."""
+    found = check_all(
+        ("pickscore.model", model, ["config.json"], ""),
+        ("pickscore.processor", processor, [("preprocessor_config.json", "processor_config.json"),
+                                            TOKENIZER_FILES], "--include '*.json' --include '*.txt'"),
+    )
+    return found[0], found[1]
 
 
 def _embedding(output: Any) -> torch.Tensor:
@@ -77,15 +91,31 @@ class PickScoreVerifier:
         from noisesearch.devices import resolve_device, resolve_dtype
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+        model_source, processor_source = sources(model, processor)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.model = AutoModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        with model_source.loading():
+            self.model = AutoModel.from_pretrained(
+                model_source.load_from, dtype=self.dtype, **model_source.hub_kwargs(model=True)
+            )
+        self.model.to(self.device).eval()
         self.model.requires_grad_(False)  # never trained here: no weight gradients
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "logit_scale"):
             raise ValueError(f"PickScore needs a CLIP model; {model!r} is {type(self.model).__name__}")
-        self.tokenizer = AutoTokenizer.from_pretrained(processor)
-        self.image_processor = AutoImageProcessor.from_pretrained(processor, backend="torchvision")
+        hub = processor_source.hub_kwargs()
+        with processor_source.loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(processor_source.load_from, **hub)
+            self.image_processor = AutoImageProcessor.from_pretrained(
+                processor_source.load_from, backend="torchvision", **hub
+            )
         self._text: tuple[str, torch.Tensor] | None = None
+
+    @classmethod
+    def describe(cls, model: str = MODEL, processor: str = PROCESSOR, **options: Any) -> dict[str, Any]:
+        """Checked while planning, before anything loads: the model and the processor are there
+        (a local folder, or a hub id cached or reachable)."""
+        sources(model, processor)
+        return {"requires": cls.requires}
 
     def text_embedding(self, prompt: str) -> torch.Tensor:
         """The unit-norm prompt embedding ``(D,)``, cached for the run's prompt."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from noisesearch.errors import ConfigError
+from noisesearch.weights import Source, locate
 
 from noisesearch_vlm.judging import Judge, Reply, conversation, in_chunks
 from noisesearch_vlm.rubric import HIGHEST, LOWEST, check_metric
@@ -71,6 +72,13 @@ def check_folder(model: str) -> None:
         raise NotAVisionLanguageModel(model, "has a config.json that is not a JSON object") from None
     if model_type not in vision_language_model_types():
         raise NotAVisionLanguageModel(model, f"holds a {model_type!r} model")
+
+
+def model_source(model: str) -> Source:
+    """Where ``model`` loads from, refused with a :class:`ConfigError` of ``vlm.model`` when it
+    cannot: a path that does not exist, a hub id not in the hub cache while the hub cannot be
+    used (``noisesearch.weights``)."""
+    return locate("vlm.model", model, ["config.json"], "")
 
 
 class ScoreOnly:
@@ -155,7 +163,9 @@ class VLMJudge(Judge):
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
         check_folder(model)
-        config = AutoConfig.from_pretrained(model)
+        source = model_source(model)
+        with source.loading():
+            config = AutoConfig.from_pretrained(source.load_from, **source.hub_kwargs())
         if config.model_type not in vision_language_model_types():
             raise NotAVisionLanguageModel(model, f"holds a {config.model_type!r} model")
         self.device = resolve_device(device)
@@ -163,7 +173,8 @@ class VLMJudge(Judge):
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            self.processor = AutoProcessor.from_pretrained(model)
+            with source.loading():
+                self.processor = AutoProcessor.from_pretrained(source.load_from, **source.hub_kwargs())
         except ImportError as exc:  # SmolVLM's processor spells numbers with num2words
             raise ValueError(f"the processor of {model!r} needs a package that is not installed ({exc}); "
                              f"SmolVLM's: pip install 'noisesearch-vlm[smolvlm]'") from None
@@ -171,7 +182,10 @@ class VLMJudge(Judge):
             raise ValueError(f"the processor of {model!r} has no chat template to put the question in")
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation continues every row at the end
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
+        with source.loading():
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                source.load_from, dtype=self.dtype, **source.hub_kwargs(model=True)
+            )
         self.model.to(self.device).eval()
         saved = self.model.generation_config
         stop = saved.eos_token_id if saved.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -191,13 +205,15 @@ class VLMJudge(Judge):
 
     @classmethod
     def describe(cls, model: str = MODEL, metric: str = "overall", **options: Any) -> dict[str, Any]:
-        """Checked while planning, before anything loads: the metric, and a local folder's
-        ``config.json``."""
+        """Checked while planning, before anything loads: the metric, a local folder's
+        ``config.json``, a path that does not exist, a hub id not in the hub cache while the hub
+        cannot be used."""
         try:
             check_metric(metric)
             check_folder(model)
         except ValueError as exc:
             raise ConfigError("verifier vlm", str(exc)) from None
+        model_source(model)
         return {"requires": cls.requires}
 
     def ask(
