@@ -139,6 +139,16 @@ def default_condition(
     return Condition()
 
 
+def unused_port() -> int:
+    """A local TCP port nothing listens on: a hub or API endpoint that refuses connections, for
+    tests of what a plugin says when it cannot reach one."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def noise_recipe(candidate: Candidate) -> dict[str, Any]:
     """The recipe of a candidate's initial noise (``{"kind": ..., ...}``)."""
     return candidate.recipe["start"]

@@ -167,16 +167,28 @@ def check_all(*checks: tuple[str, str, Needs, str] | tuple[str, str, Needs, str,
 
 
 def hub_unusable() -> str | None:
-    """Why the hub cannot be used now: ``HF_HUB_OFFLINE=1``, or its host does not accept a
-    connection (one TCP connection of at most :data:`HUB_PROBE_SECONDS`, once per process and
-    endpoint); ``None`` if it can, or if we cannot tell (behind a proxy)."""
+    """Why the hub cannot be used now: ``HF_HUB_OFFLINE=1``, or :func:`hub_unreachable`'s reason;
+    ``None`` if it can, or if we cannot tell (behind a proxy)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1"
+    unreachable = hub_unreachable()
+    return None if unreachable is None else f"the hub cannot be reached ({unreachable})"
+
+
+def hub_unreachable() -> str | None:
+    """``"<host>: <reason>"`` where the hub's host does not accept a connection (one TCP connection
+    of at most :data:`HUB_PROBE_SECONDS`, once per process and endpoint), so that a missing file
+    fails in seconds, not after huggingface_hub's retries; ``None`` if it does, or if we cannot
+    tell (``HF_HUB_OFFLINE``, which huggingface_hub handles itself; a proxy)."""
     import socket
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE=1"
+        return None
     endpoint = constants.ENDPOINT
     if endpoint not in _REACHABILITY:
         result = None
@@ -187,7 +199,7 @@ def hub_unusable() -> str | None:
             try:
                 socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
             except OSError as exc:
-                result = f"the hub cannot be reached ({host}: {exc.strerror or exc})"
+                result = f"{host}: {exc.strerror or exc}"
         _REACHABILITY[endpoint] = result
     return _REACHABILITY[endpoint]
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from noisesearch import Condition
 from noisesearch.errors import ConfigError
-from noisesearch.testing import VerifierContract
+from noisesearch.testing import VerifierContract, unused_port
 
 from noisesearch_vlm.api import KEY_VARIABLE, VLMAPIJudge
 from noisesearch_vlm.rubric import RETRY
@@ -195,13 +195,6 @@ def test_a_forbidden_or_unknown_model_is_a_configuration_error_naming_the_option
     error = refused_on_the_first_request(endpoint, "no-such-model", "^vlm-api.endpoint: .*HTTP 404")
     assert "vlm-api.model" in str(error) and "does not exist" in str(error)
 
-
-def unused_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_an_endpoint_that_cannot_be_reached_is_a_configuration_error_before_any_answer() -> None:

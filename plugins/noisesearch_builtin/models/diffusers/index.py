@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from noisesearch.errors import ConfigError
+from noisesearch.weights import hub_unreachable  # noqa: F401 - index.hub_unreachable, as base.py calls it
 
 #: ``owner/name`` or ``name``, as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -96,38 +97,6 @@ def _read_hub_json(repo_id: str, filename: str, required: bool) -> dict[str, Any
             f"HF_HUB_OFFLINE=1 is set.",
         ) from None
     return _parse(Path(local), repo_id)
-
-
-_REACHABILITY: dict[str, str | None] = {}
-#: Seconds to wait for the hub's host to accept a connection before calling it unreachable.
-HUB_PROBE_SECONDS = 3.0
-
-
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached now (one TCP connection, at most
-    ``HUB_PROBE_SECONDS``, once per process), or ``None`` if it can, or if we cannot tell
-    (``HF_HUB_OFFLINE``, which huggingface_hub handles itself; a proxy)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return None
-    if "result" in _REACHABILITY:
-        return _REACHABILITY["result"]
-    result = None
-    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-    if not any(os.environ.get(name) for name in proxies):
-        url = urlparse(constants.ENDPOINT)
-        host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
-        except OSError as exc:
-            result = f"{host}: {exc.strerror or exc}"
-    _REACHABILITY["result"] = result
-    return result
 
 
 #: Weight files that are pickles: loading one can run arbitrary code.
