@@ -340,6 +340,30 @@ def test_an_empty_lock_is_refused_naming_it_then_taken_over_once_old(tmp_path: P
     assert not lock.exists()
 
 
+def test_a_lock_that_cannot_be_read_is_held_however_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O or permission error reading a live run's lock is not an empty lock: never taken over."""
+    import os
+    import time
+
+    lock = tmp_path / locking.LOCK_FILE
+    lock.write_text('{"pid": 1}')
+    old = time.time() - locking.EMPTY_GRACE_S - 5
+    os.utime(lock, (old, old))
+    real = Path.read_text
+
+    def unreadable(self: Path, *args: object, **kwargs: object) -> str:
+        if self.name == locking.LOCK_FILE:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(locking.FolderInUse, match="cannot be read here .*Permission denied"):
+        locking.acquire(tmp_path)
+    assert lock.exists()
+
+
 def test_a_cell_whose_run_folder_holds_an_old_empty_lock_runs(tmp_path: Path) -> None:
     import os
     import time

@@ -296,7 +296,7 @@ def test_one_ensemble_weight_for_one_member_is_a_list_of_one() -> None:
     assert ensemble.weights == {"digits-classifier": 1.0}
 
 
-@pytest.mark.parametrize("requires", [["prompt", "colour"], "prompt"])
+@pytest.mark.parametrize("requires", [["prompt", "colour"], "prompt", None, 5])
 def test_a_verifier_declaring_unknown_needs_is_refused_naming_its_plugin(requires: object) -> None:
     """An unknown need would never be checked, and a string is read letter by letter."""
     from noisesearch import ConfigError

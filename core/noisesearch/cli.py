@@ -672,7 +672,13 @@ def _add_plugin_commands(app: typer.Typer) -> None:
     built-in one is dropped with a warning instead of silently replacing ours."""
     import warnings
 
-    from noisesearch.plugins import DEFAULT_PLUGINS, PluginLoadWarning, distribution_of, skip_plugin
+    from noisesearch.plugins import (
+        DEFAULT_PLUGINS,
+        PluginLoadWarning,
+        call_hookimpl,
+        distribution_of,
+        skip_plugin,
+    )
 
     manager = _plugin_manager()
     listed = (app.registered_commands, app.registered_groups)
@@ -680,7 +686,7 @@ def _add_plugin_commands(app: typer.Typer) -> None:
     for impl in manager.hook.register_commands.get_hookimpls():
         before = [len(infos) for infos in listed]
         try:
-            impl.function(*[{"app": app}[name] for name in impl.argnames])  # those it names, as pluggy
+            call_hookimpl(impl, app=app)
         except Exception as exc:
             for infos, count in zip(listed, before):
                 del infos[count:]

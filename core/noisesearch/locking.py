@@ -63,8 +63,10 @@ def read_lock(folder: Path) -> dict[str, Any] | None:
         data = json.loads((folder / LOCK_FILE).read_text(encoding="utf-8") or "{}")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}  # being written, or damaged: held by someone unknown
+    except ValueError:
+        return {}  # empty or damaged content: held by someone unknown (stale once old)
+    except OSError as exc:  # unreadable here (permissions, I/O): held, never taken over
+        return {"unreadable": f"{type(exc).__name__}: {exc}"}
     return data if isinstance(data, dict) else {}
 
 
@@ -162,6 +164,8 @@ def _describe(record: dict[str, Any]) -> str:
     if not record:
         return ("another process (its lock file is empty or damaged: if it is still so after "
                 f"{EMPTY_GRACE_S:.0f} s, it is taken over)")
+    if "unreadable" in record:
+        return f"a process whose lock file cannot be read here ({record['unreadable']})"
     command = f" ({record['command']})" if record.get("command") else ""
     since = f", since {record['started']}" if record.get("started") else ""
     return f"process {record.get('pid')} on {record.get('host')}{command}{since}"

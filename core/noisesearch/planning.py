@@ -71,8 +71,24 @@ def plan(
     """
     config.validate()
     registries = registries or build_registries()
-    if built_model is not None and not isinstance(config.model, str):
-        built_model, config.model = _built_and_name(built_model, registries, config)
+    if built_model is None or isinstance(config.model, str):
+        return _plan(config, registries, built_model, built_verifiers, check_output)
+    given = built_model
+    built_model, config.model = _built_and_name(built_model, registries, config)
+    try:
+        return _plan(config, registries, built_model, built_verifiers, check_output)
+    except BaseException:
+        close = getattr(built_model, "close", None)
+        if built_model is not given and callable(close):  # made here around the user's pipeline:
+            close()  # a refused plan gives it back as it was (its LoRAs)
+        raise
+
+
+def _plan(
+    config: RunConfig, registries: Registries, built_model: Any, built_verifiers: dict[str, Any] | None,
+    check_output: bool,
+) -> Plan:
+    """:func:`plan` once the model is known by name (and built, where it was given)."""
     if not isinstance(config.model, str):
         raise ConfigError("model", f"must be a model name (see `noisesearch models`), got {config.model!r}")
     _expand_model_prefix(config)
@@ -329,8 +345,8 @@ def _check_verifier_fits(
     # The class's own needs first: ``describe`` may check what the options name (weights that are
     # missing offline), which matters less than a verifier that cannot judge this run at all.
     declared = getattr(entry.factory, "requires", ())
-    declared = () if isinstance(declared, str) else declared
-    _refuse_unmet(entry, frozenset(declared), condition, model)
+    if isinstance(declared, (set, frozenset, list, tuple)):  # else verifier_requirements refuses it
+        _refuse_unmet(entry, frozenset(declared), condition, model)
     _refuse_unmet(entry, verifier_requirements(entry, options), condition, model)
 
 

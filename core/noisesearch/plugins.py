@@ -10,7 +10,7 @@ import difflib
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -294,6 +294,12 @@ def registries_built() -> int:
     return _builds
 
 
+def call_hookimpl(impl: Any, **arguments: Any) -> Any:
+    """Call one hook implementation with only the arguments it names, as pluggy does: an
+    implementation may take fewer arguments than its specification."""
+    return impl.function(*[arguments[name] for name in impl.argnames])
+
+
 def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
     """Call the ``register_*`` hooks of every plugin, recording which plugin owns each name.
 
@@ -314,12 +320,8 @@ def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
         for impl in caller.get_hookimpls():
             plugin = impl.plugin_name
             own = Registry(kind)
-            # Only the arguments that the implementation names, as pluggy passes them: a hook
-            # may take fewer arguments than its specification.
-            arguments = {"register": own.bind(plugin)}
-            function: Callable[..., None] = impl.function
             try:
-                function(*[arguments[name] for name in impl.argnames])
+                call_hookimpl(impl, register=own.bind(plugin))
             except Exception as exc:
                 if plugin in DEFAULT_PLUGINS:
                     raise

@@ -384,14 +384,14 @@ def _cached_takes_var_keyword(factory: Callable[..., Any]) -> bool:
 
 def searched_names(entries: Iterable[Entry], options: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     """The verifiers a search with ``entries`` scores by: their names and, for a verifier that runs
-    others (an ensemble: ``describe(**options)["members"]``), theirs. An evaluator among them is
-    not held out, whatever name it is searched under."""
+    others (an ensemble: its classmethod ``member_names(**options)``), theirs. An evaluator among
+    them is not held out, whatever name it is searched under."""
     names: set[str] = set()
     for entry in entries:
         names.add(entry.name)
-        describe = getattr(entry.factory, "describe", None)
-        if callable(describe):
-            names.update(describe(**dict(options.get(entry.name, {}))).get("members", ()))
+        member_names = getattr(entry.factory, "member_names", None)
+        if callable(member_names):
+            names.update(member_names(**dict(options.get(entry.name, {}))))
     return frozenset(names)
 
 
@@ -401,9 +401,8 @@ def verifier_requirements(entry: Entry, options: dict[str, Any]) -> frozenset[st
     describe = getattr(entry.factory, "describe", None)
     needs = describe(**options).get("requires", ()) if callable(describe) else \
         getattr(entry.factory, "requires", frozenset())
-    # a string would be read letter by letter, an unknown need never checked: the plugin's bug
-    unknown = None if isinstance(needs, str) else set(needs) - set(REQUIREMENTS)
-    if unknown is None or unknown:
+    # a string would be read letter by letter, None is no set, an unknown need is never checked
+    if not isinstance(needs, (set, frozenset, list, tuple)) or set(needs) - set(REQUIREMENTS):
         raise ConfigError(f"verifier {entry.name} (plugin {entry.plugin})",
                           f"declares requires = {needs!r}; it must be a set of needs among "
                           f"{', '.join(REQUIREMENTS)}")

@@ -9,7 +9,7 @@ cannot understand, naming the file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ class RunRecord:
         folder = shlex.quote(str(self.path))
         command = f"`noisesearch run --resume {folder}`"
         if status == "failed" and self.run.get("resumable") is False:  # its journal would fail it again
-            again = f"`noisesearch run --config {shlex.quote(str(self.path / RUN_JSON))} --overwrite`"
+            saved = shlex.quote(str(self.path / RUN_JSON))  # (a run.json's output is not read back)
+            again = f"`noisesearch run --config {saved} -o {folder} --overwrite`"
             return (f"failed: {self.error or 'unknown error'}; a resume would replay its journaled scores, "
                     f"so once its cause is fixed start it again with {again}")
         if status == "failed":  # resuming repeats what failed: it helps once the cause is gone
@@ -111,8 +112,15 @@ class RunRecord:
         name = self.evaluator
         if name is None:
             return None
-        searched = self.run.get("searched") or self.config.get("verifiers") or []
-        return f"{name} (also searched on: not independent)" if name in searched else f"{name} (held out)"
+        return judge_label(name, self.run.get("searched") or self.config.get("verifiers") or [])
+
+
+def judge_label(evaluator: str, searched: Sequence[str]) -> str:
+    """The evaluator as every view names it: independent, or also searched on (``searched``: the
+    verifiers and their members), which is no independent judgement."""
+    if evaluator in searched:
+        return f"{evaluator} (also searched on: not independent)"
+    return f"{evaluator} (independent, not searched on)"
 
 
 def run_folder(path: Path | str) -> Path:

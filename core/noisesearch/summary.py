@@ -17,10 +17,10 @@ def print_summary(result: SearchResult) -> None:
     objective = result.config.verifiers[0]
     evaluator = result.config.evaluator if result.config.evaluator != "none" else None
     caption = f"score: {objective} (searched on)"
-    if evaluator in (result.searched or result.config.verifiers):  # the default judge, an ensemble member
-        caption += f"; judge: {evaluator} (also searched on: not independent)"
-    elif evaluator:
-        caption += f"; judge: {evaluator} (independent, not searched on)"
+    if evaluator:  # the default judge, or an ensemble's member, may be searched on too
+        from noisesearch.runs import judge_label
+
+        caption += f"; judge: {judge_label(evaluator, result.searched or result.config.verifiers)}"
     from noisesearch.names import model_label
 
     model = model_label(result.config.model, result.config.model_options)

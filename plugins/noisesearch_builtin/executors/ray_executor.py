@@ -230,7 +230,7 @@ class RayExecutor:
             raise ConfigError(field, f"a worker for {model!r} takes {_amounts(demand, demand)}, which "
                               f"no node has: {has}; {where}, or use a cluster that has them")
         count = self.workers or fits
-        if count > fits:
+        if count > fits and demand:  # an actor that takes nothing always fits
             raise ConfigError("workers", f"{count} workers for {model!r}, each taking "
                               f"{_amounts(demand, demand)}, do not fit: {has}, room for {fits}; "
                               f"ask for at most {fits} (or leave --workers out)")
@@ -296,6 +296,7 @@ class RayExecutor:
             return []
         why = self._missing(len(unplaced))
         if started == 0 and len(unplaced) == len(waiting):
+            self._kill_actors()  # their pending placement groups would take resources once freed
             raise ConfigError("resources", f"no Ray worker could start: {why}; free them, declare "
                               f"less in [resources.{self._what}], or wait longer (ready_timeout_s)")
         others = _count(len(self.actors) - len(unplaced), "worker")
@@ -403,8 +404,9 @@ class RayExecutor:
                 actor = starting.pop(ref)
                 try:
                     ray.get(ref)
-                except ray.exceptions.RayError as error:  # its constructor failed
+                except ray.exceptions.RayError as error:  # its constructor failed: its resources go back
                     lost = error
+                    self._drop(actor)
                     continue
                 started += 1
                 for _ in range(IN_FLIGHT):

@@ -122,6 +122,12 @@ class Ensemble:
     """
 
     @classmethod
+    def member_names(cls, members: Sequence[str] | str = DEFAULT_MEMBERS, **_: Any) -> list[str]:
+        """The verifiers it runs, by name: an evaluator among them is searched on, not held out
+        (``noisesearch.registry.searched_names``; read per search, so no registries are built)."""
+        return _as_list(members)
+
+    @classmethod
     def describe(
         cls,
         members: Sequence[str] | str = DEFAULT_MEMBERS,
@@ -130,8 +136,7 @@ class Ensemble:
         **_: Any,
     ) -> dict[str, Any]:
         """What the ensemble needs: the union of its members' needs (read before loading, so
-        the members and their weights are checked there too); and its members' names (an
-        evaluator among them is searched on, not held out)."""
+        the members and their weights are checked there too)."""
         from noisesearch.registry import verifier_requirements
 
         member_options = member_options or {}
@@ -140,7 +145,7 @@ class Ensemble:
         needs: set[str] = set()
         for entry in entries:
             needs |= verifier_requirements(entry, dict(member_options.get(entry.name, {})))
-        return {"requires": frozenset(needs), "members": [entry.name for entry in entries]}
+        return {"requires": frozenset(needs)}
 
     def __init__(
         self,

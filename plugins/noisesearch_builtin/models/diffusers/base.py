@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from noisesearch.devices import check_dtype_name, resolve_device, resolve_dtype
 from noisesearch.errors import ConfigError, IncompatibleError
 from noisesearch.sampling import VariancePreserving
+from noisesearch.weights import hub_unreachable
 from noisesearch_builtin.models.diffusers import compiled, guidance, img2img, index, memory, native
 from noisesearch_builtin.models.diffusers import lora as lora_loader
 from noisesearch_builtin.quiet import quiet_loading
@@ -453,7 +454,7 @@ class DiffusersModel:
             self.weights_dtype = resolve_dtype(dtype, self.device, self.cuda_dtype)
             kwargs: dict[str, Any] = {_dtype_keyword(): self.weights_dtype, **self._load_kwargs()}
             kwargs["use_safetensors"] = getattr(self, "use_safetensors", True)
-            if not index.is_local(self.path) and index.hub_unreachable():
+            if not index.is_local(self.path) and hub_unreachable():
                 kwargs["local_files_only"] = True  # planning found it cached: skip the retries
             if variant:
                 kwargs["variant"] = variant

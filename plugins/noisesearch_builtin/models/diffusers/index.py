@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from noisesearch.errors import ConfigError
-from noisesearch.weights import hub_unreachable  # noqa: F401 - index.hub_unreachable, as base.py calls it
+from noisesearch.weights import hub_unreachable
 
 #: ``owner/name`` or ``name``, as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
