@@ -250,6 +250,7 @@ def test_workers_or_resources_that_no_node_can_hold_are_refused() -> None:
     assert placement([{"CPU": 4.0, "GPU": 8.0}])[1] == 4  # one CPU each: 8 would leave 4 pending
     assert placement([{"CPU": 8.0, "GPU": 1.0}], {"num_gpus": 0.25})[1] == 4
     assert placement(two_gpus_apart, {"num_gpus": 1})[1] == 2
+    assert placement(cpus, {"num_cpus": 0}, workers=4)[1] == 4  # an actor that takes nothing always fits
 
 
 @pytest.mark.slow
