@@ -137,11 +137,6 @@ class BenchGrid:
         if self.evaluators is not None and not self.evaluators:
             raise ConfigError("evaluators", "name at least one held-out evaluator (leave the key "
                               "out for the model's default evaluator)")
-        searched = set(self.verifiers or [])
-        both = searched & set(self.evaluators or [])
-        if both:
-            raise ConfigError("evaluators", f"{sorted(both)} is also searched on (verifiers): an "
-                              "evaluator must be held out, or it cannot show verifier hacking")
         for table in ("model_options", "resources"):
             for model in getattr(self, table):
                 if model not in self.models:
