@@ -24,6 +24,7 @@ import math
 import unittest
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from noisesearch.engine import Budget, Engine, EngineResult, Scorer, Usage
@@ -147,6 +148,25 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def seconds_without_hub(imports: str, build: str, hub_cache: Path | str) -> float:
+    """Seconds ``build`` (a statement, after ``imports``) takes in a fresh interpreter whose hub
+    cannot be reached (``HF_ENDPOINT`` at :func:`unused_port`, no proxy, ``HF_HUB_OFFLINE`` unset)
+    and whose hub cache is ``hub_cache``: a plugin that loads cached weights should not wait out
+    huggingface_hub's retries. A failing ``build`` fails the calling test with its stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and k != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(hub_cache), HF_ENDPOINT=f"http://127.0.0.1:{unused_port()}",
+               OMP_NUM_THREADS="1")
+    code = "\n".join(["import time", imports, "start = time.perf_counter()", build,
+                      "print(time.perf_counter() - start)"])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split()[-1])
 
 
 def noise_recipe(candidate: Candidate) -> dict[str, Any]:
